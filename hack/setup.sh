@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a fresh Debian machine, and reuses what is already
+# there: Debian packages, the .venv (re-installed only when pyproject.toml changes), and the Go-built
+# Kubernetes tools (cached by version outside the checkout, see hack/build-tools.sh).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+apt_packages=(docker-registry apache2-utils skopeo openssl iproute2 util-linux curl ca-certificates)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts its registry as a service on port 5000; the tests start their own on free ports.
+if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+  systemctl stop docker-registry || true
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -f $stamp ]]; then
+  echo "setup: creating .venv and installing the project (pip cache: ${PIP_CACHE_DIR:-~/.cache/pip})"
+  [[ -x .venv/bin/python ]] || "$python" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[train,dev]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+bash hack/build-tools.sh
