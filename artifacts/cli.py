@@ -1,0 +1,195 @@
+"""``kaito-tune push | pull | inspect | fetch-data``: the artifact commands.
+
+Each command prints its result on stdout (push: the manifest digest; inspect: JSON) and, on failure,
+one line ``error: <reason>`` on stderr and exit status 1. ``--termination-log PATH`` also writes that
+line to PATH (a pod's ``/dev/termination-log``) so the controller can copy it into the Workspace status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from artifacts import mediatypes
+from artifacts.errors import ArtifactError, InvalidInputError
+from artifacts.fetch import FetchOptions, fetch_urls
+from artifacts.pull import inspect, pull
+from artifacts.push import push
+from artifacts.registry import GIB, MIB, ClientOptions
+
+
+def _default_docker_config() -> str | None:
+    """Docker's convention: ``$DOCKER_CONFIG/config.json`` when that variable is set."""
+    directory = os.environ.get("DOCKER_CONFIG")
+    path = Path(directory, "config.json") if directory else None
+    return str(path) if path and path.is_file() else None
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("registry access")
+    group.add_argument(
+        "--docker-config",
+        default=_default_docker_config(),
+        metavar="FILE",
+        help="dockerconfigjson with the registry credentials (the mounted .dockerconfigjson of an "
+        "imagePushSecret/imagePullSecret); default $DOCKER_CONFIG/config.json",
+    )
+    group.add_argument(
+        "--ca-bundle",
+        default=os.environ.get("KAITO_TUNE_CA_BUNDLE"),
+        metavar="PEM",
+        help="CA certificates for a registry with a private CA (env KAITO_TUNE_CA_BUNDLE)",
+    )
+    group.add_argument(
+        "--plain-http", action="store_true", help="use http for a non-loopback registry (loopback always is)"
+    )
+    group.add_argument(
+        "--retries", type=int, default=5, help="retries on 5xx and connection errors (default 5)"
+    )
+    group.add_argument(
+        "--chunk-size-mib", type=float, default=64, help="upload chunk size; a failure re-sends at most one"
+    )
+    group.add_argument("--max-size-gib", type=float, default=20, help="pull size cap (default 20 GiB)")
+    parser.add_argument(
+        "--termination-log", metavar="PATH", help="also write a failure's one-line reason here"
+    )
+
+
+def _client_options(args: argparse.Namespace) -> ClientOptions:
+    if args.retries < 0 or args.chunk_size_mib <= 0 or args.max_size_gib <= 0:
+        raise InvalidInputError("--retries must be >= 0, --chunk-size-mib and --max-size-gib > 0")
+    return ClientOptions(
+        docker_config=Path(args.docker_config) if args.docker_config else None,
+        plain_http=args.plain_http,
+        ca_bundle=args.ca_bundle,
+        retries=args.retries,
+        chunk_bytes=max(1, int(args.chunk_size_mib * MIB)),
+        max_bytes=int(args.max_size_gib * GIB),
+    )
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turns an error into one line on stderr (and the termination log) and exit status 1."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ArtifactError, OSError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            if isinstance(exc, OSError) and not isinstance(exc, ArtifactError):
+                reason = f"{type(exc).__name__}: {reason}"
+            print(f"error: {reason}", file=sys.stderr)
+            if args.termination_log:
+                try:
+                    Path(args.termination_log).write_text(reason + "\n")
+                except OSError as log_error:
+                    print(f"error: cannot write {args.termination_log}: {log_error}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+def _annotations(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise InvalidInputError(f"--annotation {bad[0]!r} must be KEY=VALUE")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def _push(args: argparse.Namespace) -> int:
+    overrides = {
+        "preset": args.preset,
+        "model_revision": args.model_revision,
+        "method": args.method,
+        "config_sha256": args.config_sha256,
+        "data_sha256": args.data_sha256,
+    }
+    result = push(
+        Path(args.directory),
+        args.reference,
+        fmt=args.format,
+        options=_client_options(args),
+        overrides=overrides,
+        annotations=_annotations(args.annotation),
+    )
+    if args.digest_file:
+        Path(args.digest_file).write_text(result.digest + "\n")
+    print(result.digest)
+    print(
+        f"pushed {result.reference} ({result.bytes_sent} of {result.bytes_total} bytes sent)", file=sys.stderr
+    )
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    result = pull(args.reference, Path(args.directory), options=_client_options(args), replace=args.replace)
+    print(f"pulled {result.reference} ({result.format}, {result.files} files) into {args.directory}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    print(json.dumps(inspect(args.reference, options=_client_options(args)), indent=2))
+    return 0
+
+
+def _fetch_data(args: argparse.Namespace) -> int:
+    if bool(args.urls) == bool(args.image):
+        raise InvalidInputError("fetch-data takes exactly one of --urls and --image")
+    dest = Path(args.dest)
+    if args.image:
+        result = pull(args.image, dest, options=_client_options(args))
+        print(f"extracted {result.files} files of {result.reference} into {dest}")
+        return 0
+    options = FetchOptions(
+        max_bytes=int(args.max_size_gib * GIB),
+        retries=args.retries,
+        allow_loopback=args.dev_allow_loopback,
+        ca_bundle=args.ca_bundle,
+    )
+    written = fetch_urls(args.urls, dest, options)
+    print(f"downloaded {len(written)} files into {dest}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("push", help="push an adapter directory as an OCI artifact")
+    parser.add_argument(
+        "directory", help="adapter directory (adapter_config.json, adapter_model.safetensors, ...)"
+    )
+    parser.add_argument("reference", help="registry/repository:tag")
+    parser.add_argument("--format", choices=mediatypes.FORMATS, default="modelpack", help="artifact layout")
+    facts = parser.add_argument_group("config facts (default: the directory's metadata.json)")
+    for flag in ("--preset", "--model-revision", "--method", "--config-sha256", "--data-sha256"):
+        facts.add_argument(flag)
+    parser.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--digest-file", metavar="PATH", help="also write the manifest digest here")
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_push))
+
+    parser = subparsers.add_parser(
+        "pull", help="pull an adapter or data artifact into a directory (verified)"
+    )
+    parser.add_argument("reference", help="registry/repository:tag or registry/repository@sha256:...")
+    parser.add_argument("directory", help="destination; must be empty or absent unless --replace")
+    parser.add_argument("--replace", action="store_true", help="replace a non-empty destination")
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_pull))
+
+    parser = subparsers.add_parser("inspect", help="print an artifact's manifest facts and config as JSON")
+    parser.add_argument("reference")
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_inspect))
+
+    parser = subparsers.add_parser("fetch-data", help="download tuning input (URLs or a data image) into DIR")
+    parser.add_argument("--urls", nargs="+", default=[], metavar="URL")
+    parser.add_argument("--image", help="data image whose /data is extracted")
+    parser.add_argument("--dest", required=True, metavar="DIR")
+    parser.add_argument(
+        "--dev-allow-loopback", action="store_true", help="development only: allow loopback URL hosts"
+    )
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_fetch_data))

@@ -1,0 +1,155 @@
+"""Download tuning-input URLs into the data directory: host policy, retries, resume, size cap.
+
+Each URL's host is checked with :func:`artifacts.hosts.host_refusal`, and so is every address it
+resolves to and every redirect hop, so neither DNS nor a redirect can lead to a private or metadata
+address (a resolver that answers differently between our check and the connection could still; the
+cluster's egress policy is the backstop). ``allow_loopback`` is for local development and tests only.
+Files are written as ``.<name>.partial`` and renamed when complete, so a half-written file is never
+mistaken for data.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+import requests
+
+from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
+from artifacts.hosts import address_refusal, host_refusal
+from artifacts.registry import GIB, IO_BLOCK, RETRY_STATUSES, TRANSIENT_ERRORS
+
+MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    max_bytes: int = 20 * GIB  # for all URLs together
+    retries: int = 5
+    backoff_s: float = 0.5
+    timeout_s: float = 60.0
+    allow_loopback: bool = False  # development only: lets tests serve data from 127.0.0.1
+    ca_bundle: str | None = None
+
+
+def check_url(url: str, allow_loopback: bool = False) -> None:
+    """Refuse non-http(s) URLs and hosts (or their addresses) that the SSRF policy forbids."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FetchError(f"URL {url!r} must use http or https, not {parts.scheme or 'no scheme'!r}")
+    host = parts.hostname or ""
+    reason = host_refusal(host, allow_loopback=allow_loopback)
+    if reason:
+        raise BlockedHostError(f"URL {url!r} refused: {reason}; data URLs must be public hosts")
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise FetchError(f"URL {url!r}: host {host!r} does not resolve ({exc.strerror})") from None
+    for info in infos:
+        reason = address_refusal(str(info[4][0]), allow_loopback=allow_loopback)
+        if reason:
+            raise BlockedHostError(f"URL {url!r} refused: {host} resolves to {reason}")
+
+
+def file_name(url: str, index: int, taken: set[str]) -> str:
+    """A safe local name from the URL's last path segment, unique in this fetch."""
+    segment = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    name = "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in segment).lstrip(".") or f"data-{index}"
+    if name in taken:
+        name = f"{index}-{name}"
+    taken.add(name)
+    return name
+
+
+class _Downloader:
+    def __init__(self, options: FetchOptions) -> None:
+        self.options = options
+        self.session = requests.Session()
+        self.session.verify = options.ca_bundle or True
+        self.session.headers["User-Agent"] = "kaito-tune-fetch"
+        self.remaining = options.max_bytes
+
+    def _get(self, url: str, offset: int) -> requests.Response:
+        """GET following redirects by hand, checking every hop against the host policy."""
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(url, self.options.allow_loopback)
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            response = self.session.get(
+                url, headers=headers, stream=True, allow_redirects=False, timeout=(10, self.options.timeout_s)
+            )
+            if response.is_redirect:
+                url = urljoin(url, response.headers["Location"])
+                response.close()
+                continue
+            return response
+        raise FetchError(f"URL {url!r} redirected more than {MAX_REDIRECTS} times")
+
+    def download(self, url: str, target: Path) -> int:
+        partial = target.with_name(f".{target.name}.partial")
+        offset, failures, last = 0, 0, ""
+        try:
+            with partial.open("wb") as out:
+                while True:
+                    if failures > self.options.retries:
+                        raise FetchError(f"URL {url!r} kept failing after {failures} attempts (last: {last})")
+                    if failures:
+                        time.sleep(
+                            self.options.backoff_s * 2 ** (failures - 1) * (0.75 + random.random() / 2)
+                        )
+                    try:
+                        response = self._get(url, offset)
+                        if response.status_code in RETRY_STATUSES:
+                            failures, last = failures + 1, f"HTTP {response.status_code}"
+                            continue
+                        if response.status_code not in (200, 206):
+                            raise FetchError(
+                                f"URL {url!r} answered HTTP {response.status_code}; check that it is public"
+                            )
+                        if response.status_code == 200 and offset:  # no resume support: start over
+                            out.seek(0)
+                            out.truncate()
+                            self.remaining += offset
+                            offset = 0
+                        length = int(response.headers.get("Content-Length", "0") or 0)
+                        if length > self.remaining:
+                            raise SizeLimitError(
+                                f"URL {url!r} is {length + offset} bytes, over what the size cap leaves; "
+                                "raise --max-size"
+                            )
+                        with response:
+                            for chunk in response.iter_content(IO_BLOCK):
+                                self.remaining -= len(chunk)
+                                if self.remaining < 0:
+                                    raise SizeLimitError(
+                                        f"URL {url!r} exceeds the size cap; raise --max-size"
+                                    )
+                                out.write(chunk)
+                                offset += len(chunk)
+                        if length and offset < length:
+                            raise ConnectionError("body ended early")
+                        break
+                    except TRANSIENT_ERRORS as exc:
+                        failures, last = failures + 1, type(exc).__name__
+            partial.rename(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return offset
+
+
+def fetch_urls(urls: Sequence[str], dest: Path, options: FetchOptions | None = None) -> list[Path]:
+    """Download every URL into ``dest`` (created if missing); all hosts are checked before any download."""
+    options = options or FetchOptions()
+    for url in urls:
+        check_url(url, options.allow_loopback)
+    dest.mkdir(parents=True, exist_ok=True)
+    downloader, taken, written = _Downloader(options), set(), []
+    for index, url in enumerate(urls):
+        target = dest / file_name(url, index, taken)
+        downloader.download(url, target)
+        written.append(target)
+    return written

@@ -1,0 +1,128 @@
+"""Push an adapter (or any directory) as an OCI artifact, in the ModelPack or the KAITO layout.
+
+The directory is only read: a failed push leaves it exactly as it was, and the KAITO layer is built
+in a temporary directory elsewhere. Blobs the registry already has (an unchanged tokenizer, a
+re-pushed adapter) are not sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from artifacts import layout
+from artifacts import mediatypes as mt
+from artifacts.errors import InvalidInputError
+from artifacts.reference import Reference
+from artifacts.registry import ClientOptions, RegistryClient, file_digest, sha256_digest
+from artifacts.tarlayer import write_data_layer
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: str  # registry/repository@digest
+    digest: str
+    bytes_total: int  # of all layers
+    bytes_sent: int  # of layers the registry did not have yet
+
+
+def list_files(directory: Path) -> list[str]:
+    """Relative posix paths of the regular files under ``directory``, sorted; links are refused."""
+    if not directory.is_dir():
+        raise InvalidInputError(f"{directory} is not a directory; push takes the adapter directory")
+    found: list[str] = []
+    for current, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            path = Path(current, name)
+            if path.is_symlink():
+                raise InvalidInputError(
+                    f"{path} is a symbolic link; push only regular files (copy it instead)"
+                )
+            if name in files:
+                if not path.is_file():
+                    raise InvalidInputError(f"{path} is not a regular file")
+                found.append(path.relative_to(directory).as_posix())
+    if not found:
+        raise InvalidInputError(f"{directory} holds no files to push")
+    return sorted(found)
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    path = directory / layout.METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path} is not valid JSON ({exc}); fix it or remove it") from None
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"{path} must hold a JSON object")
+    return document
+
+
+def push(
+    directory: Path,
+    reference: str,
+    *,
+    fmt: str = "modelpack",
+    options: ClientOptions | None = None,
+    overrides: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PushResult:
+    """Push ``directory`` to ``reference`` (which needs a tag); returns the manifest digest."""
+    if fmt not in mt.FORMATS:
+        raise InvalidInputError(f"format {fmt!r} is not one of {', '.join(mt.FORMATS)}")
+    ref = Reference.parse(reference)
+    if ref.digest or not ref.tag:
+        raise InvalidInputError(
+            f"push needs a tag, not a digest: write {ref.registry}/{ref.repository}:<tag>"
+        )
+    files = list_files(directory)
+    facts = layout.tuning_facts(read_metadata(directory), overrides or {})
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    client = RegistryClient(ref, options or ClientOptions(), push=True)
+    sent = 0
+
+    if fmt == "modelpack":
+        layers = []
+        for name in files:
+            path = directory / name
+            size = path.stat().st_size
+            digest = file_digest(path)
+            sent += size if client.upload_blob(path, digest, size, progress) else 0
+            layers.append(layout.file_layer(name, digest, size))
+        config_bytes = layout.modelpack_config(facts, layers, created, ref.repository.rsplit("/", 1)[-1])
+        config_type, artifact_type = mt.MODEL_CONFIG, mt.MODEL_ARTIFACT
+    else:
+        with tempfile.TemporaryDirectory(prefix="kaito-layer-") as scratch:
+            layer = write_data_layer(directory, files, Path(scratch) / "layer.tar.gz")
+            sent += layer.size if client.upload_blob(layer.path, layer.digest, layer.size, progress) else 0
+        layers = [layout.descriptor(mt.OCI_LAYER_TAR_GZIP, layer.digest, layer.size)]
+        config_bytes = layout.image_config([layer.diff_id], created, facts)
+        config_type, artifact_type = mt.OCI_IMAGE_CONFIG, None
+
+    config_digest = sha256_digest(config_bytes)
+    client.put_small_blob(config_bytes, config_digest)
+    manifest_annotations = layout.manifest_annotations(
+        facts, created, ref.repository.rsplit("/", 1)[-1], ref.tag, annotations or {}
+    )
+    raw = layout.manifest(
+        layout.descriptor(config_type, config_digest, len(config_bytes)),
+        layers,
+        manifest_annotations,
+        artifact_type,
+    )
+    digest = client.put_manifest(raw, mt.OCI_MANIFEST, ref.tag)
+    return PushResult(
+        reference=str(ref.with_digest(digest)),
+        digest=digest,
+        bytes_total=sum(layer["size"] for layer in layers),
+        bytes_sent=sent,
+    )
