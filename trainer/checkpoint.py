@@ -1,0 +1,83 @@
+"""Checkpoints a retried pod can continue from: every N steps (``save_steps``) or M minutes, and on SIGTERM.
+
+The Trainer writes ``<output>/checkpoints/checkpoint-<step>/`` (adapter, optimizer, scheduler, RNG states,
+trainer state with the step, which fixes the data position). Only after it has finished does
+``CheckpointCallback`` write the marker ``checkpoint-complete`` into it (temp file + rename), so a
+checkpoint cut short by a kill has no marker and ``newest_complete`` passes it over.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+MARKER = "checkpoint-complete"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def newest_complete(directory: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.iterdir()
+        if (m := _CHECKPOINT.match(p.name)) and (p / MARKER).is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def write_marker(path: Path, text: str = "") -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def stop_on_sigterm() -> threading.Event:
+    """An event set by SIGTERM (Kubernetes' eviction/deletion notice) instead of dying mid-step."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    return stop
+
+
+def _any_rank(flag: bool, world_size: int) -> bool:
+    """All processes must stop at the same step, or the others hang in the next all-reduce."""
+    if world_size <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class CheckpointCallback(TrainerCallback):
+    """Asks for a save every ``every_minutes`` and on ``stop``; marks each finished checkpoint complete."""
+
+    def __init__(self, every_minutes: float, stop: threading.Event):
+        self.every_s = every_minutes * 60
+        self.stop = stop
+        self.last_save = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s:
+            control.should_save = True
+        if _any_rank(self.stop.is_set(), args.world_size):
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_marker(path / MARKER, f"{state.global_step}\n")
+        return control

@@ -1,0 +1,256 @@
+"""KAITO's ``training_config.yaml`` as typed settings, and the translators to the libraries' objects.
+
+The six sections and what they become:
+
+    ModelConfig          -> ``from_pretrained`` kwargs (+ ``chat_template``)
+    QuantizationConfig   -> ``transformers.BitsAndBytesConfig`` (None for plain LoRA)
+    LoraConfig           -> ``peft.LoraConfig``
+    TrainingArguments    -> ``trl.SFTConfig`` kwargs (the trainer overrides the keys it owns)
+    DatasetConfig        -> ``DatasetOptions``
+    DataCollator         -> ``CollatorOptions``
+
+Keys are checked here against the libraries' own field lists, so a typo fails before a model loads, with
+the section, the key and the close matches. The controller runs the same checks when a Workspace is
+applied (``tuning_controller.training_config``); ``validate`` is the one place that calls them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuning_controller.problems import Problem
+
+SECTIONS = (
+    "ModelConfig",
+    "QuantizationConfig",
+    "LoraConfig",
+    "TrainingArguments",
+    "DatasetConfig",
+    "DataCollator",
+)
+
+# from_pretrained kwargs that make sense for a tuning run; device placement is the trainer's decision.
+MODEL_KEYS = frozenset(
+    {
+        "torch_dtype",
+        "dtype",
+        "local_files_only",
+        "device_map",
+        "trust_remote_code",
+        "revision",
+        "attn_implementation",
+        "chat_template",
+        "use_cache",
+        "low_cpu_mem_usage",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """DatasetConfig: which columns hold the examples, shuffling, the train/eval split and length limits."""
+
+    messages_column: str | None = None
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    text_column: str | None = None
+    shuffle_dataset: bool = True
+    shuffle_seed: int = 42
+    train_test_split: float = 1.0  # share of rows used for training; the rest is the eval set
+    max_length: int | None = None  # falls back to TrainingArguments.max_length, then 1024
+    skip_bad_rows: bool = False  # False: refuse to train when a row is unusable; True: skip and count
+
+
+@dataclass(frozen=True)
+class CollatorOptions:
+    """DataCollator: what the loss is computed on. ``mlm`` is accepted for KAITO compatibility only."""
+
+    mlm: bool | None = None
+    completion_only_loss: bool = True
+    assistant_only_loss: bool = True
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The parsed file: raw sections (kept for hashing and metadata) plus the typed options."""
+
+    sections: dict[str, dict[str, Any]]
+    dataset: DatasetOptions = field(default_factory=DatasetOptions)
+    collator: CollatorOptions = field(default_factory=CollatorOptions)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.sections.get(name) or {})
+
+    @property
+    def method(self) -> str:
+        """``qlora`` when the file asks for 4- or 8-bit weights, else ``lora`` (KAITO's rule)."""
+        quant = self.section("QuantizationConfig")
+        return "qlora" if quant.get("load_in_4bit") or quant.get("load_in_8bit") else "lora"
+
+    def sha256(self) -> str:
+        canonical = json.dumps(self.sections, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def max_length(self) -> int:
+        args_len = self.section("TrainingArguments").get("max_length")
+        return int(self.dataset.max_length or args_len or 1024)
+
+
+class ConfigError(ValueError):
+    """The training config cannot be used; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _unknown_keys(section: str, values: dict[str, Any], allowed: set[str] | frozenset[str]) -> list[Problem]:
+    problems = []
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=3)
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else f"remove it; see the {section} documentation"
+            )
+            problems.append(Problem(f"training_config.{section}.{key}", "unknown key", None, hint))
+    return problems
+
+
+def _library_problems(sections: dict[str, dict[str, Any]]) -> list[Problem]:
+    """Unknown sections and keys, checked against the fields of the classes each section becomes."""
+    import peft
+    import transformers
+    import trl
+
+    allowed = {
+        "ModelConfig": MODEL_KEYS,
+        "QuantizationConfig": set(transformers.BitsAndBytesConfig().to_dict()),
+        "LoraConfig": _field_names(peft.LoraConfig),
+        "TrainingArguments": _field_names(trl.SFTConfig),
+        "DatasetConfig": _field_names(DatasetOptions),
+        "DataCollator": _field_names(CollatorOptions),
+    }
+    problems = []
+    for name, values in sections.items():
+        if name not in allowed:
+            problems.append(
+                Problem(
+                    f"training_config.{name}",
+                    "unknown section",
+                    None,
+                    f"allowed sections: {', '.join(SECTIONS)}",
+                )
+            )
+        elif not isinstance(values, dict):
+            problems.append(Problem(f"training_config.{name}", "must be a mapping", values))
+        else:
+            problems += _unknown_keys(name, values, allowed[name])
+    return problems
+
+
+def validate(doc: dict[str, Any], method: str | None) -> list[Problem]:
+    """Every problem in a ``training_config`` document: shared API rules plus library field lists."""
+    sections = doc.get("training_config") if isinstance(doc, dict) else None
+    if not isinstance(sections, dict):
+        return [Problem("training_config", "the file must hold a top-level 'training_config' mapping", doc)]
+    problems = _library_problems(sections)
+    try:
+        from tuning_controller.training_config import validate_training_config
+    except ImportError:  # the controller's shared rules are optional for the trainer image
+        return problems
+    seen = {(p.path, p.message) for p in problems}
+    return problems + [p for p in validate_training_config(doc, method) if (p.path, p.message) not in seen]
+
+
+def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
+    """Validate and type a loaded YAML document; raises ConfigError listing every problem."""
+    from tuning_controller.problems import errors
+
+    problems = errors(validate(doc, method))
+    if problems:
+        raise ConfigError(problems)
+    sections = {name: dict(values or {}) for name, values in doc["training_config"].items()}
+    try:
+        dataset = DatasetOptions(**sections.get("DatasetConfig", {}))
+        collator = CollatorOptions(**sections.get("DataCollator", {}))
+    except TypeError as exc:  # pragma: no cover - keys were checked above
+        raise ConfigError([Problem("training_config", str(exc))]) from exc
+    if not 0 < float(dataset.train_test_split) <= 1:
+        raise ConfigError(
+            [
+                Problem(
+                    "training_config.DatasetConfig.train_test_split",
+                    "must be in (0, 1]: the share of rows used for training",
+                    dataset.train_test_split,
+                )
+            ]
+        )
+    return TrainingConfig(sections=sections, dataset=dataset, collator=collator)
+
+
+def load(path: Path, method: str | None = None) -> TrainingConfig:
+    """Read and check a training_config.yaml (the Workspace's ConfigMap, mounted by the Job)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            [
+                Problem(
+                    str(path), "training config file not found", None, "pass --config or mount the ConfigMap"
+                )
+            ]
+        )
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(str(path), f"not valid YAML: {exc}")]) from exc
+    return parse(doc, method)
+
+
+def torch_dtype(name: str | None, *, on_cpu: bool):
+    """The dtype to compute in. CPUs get float32: bf16 autocast on CPU is slow or unsupported."""
+    import torch
+
+    if on_cpu or name in (None, "auto"):
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(name)]
+
+
+def quantization_config(section: dict[str, Any], *, on_cpu: bool):
+    """BitsAndBytesConfig for QLoRA (4-bit NF4 / 8-bit), or None for plain LoRA."""
+    if not (section.get("load_in_4bit") or section.get("load_in_8bit")):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    values = dict(section)
+    values["bnb_4bit_compute_dtype"] = torch_dtype(values.get("bnb_4bit_compute_dtype"), on_cpu=on_cpu)
+    return BitsAndBytesConfig(**values)
+
+
+def lora_config(section: dict[str, Any], target_modules: list[str] | str):
+    """peft.LoraConfig for a causal LM; the preset's target modules unless the config names them."""
+    from peft import LoraConfig
+
+    values = {"task_type": "CAUSAL_LM", "target_modules": target_modules, **section}
+    return LoraConfig(**values)
+
+
+def model_kwargs(section: dict[str, Any], *, on_cpu: bool) -> dict[str, Any]:
+    """from_pretrained kwargs; device placement and dtype are decided for the hardware found."""
+    values = {k: v for k, v in section.items() if k not in ("chat_template", "device_map", "torch_dtype")}
+    values["dtype"] = torch_dtype(section.get("dtype", section.get("torch_dtype")), on_cpu=on_cpu)
+    return values

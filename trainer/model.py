@@ -1,0 +1,131 @@
+"""Resolving a preset name to weights, and loading tokenizer and model for LoRA / QLoRA.
+
+A preset is a catalog name (repository id at its pinned revision), ``tiny-llama`` (built locally by
+``presets.tiny``) or a local directory holding a model (for development).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainingConfig, lora_config, model_kwargs, quantization_config
+from tuning_controller.problems import Problem
+
+log = logging.getLogger(__name__)
+
+
+class PresetNotFound(LookupError):
+    def __init__(self, problem: Problem):
+        self.problems = [problem]
+        super().__init__(str(problem))
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    name: str
+    source: str  # local directory or repository id
+    revision: str | None
+    target_modules: list[str] | str
+
+
+def resolve_preset(name: str) -> ResolvedPreset:
+    """Find the weights for ``name``; PresetNotFound names the nearest catalog entries."""
+    from presets.catalog import UnknownName, get_model
+
+    if Path(name).is_dir():
+        return ResolvedPreset(
+            name=Path(name).name, source=str(name), revision=None, target_modules="all-linear"
+        )
+    try:
+        preset = get_model(name)
+    except UnknownName as exc:
+        hint = "use a name from `kaito-tune presets`, or a local model directory"
+        raise PresetNotFound(Problem("tuning.preset.name", str(exc), None, hint)) from exc
+    if preset.local_build:
+        from presets.tiny import ensure_tiny_preset
+
+        return ResolvedPreset(preset.name, str(ensure_tiny_preset()), "local", list(preset.target_modules))
+    return ResolvedPreset(preset.name, preset.repo_id, preset.revision, list(preset.target_modules))
+
+
+def load_tokenizer(preset: ResolvedPreset, config: TrainingConfig):
+    """The preset's tokenizer; ModelConfig.chat_template replaces the template, and a pad token is ensured."""
+    from transformers import AutoTokenizer
+
+    section = config.section("ModelConfig")
+    kwargs = {k: section[k] for k in ("local_files_only", "trust_remote_code") if k in section}
+    tokenizer = AutoTokenizer.from_pretrained(preset.source, revision=preset.revision, **kwargs)
+    if section.get("chat_template"):
+        tokenizer.chat_template = section["chat_template"]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        log.warning("the tokenizer has no chat template: 'messages' rows need ModelConfig.chat_template")
+    return tokenizer
+
+
+def load_model(
+    preset: ResolvedPreset,
+    config: TrainingConfig,
+    *,
+    on_cpu: bool,
+    attn_implementation: str,
+    gradient_checkpointing: bool,
+    device_map: Any = None,
+):
+    """Base model (4-bit NF4 / 8-bit / full precision) wrapped with a fresh LoRA adapter."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs = model_kwargs(config.section("ModelConfig"), on_cpu=on_cpu)
+    kwargs.setdefault("revision", preset.revision)
+    quant = quantization_config(config.section("QuantizationConfig"), on_cpu=on_cpu)
+    model = AutoModelForCausalLM.from_pretrained(
+        preset.source,
+        quantization_config=quant,
+        attn_implementation=attn_implementation,
+        device_map=device_map,
+        **kwargs,
+    )
+    model.config.use_cache = False
+    if quant is not None and on_cpu:
+        _keep_cpu_4bit_trainable(model)
+    if quant is not None:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = lora_config(config.section("LoraConfig"), preset.target_modules)
+    return get_peft_model(model, lora)
+
+
+def _keep_cpu_4bit_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for AVX512-BF16 inference during an evaluation.
+
+    The repacked layout is served by a kernel without a backward, so training after the first eval
+    would get wrong gradients (torch warns "an autograd kernel was not registered").
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def vllm_warnings(lora_section: dict[str, Any]) -> list[str]:
+    """vLLM serves LoRA adapters but not ones that also replace the LM head or the embeddings."""
+    modules = lora_section.get("modules_to_save") or []
+    risky = [m for m in modules if any(k in m for k in ("lm_head", "embed"))]
+    if not risky:
+        return []
+    return [
+        f"LoraConfig.modules_to_save {risky}: vLLM cannot serve adapters that replace the LM head or "
+        "embeddings; the transformers runtime can"
+    ]

@@ -1,0 +1,145 @@
+"""Padding-free packing: examples laid end to end in rows, position ids restarting at each example.
+
+With no attention mask and restarting position ids, transformers' attention builds a block-diagonal
+causal mask (sdpa/eager) or uses variable-length kernels (flash-attention), so packed examples never see
+each other; ``tests/trainer/test_packing.py`` compares the logits with separate forwards. Every example
+starts with an ignored label, so no loss crosses a boundary either.
+
+Where the compute goes (``choose_strategy``):
+- CPU, or a GPU without a varlen kernel: ONE packed row of ``max_length`` per micro-step and gradient
+  accumulation for the rest. sdpa over several flattened rows attends over the whole masked square:
+  measured 0.6-0.7x the unpacked baseline, while one row per micro-step is the fastest and smallest.
+- GPU with flash-attention: a micro-step flattens several rows into one varlen sequence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.preflight import Encoded
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a step is laid out on this hardware; ``notes`` are logged so the choice is visible."""
+
+    device: str
+    attn_implementation: str
+    row_tokens: int
+    rows_per_micro_step: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    use_liger_kernel: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_strategy(
+    training_args: dict[str, Any],
+    max_length: int,
+    *,
+    cuda: bool,
+    largest_micro_batch: Callable[[bool], int] | None = None,
+) -> Strategy:
+    """Pick the layout of a step from the config and the hardware.
+
+    ``per_device_train_batch_size`` counts packed rows of ``max_length`` tokens, so a step holds at most
+    ``batch x accumulation x max_length`` tokens on every path. ``largest_micro_batch(checkpointing)`` is
+    the memory estimator for the GPU (rows that fit), used when the batch size or checkpointing is unset.
+    """
+    notes = []
+    accumulation = int(training_args.get("gradient_accumulation_steps", 1))
+    batch = training_args.get("per_device_train_batch_size")
+    checkpointing = training_args.get("gradient_checkpointing")
+    if not cuda:
+        rows = int(batch or 1)
+        notes.append(
+            f"cpu: one packed row of {max_length} tokens per micro-step, {rows * accumulation} accumulated"
+        )
+        return Strategy(
+            device="cpu",
+            attn_implementation="sdpa",
+            row_tokens=max_length,
+            rows_per_micro_step=1,
+            gradient_accumulation_steps=rows * accumulation,
+            gradient_checkpointing=bool(checkpointing),
+            notes=notes,
+        )
+    if checkpointing is None:
+        fits = largest_micro_batch(False) if largest_micro_batch else 0
+        checkpointing = fits < int(batch or 1)
+        notes.append(
+            f"gradient checkpointing {'on' if checkpointing else 'off'}: estimator fits {fits} rows without"
+        )
+    if batch is None:
+        batch = max(1, largest_micro_batch(bool(checkpointing))) if largest_micro_batch else 1
+        notes.append(f"micro-batch {batch} rows from the memory estimator")
+    varlen = importlib.util.find_spec("flash_attn") is not None
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    attn = "flash_attention_2" if varlen else "sdpa"
+    rows_per_step = int(batch) if varlen else 1
+    accumulation = accumulation if varlen else int(batch) * accumulation
+    notes.append(
+        f"cuda: {attn}, {rows_per_step} row(s) of {max_length} per micro-step, {accumulation} accumulated"
+    )
+    return Strategy(
+        device="cuda",
+        attn_implementation=attn,
+        row_tokens=max_length,
+        rows_per_micro_step=rows_per_step,
+        gradient_accumulation_steps=accumulation,
+        gradient_checkpointing=bool(checkpointing),
+        use_liger_kernel=liger,
+        notes=notes,
+    )
+
+
+def pack(examples: Sequence[Encoded], row_tokens: int) -> list[list[Encoded]]:
+    """Next-fit in the given (shuffled) order: rows vary in length, but padding-free rows waste nothing."""
+    rows: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    used = 0
+    for example in examples:
+        n = len(example.input_ids)
+        if current and used + n > row_tokens:
+            rows.append(current)
+            current, used = [], 0
+        current.append(example)
+        used += n
+    if current:
+        rows.append(current)
+    return rows
+
+
+class PackedRows:
+    """A map-style dataset of packed rows (a list of examples each), for the Trainer's sampler."""
+
+    def __init__(self, rows: list[list[Encoded]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> list[Encoded]:
+        return self.rows[i]
+
+
+def collate(batch: list[list[Encoded]]) -> dict[str, Any]:
+    """Flatten a micro-step's rows into one sequence of shape [1, tokens], no padding, no attention mask."""
+    import torch
+
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for row in batch:
+        for example in row:
+            input_ids += example.input_ids
+            labels += example.labels
+            position_ids += range(len(example.input_ids))
+    return {
+        "input_ids": torch.tensor([input_ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([position_ids]),
+    }

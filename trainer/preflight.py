@@ -1,0 +1,199 @@
+"""Pre-flight: every row rendered and tokenized before a model loads, so bad data fails on a CPU, not a GPU.
+
+``prepare`` returns the tokenized train/eval examples and a JSON-able report: counts, the bad rows with
+their index in the concatenated input and the reason, the token-length histogram and the truncation rate
+against ``max_length``. ``--dry-run`` prints that report and stops.
+
+Loss masks come from rendering a conversation turn by turn: the characters an assistant turn adds are the
+ones trained on, whatever the chat template (no ``{% generation %}`` marks needed).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.config import CollatorOptions, DatasetOptions
+from trainer.data import BadRow, DataFile, Example, column_mapping, to_example
+
+IGNORE = -100
+HISTOGRAM_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized example: ``labels`` is ``IGNORE`` where no loss is taken (always at position 0)."""
+
+    index: int
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int  # before truncation
+
+
+@dataclass
+class Prepared:
+    train: list[Encoded]
+    eval: list[Encoded]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.report["errors"]
+
+
+def _char_spans(tokenizer, example: Example, train_all: bool) -> tuple[str, list[tuple[int, int]]]:
+    """The text to tokenize and the character spans that carry loss."""
+    eos = tokenizer.eos_token or ""
+    if example.text is not None:
+        text = example.text + eos
+        return text, [(0, len(text))]
+    if example.prompt is not None:
+        text = example.prompt + example.completion + eos
+        return text, [(0 if train_all else len(example.prompt), len(text))]
+    messages = example.messages
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if train_all:
+        return full, [(0, len(full))]
+    spans = []
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        start = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        end = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (full.startswith(end) and end.startswith(start)):
+            raise BadRow("the chat template does not render this conversation turn by turn")
+        spans.append((len(start), len(end)))
+    return full, spans
+
+
+def encode(index: int, example: Example, tokenizer, max_length: int, collator: CollatorOptions) -> Encoded:
+    """Tokenize one example and build its labels; raises BadRow when nothing would be learned."""
+    train_all = (
+        not collator.assistant_only_loss
+        if example.messages is not None
+        else not collator.completion_only_loss
+    )
+    text, spans = _char_spans(tokenizer, example, train_all)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [
+        tok if any(a <= start < b for a, b in spans) else IGNORE
+        for tok, (start, _end) in zip(ids, enc["offset_mapping"], strict=True)
+    ]
+    if labels:
+        labels[0] = IGNORE  # nothing precedes the first token; also keeps packed sequences apart
+    full_length = len(ids)
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE for label in labels):
+        if full_length > max_length:
+            raise BadRow(
+                f"{full_length} tokens > max_length {max_length}: nothing to learn is left after truncation",
+                too_long=True,
+            )
+        raise BadRow("no tokens to learn from after rendering (empty answer?)")
+    return Encoded(index, ids, labels, full_length)
+
+
+def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
+    if not lengths:
+        return {"rows": 0}
+    ordered = sorted(lengths)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    histogram, low = [], 0
+    for edge in (*HISTOGRAM_EDGES, float("inf")):
+        count = sum(1 for n in ordered if low < n <= edge)
+        if count:
+            histogram.append({"le": edge if edge != float("inf") else None, "rows": count})
+        low = edge
+    truncated = sum(1 for n in ordered if n > max_length)
+    return {
+        "rows": len(ordered),
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 1),
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p99": pct(0.99),
+        "max": ordered[-1],
+        "total": sum(ordered),
+        "truncated_rows": truncated,
+        "truncation_rate": round(truncated / len(ordered), 4),
+        "histogram": histogram,
+    }
+
+
+def _split(encoded: list[Encoded], options: DatasetOptions) -> tuple[list[Encoded], list[Encoded]]:
+    rows = list(encoded)
+    if options.shuffle_dataset:
+        random.Random(options.shuffle_seed).shuffle(rows)
+    if float(options.train_test_split) >= 1 or len(rows) < 2:
+        return rows, []
+    n_train = min(len(rows) - 1, max(1, round(len(rows) * float(options.train_test_split))))
+    return rows[:n_train], rows[n_train:]
+
+
+def prepare(
+    rows: list[dict[str, Any]],
+    files: list[DataFile],
+    tokenizer,
+    options: DatasetOptions,
+    collator: CollatorOptions,
+    max_length: int,
+) -> Prepared:
+    """Check and tokenize every row; the report says whether training may start and why not."""
+    encoded: list[Encoded] = []
+    bad: list[dict[str, Any]] = []
+    too_long = 0
+    lengths: list[int] = []
+    for f in files:
+        columns = (
+            set().union(*(r.keys() for r in rows[f.first_row : f.first_row + f.rows])) if f.rows else set()
+        )
+        mapping = column_mapping(columns, options, f.relpath) if f.rows else {}
+        for index in range(f.first_row, f.first_row + f.rows):
+            try:
+                item = encode(index, to_example(rows[index], mapping), tokenizer, max_length, collator)
+            except BadRow as exc:
+                bad.append({"index": index, "file": f.relpath, "reason": str(exc)})
+                too_long += exc.too_long
+                continue
+            encoded.append(item)
+            lengths.append(item.full_length)
+    stats = _length_stats(lengths, max_length)
+    every_row_too_long = (
+        f"every row is longer than max_length {max_length}; raise DatasetConfig.max_length "
+        "(or TrainingArguments.max_length) or shorten the data"
+    )
+    errors = []
+    if not encoded and bad and too_long == len(bad):
+        errors.append(every_row_too_long)
+    elif not encoded:
+        first = f" (first: row {bad[0]['index']}: {bad[0]['reason']})" if bad else ""
+        errors.append(f"no usable rows among {len(rows)}{first}: nothing to train on")
+    elif bad and not options.skip_bad_rows:
+        errors.append(
+            f"{len(bad)} of {len(rows)} rows are unusable (first: row {bad[0]['index']} in {bad[0]['file']}: "
+            f"{bad[0]['reason']}); fix them, or set DatasetConfig.skip_bad_rows: true to skip them"
+        )
+    elif stats["truncated_rows"] == len(encoded):
+        errors.append(f"{every_row_too_long} (shortest has {stats['min']} tokens)")
+    train, evaluation = _split(encoded, options) if not errors else ([], [])
+    report = {
+        "ok": not errors,
+        "errors": errors,
+        "rows": len(rows),
+        "usable_rows": len(encoded),
+        "skipped_rows": len(bad) if options.skip_bad_rows else 0,
+        "bad_rows": bad,
+        "train_rows": len(train),
+        "eval_rows": len(evaluation),
+        "trained_tokens": sum(sum(1 for x in e.labels if x != IGNORE) for e in encoded),
+        "max_length": max_length,
+        "tokens": stats,
+        "files": [{"path": f.relpath, "rows": f.rows, "sha256": f.sha256} for f in files],
+    }
+    return Prepared(train, evaluation, report)

@@ -1,0 +1,133 @@
+"""From checked data to a saved adapter: strategy, model, Trainer, resume, SIGTERM, results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+
+import torch
+
+from trainer.checkpoint import CheckpointCallback, newest_complete, stop_on_sigterm
+from trainer.model import load_model, vllm_warnings
+from trainer.output import build_metadata, write_results
+from trainer.packing import PackedRows, choose_strategy, collate, pack
+from trainer.progress import JsonLinesSink, ProgressCallback, TqdmSink
+from trainer.sft import PackedTrainer, sft_config
+
+log = logging.getLogger("trainer")
+
+EXIT_SIGTERM = 143  # 128 + SIGTERM, what the pod would report had the signal killed it
+
+
+def _estimator(preset, method: str, row_tokens: int):
+    """The memory estimator's micro-batch for this GPU, or None when it cannot say."""
+    try:
+        from presets.catalog import get_model
+        from presets.memory import largest_micro_batch
+    except ImportError:
+        return None
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    entry = get_model(preset.name)
+    return lambda checkpointing: largest_micro_batch(entry, method, gib, row_tokens, checkpointing)
+
+
+def _sinks(args) -> list:
+    if args.progress_file:
+        args.progress_file.parent.mkdir(parents=True, exist_ok=True)
+        sinks = [JsonLinesSink(args.progress_file.open("a"))]
+    else:
+        sinks = [JsonLinesSink()]
+    if sys.stderr.isatty():
+        sinks.append(TqdmSink())
+    return sinks
+
+
+def _metrics(trainer, result, has_eval: bool) -> dict:
+    metrics = {
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "epoch": trainer.state.epoch,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "input_tokens_seen": trainer.state.num_input_tokens_seen,
+    }
+    if has_eval:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        initial = [
+            e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == 0
+        ]
+        if initial:
+            metrics["initial_eval_loss"] = initial[0]
+    return metrics
+
+
+def train(args, config, preset, tokenizer, prepared, method: str, files, data_sha256: str) -> int:
+    cuda = torch.cuda.is_available()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    training_args = config.section("TrainingArguments")
+    estimator = _estimator(preset, method, config.max_length) if cuda else None
+    strategy = choose_strategy(training_args, config.max_length, cuda=cuda, largest_micro_batch=estimator)
+    for note in strategy.notes:
+        log.info("%s", note)
+    if not cuda:
+        log.info("cpu: computing in float32 (the config's bfloat16 is for GPUs)")
+
+    model = load_model(
+        preset,
+        config,
+        on_cpu=not cuda,
+        attn_implementation=strategy.attn_implementation,
+        gradient_checkpointing=strategy.gradient_checkpointing,
+        device_map={"": local_rank} if cuda else None,
+    )
+    checkpoints = args.output / "checkpoints"
+    has_eval = bool(prepared.eval)
+    stop = stop_on_sigterm()
+    trainer = PackedTrainer(
+        model=model,
+        args=sft_config(training_args, strategy, str(checkpoints), has_eval=has_eval, world_size=world_size),
+        train_dataset=PackedRows(pack(prepared.train, strategy.row_tokens)),
+        eval_dataset=PackedRows(pack(prepared.eval, strategy.row_tokens)) if has_eval else None,
+        data_collator=collate,
+        callbacks=[
+            ProgressCallback(_sinks(args), args.progress_interval),
+            CheckpointCallback(args.checkpoint_minutes, stop),
+        ],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries JSON lines
+    resume = newest_complete(checkpoints)
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.is_set():
+        log.warning(
+            "SIGTERM: stopped at step %d after a checkpoint; a restart resumes there",
+            trainer.state.global_step,
+        )
+        return EXIT_SIGTERM
+    metrics = _metrics(trainer, result, has_eval)
+    if trainer.is_world_process_zero():
+        warnings = vllm_warnings(config.section("LoraConfig"))
+        for warning in warnings:
+            log.warning("%s", warning)
+        metadata = build_metadata(
+            preset=preset,
+            method=method,
+            config=config,
+            files=files,
+            combined_sha256=data_sha256,
+            report=prepared.report,
+            metrics=metrics,
+            warnings=warnings,
+        )
+        save_tokenizer = bool(config.section("ModelConfig").get("chat_template"))
+        written = write_results(
+            args.output, trainer.model, tokenizer, metadata, save_tokenizer=save_tokenizer
+        )
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is complete; checkpoints only cost space
+        log.info("wrote %s to %s", ", ".join(written), args.output)
+    return 0
