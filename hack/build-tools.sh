@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Build (or reuse) the pinned tools the tests need: etcd, kube-apiserver, kube-controller-manager,
+# helm and kubeconform, compiled from Go modules with this machine's Go toolchain.
+#
+# Binaries are cached OUTSIDE the repository, one folder per tool and version:
+#   ${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/tools/<name>-<version>/<name>
+# so a fresh clone (CI) reuses them and a warm call only checks that the files exist.
+#
+# Usage:
+#   hack/build-tools.sh                 build what is missing, print where each binary is
+#   hack/build-tools.sh --print-bin-dir NAME
+#                                       print the folder holding NAME (no build); exit 1 if not built
+#   hack/build-tools.sh --print-path NAME
+#                                       print the binary path of NAME (no build); exit 1 if not built
+set -euo pipefail
+
+# Kubernetes v1.36.3 builds with go1.26 and has CEL transition rules (oldSelf) and messageExpression.
+# etcd is taken at the version that Kubernetes release pins in its own go.mod (tested together).
+K8S_VERSION="v1.36.3"
+ETCD_VERSION="v3.6.8"
+HELM_VERSION="v3.22.0"
+KUBECONFORM_VERSION="v0.7.0"
+
+CACHE_ROOT="${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}"
+TOOLS_DIR="$CACHE_ROOT/tools"
+
+tool_version() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    kube-apiserver | kube-controller-manager) echo "$K8S_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    kubeconform) echo "$KUBECONFORM_VERSION" ;;
+    *)
+      echo "unknown tool '$1': expected one of etcd, kube-apiserver, kube-controller-manager, helm, kubeconform" >&2
+      return 2
+      ;;
+  esac
+}
+
+tool_path() {
+  local version
+  version="$(tool_version "$1")" || return 2
+  echo "$TOOLS_DIR/$1-$version/$1"
+}
+
+log() { echo "[build-tools] $*" >&2; }
+
+export GOFLAGS="${GOFLAGS:--p=2} -trimpath"
+export CGO_ENABLED=0
+LDFLAGS="-s -w"
+
+# Module scaffold that imports k8s.io/kubernetes as a library: require it and replace every staging
+# module (./staging/src/k8s.io/X in its go.mod) with the published k8s.io/X v0.Y.Z.
+k8s_scaffold() {
+  local dir="$CACHE_ROOT/scaffold/k8s-$K8S_VERSION"
+  if [[ -f "$dir/go.sum" && -f "$dir/.complete" ]]; then
+    echo "$dir"
+    return
+  fi
+  mkdir -p "$dir"
+  local gomod staging_version
+  gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
+  [[ -f "$gomod" ]] || { log "could not download k8s.io/kubernetes@$K8S_VERSION"; return 1; }
+  staging_version="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module kaito-tune.local/k8s-tools"
+    echo
+    sed -n 's/^go \(.*\)$/go \1/p' "$gomod"
+    echo
+    echo "require ("
+    echo "	k8s.io/kubernetes $K8S_VERSION"
+    echo "	go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    echo ")"
+    echo
+    echo "replace ("
+    sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/k8s.io/.*$#\t\1 => \1 '"$staging_version"'#p' "$gomod"
+    echo ")"
+  } >"$dir/go.mod"
+  mkdir -p "$dir/etcd"
+  cat >"$dir/tools.go" <<'EOF'
+//go:build tools
+
+// Package tools pins the commands this module builds.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+EOF
+  cat >"$dir/etcd/main.go" <<'EOF'
+// Command etcd is the etcd server, built from the server module Kubernetes pins.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+  (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log") || { cat "$dir/tidy.log" >&2; return 1; }
+  touch "$dir/.complete"
+  echo "$dir"
+}
+
+build_k8s_tools() {
+  local need=()
+  for t in etcd kube-apiserver kube-controller-manager; do
+    [[ -x "$(tool_path "$t")" ]] || need+=("$t")
+  done
+  ((${#need[@]})) || return 0
+  local dir out
+  dir="$(k8s_scaffold)"
+  out="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
+  for t in "${need[@]}"; do
+    local pkg
+    case "$t" in
+      etcd) pkg="./etcd" ;;
+      *) pkg="k8s.io/kubernetes/cmd/$t" ;;
+    esac
+    log "building $t $(tool_version "$t") (cold builds take many minutes)"
+    local start=$SECONDS
+    (cd "$dir" && go build -ldflags="$LDFLAGS" -o "$out/$t" "$pkg")
+    install_tool "$t" "$out/$t"
+    log "built $t in $((SECONDS - start))s"
+  done
+  rm -rf "$out"
+}
+
+# go install needs the module without replace directives; helm and kubeconform have none.
+build_go_install() {
+  local name="$1" pkg="$2"
+  [[ -x "$(tool_path "$name")" ]] && return 0
+  local out start=$SECONDS
+  out="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
+  log "building $name $(tool_version "$name")"
+  GOBIN="$out" go install -ldflags="$LDFLAGS" "$pkg@$(tool_version "$name")"
+  install_tool "$name" "$out/$name"
+  rm -rf "$out"
+  log "built $name in $((SECONDS - start))s"
+}
+
+# Move into place atomically so a concurrent or interrupted build never leaves a half-written binary.
+install_tool() {
+  local name="$1" built="$2" dest
+  dest="$(tool_path "$name")"
+  mkdir -p "$(dirname "$dest")"
+  mv -f "$built" "$dest.tmp.$$"
+  mv -f "$dest.tmp.$$" "$dest"
+}
+
+case "${1:-}" in
+  --print-bin-dir | --print-path)
+    [[ -n "${2:-}" ]] || { echo "usage: $0 $1 NAME" >&2; exit 2; }
+    path="$(tool_path "$2")"
+    [[ -x "$path" ]] || { echo "$2 is not built at $path: run hack/build-tools.sh" >&2; exit 1; }
+    if [[ "$1" == --print-bin-dir ]]; then dirname "$path"; else echo "$path"; fi
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "usage: $0 [--print-bin-dir NAME | --print-path NAME]" >&2
+    exit 2
+    ;;
+esac
+
+mkdir -p "$TOOLS_DIR"
+command -v go >/dev/null || { echo "go is not on PATH: install the Go toolchain (go1.26) first" >&2; exit 1; }
+started=$SECONDS
+build_k8s_tools
+build_go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform
+build_go_install helm helm.sh/helm/v3/cmd/helm
+for t in etcd kube-apiserver kube-controller-manager helm kubeconform; do
+  echo "$t $(tool_version "$t") $(tool_path "$t")"
+done
+log "done in $((SECONDS - started))s"

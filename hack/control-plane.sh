@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane for tests and demos: etcd, kube-apiserver (RBAC enforced)
+# and kube-controller-manager, all on loopback, built by hack/build-tools.sh.
+#
+#   hack/control-plane.sh start [STATE_DIR]   start, wait until ready, print `export KUBECONFIG=...`
+#   hack/control-plane.sh stop  STATE_DIR     stop everything started in STATE_DIR (by PID)
+#
+# STATE_DIR (default: a new folder under ${TMPDIR:-/tmp}) holds certificates, the admin kubeconfig,
+# etcd data, logs (logs/*.log, kept after stop for post-mortems) and PID files (pids/*.pid).
+# Environment:
+#   CONTROL_PLANE_OWNER_PID     stop automatically once this process is gone (the pytest process)
+#   CONTROL_PLANE_MAX_SECONDS   stop automatically after this many seconds (default 14400)
+# No container runtime or kubelet runs: hack/pod_executor.py plays the node.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Controllers needed by Jobs, pods with service account tokens, namespace deletion, owner-reference
+# garbage collection and the workloads an inference Workspace renders.
+CONTROLLERS="job,garbagecollector,serviceaccount,serviceaccount-token,namespace,root-ca-cert-publisher"
+CONTROLLERS+=",ttl-after-finished,deployment,replicaset,statefulset"
+SERVICE_CIDR="10.96.0.0/24"
+READY_TIMEOUT_S=120
+
+log() { echo "[control-plane] $*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+tool() {
+  "$HACK_DIR/build-tools.sh" --print-path "$1" 2>/dev/null \
+    || die "$1 is not built: run hack/build-tools.sh (binaries are cached under \${KAITO_TUNE_CACHE:-\$HOME/.cache/kaito-tune}/tools)"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---- certificates -------------------------------------------------------------------------------
+
+gen_cert() { # NAME SUBJECT EXTENSIONS...: an EC key and a cert signed by the local CA
+  local name="$1" subject="$2"
+  shift 2
+  local ext=()
+  for e in "$@"; do ext+=(-addext "$e"); done
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -CA pki/ca.crt -CAkey pki/ca.key -subj "$subject" "${ext[@]}" \
+    -keyout "pki/$name.key" -out "pki/$name.crt" 2>/dev/null
+}
+
+gen_pki() {
+  mkdir -p pki
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -subj "/CN=kaito-tune-local-ca" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -keyout pki/ca.key -out pki/ca.crt 2>/dev/null
+  gen_cert apiserver "/CN=kube-apiserver" \
+    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+    "extendedKeyUsage=serverAuth" "keyUsage=critical,digitalSignature,keyEncipherment"
+  # system:masters bypasses RBAC: only the admin has it; every other identity is checked by RBAC.
+  gen_cert admin "/O=system:masters/CN=kaito-tune-admin" "extendedKeyUsage=clientAuth"
+  gen_cert controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+  gen_cert kcm-serving "/CN=kube-controller-manager" "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out pki/sa.key 2>/dev/null
+  openssl pkey -in pki/sa.key -pubout -out pki/sa.pub 2>/dev/null
+}
+
+write_kubeconfig() { # FILE CERT_NAME USER
+  local file="$1" cert="$2" user="$3"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $(base64 -w0 pki/ca.crt)
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 "pki/$cert.crt")
+    client-key-data: $(base64 -w0 "pki/$cert.key")
+contexts:
+- name: $user@local
+  context: {cluster: local, user: $user, namespace: default}
+current-context: $user@local
+EOF
+  chmod 600 "$file"
+}
+
+# ---- processes ----------------------------------------------------------------------------------
+
+launch() { # NAME CMD...: detached (own session), no inherited stdio, PID in pids/NAME.pid
+  local name="$1"
+  shift
+  setsid "$@" </dev/null >>"logs/$name.log" 2>&1 &
+  echo $! >"pids/$name.pid"
+}
+
+alive() { [[ -f "pids/$1.pid" ]] && kill -0 "$(cat "pids/$1.pid")" 2>/dev/null; }
+
+wait_for() { # NAME URL [CURL ARGS...]: until URL answers 200 or NAME exited
+  local name="$1" url="$2"
+  shift 2
+  local deadline=$((SECONDS + READY_TIMEOUT_S))
+  until curl -sf -o /dev/null --max-time 2 "$@" "$url"; do
+    alive "$name" || die "$name exited during start-up; last lines of $PWD/logs/$name.log:
+$(tail -n 25 "logs/$name.log")"
+    ((SECONDS < deadline)) || die "$name not ready after ${READY_TIMEOUT_S}s at $url; see $PWD/logs/$name.log"
+    sleep 0.3
+  done
+}
+
+# Stops the control plane when the owner process is gone or the time limit passes, so an aborted
+# test session never leaves servers behind.
+start_watchdog() {
+  local owner="${CONTROL_PLANE_OWNER_PID:-}" max="${CONTROL_PLANE_MAX_SECONDS:-14400}"
+  setsid bash -c '
+    end=$((SECONDS + $2))
+    while ((SECONDS < end)); do
+      if [[ -n "$3" ]] && ! kill -0 "$3" 2>/dev/null; then break; fi
+      sleep 2
+    done
+    exec "$0" stop "$1" --from-watchdog
+  ' "$HACK_DIR/control-plane.sh" "$PWD" "$max" "$owner" </dev/null >>logs/watchdog.log 2>&1 &
+  echo $! >pids/watchdog.pid
+}
+
+stop_one() { # NAME: TERM, then KILL after 10 s; only if the PID still runs what we started
+  local name="$1" pid
+  [[ -f "pids/$name.pid" ]] || return 0
+  pid="$(cat "pids/$name.pid")"
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$PWD"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "pids/$name.pid"
+}
+
+cmd_start() {
+  local state="${1:-}"
+  [[ -n "$state" ]] || state="$(mktemp -d "${TMPDIR:-/tmp}/kaito-control-plane.XXXXXX")"
+  mkdir -p "$state"
+  cd "$state"
+  [[ -z "$(ls pids/*.pid 2>/dev/null)" ]] || die "$state already has a running control plane: run '$0 stop $state' first"
+  local etcd apiserver kcm
+  etcd="$(tool etcd)"
+  apiserver="$(tool kube-apiserver)"
+  kcm="$(tool kube-controller-manager)"
+  local t0=$EPOCHREALTIME
+  mkdir -p logs pids etcd-data
+  # A failed start stops what it had started, keeping the logs.
+  trap 'cmd_stop "$PWD" >/dev/null 2>&1' EXIT
+  gen_pki
+  ETCD_PORT="$(free_port)"
+  ETCD_PEER_PORT="$(free_port)"
+  API_PORT="$(free_port)"
+  KCM_PORT="$(free_port)"
+  write_kubeconfig kubeconfig admin kaito-tune-admin
+  write_kubeconfig controller-manager.kubeconfig controller-manager system:kube-controller-manager
+  start_watchdog
+
+  launch etcd "$etcd" --name local --data-dir "$PWD/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --quota-backend-bytes 2147483648 --log-level warn
+  wait_for etcd "http://127.0.0.1:$ETCD_PORT/health"
+
+  # The in-cluster "kubernetes" Service is never reached (pods get KUBERNETES_SERVICE_HOST=127.0.0.1
+  # from the pod executor), hence no endpoint reconciler: Endpoints may not point at loopback.
+  launch kube-apiserver "$apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$PWD/pki/apiserver.crt" --tls-private-key-file "$PWD/pki/apiserver.key" \
+    --client-ca-file "$PWD/pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PWD/pki/sa.pub" --service-account-signing-key-file "$PWD/pki/sa.key" \
+    --authorization-mode RBAC --service-cluster-ip-range "$SERVICE_CIDR" \
+    --endpoint-reconciler-type none --allow-privileged --profiling=false \
+    --storage-media-type application/vnd.kubernetes.protobuf --v 1
+  wait_for kube-apiserver "https://127.0.0.1:$API_PORT/readyz" --cacert pki/ca.crt \
+    --cert pki/admin.crt --key pki/admin.key
+
+  launch kube-controller-manager "$kcm" \
+    --kubeconfig "$PWD/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$PWD/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$PWD/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
+    --tls-cert-file "$PWD/pki/kcm-serving.crt" --tls-private-key-file "$PWD/pki/kcm-serving.key" \
+    --controllers "$CONTROLLERS" --leader-elect=false \
+    --use-service-account-credentials --service-account-private-key-file "$PWD/pki/sa.key" \
+    --root-ca-file "$PWD/pki/ca.crt" --cluster-name local --v 1
+  wait_for kube-controller-manager "https://127.0.0.1:$KCM_PORT/healthz" --cacert pki/ca.crt
+
+  cat >env <<EOF
+KUBECONFIG=$PWD/kubeconfig
+API_SERVER=https://127.0.0.1:$API_PORT
+ETCD=http://127.0.0.1:$ETCD_PORT
+STATE_DIR=$PWD
+EOF
+  trap - EXIT
+  log "ready in $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t0}")s (logs: $PWD/logs)"
+  echo "export KUBECONFIG=$PWD/kubeconfig"
+}
+
+cmd_stop() {
+  local state="${1:-}"
+  [[ -n "$state" && -d "$state" ]] || die "usage: $0 stop STATE_DIR (the folder 'start' used)"
+  cd "$state"
+  [[ "${2:-}" == --from-watchdog ]] && log "watchdog: owner gone or time limit reached, stopping"
+  for name in kube-controller-manager kube-apiserver etcd; do stop_one "$name"; done
+  [[ "${2:-}" == --from-watchdog ]] || stop_one watchdog
+  rm -f pids/watchdog.pid
+  log "stopped (logs kept in $PWD/logs)"
+}
+
+case "${1:-}" in
+  start) cmd_start "${2:-}" ;;
+  stop) cmd_stop "${2:-}" "${3:-}" ;;
+  *) die "usage: $0 start [STATE_DIR] | stop STATE_DIR" ;;
+esac
