@@ -1,0 +1,468 @@
+"""Checks for ``training_config.yaml`` (the tuning ConfigMap's key) and KAITO's default templates.
+
+KAITO never looks inside the sections, so a typo such as ``learning_rat`` fails hours later inside the
+pod, or worse, is ignored. Here every key of every section is checked up front against the real option
+sets: BitsAndBytesConfig, peft LoraConfig and TRL SFTConfig (snapshotted in ``training_options.json``,
+so the controller needs no torch) and this project's ModelConfig, DatasetConfig and DataCollator
+(defined below; the trainer reads exactly these). Then types, ranges, choices, KAITO's own rules
+(load_in_4bit/8bit vs method, output_dir under /mnt) and, given a preset and a GPU SKU, target modules
+and bfloat16 support. Every problem is collected; nothing stops at the first.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
+from tuning_controller import training_options
+from tuning_controller.problems import Problem, Severity
+from tuning_controller.workspace import nearest
+
+ROOT = "training_config"
+SECTIONS = (
+    "ModelConfig",
+    "QuantizationConfig",
+    "LoraConfig",
+    "TrainingArguments",
+    "DatasetConfig",
+    "DataCollator",
+)
+METHODS = ("lora", "qlora")
+TORCH_DTYPES = ["auto", "bfloat16", "float16", "float32"]
+COMPUTE_DTYPES = ["bfloat16", "float16", "float32", "float", "half"]
+STORAGE_DTYPES = ["uint8", "bfloat16", "float16", "float32"]
+BF16_NAMES = frozenset({"bfloat16", "bf16"})
+
+
+def _opt(types: list[str], default: Any, help_: str, choices: list[str] | None = None) -> dict[str, Any]:
+    option: dict[str, Any] = {"types": types, "default": default, "help": help_}
+    if choices:
+        option["choices"] = choices
+    return option
+
+
+# This project's sections (the trainer consumes exactly these names).
+MODEL_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
+    "torch_dtype": _opt(["str", "null"], "bfloat16", "weights dtype (KAITO's name)", TORCH_DTYPES),
+    "dtype": _opt(["str", "null"], None, "weights dtype (transformers 5's name)", TORCH_DTYPES),
+    "local_files_only": _opt(["bool"], True, "never reach a model hub from the pod"),
+    "device_map": _opt(
+        ["str", "dict", "null"],
+        "auto",
+        "layer placement",
+        ["auto", "balanced", "balanced_low_0", "sequential"],
+    ),
+    "trust_remote_code": _opt(["bool"], False, "run modelling code shipped with the model"),
+    "revision": _opt(["str", "null"], None, "model revision (the preset pins one)"),
+    "attn_implementation": _opt(
+        ["str", "null"],
+        None,
+        "attention kernel",
+        ["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"],
+    ),
+    "low_cpu_mem_usage": _opt(["bool"], True, "load weights without a full CPU copy"),
+    "use_cache": _opt(["bool"], False, "KV cache (off for training)"),
+    "use_safetensors": _opt(["bool", "null"], None, "prefer .safetensors files"),
+    "max_memory": _opt(["dict", "null"], None, "per-device memory caps for device_map"),
+    "offload_folder": _opt(["str", "null"], None, "where offloaded weights go"),
+    "subfolder": _opt(["str"], "", "model files inside a subfolder"),
+    "chat_template": _opt(["str", "null"], None, "Jinja chat template overriding the tokenizer's"),
+}
+DATASET_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
+    "dataset_path": _opt(["str", "null"], None, "file or folder under /mnt/data (default: all data files)"),
+    "messages_column": _opt(["str"], "messages", "conversational column: [{role, content}]"),
+    "prompt_column": _opt(["str"], "prompt", "prompt column of prompt/completion data"),
+    "completion_column": _opt(["str"], "completion", "completion column of prompt/completion data"),
+    "text_column": _opt(["str"], "text", "plain-text column"),
+    "context_column": _opt(["str", "null"], None, "KAITO's name for the prompt column"),
+    "response_column": _opt(["str", "null"], None, "KAITO's name for the completion column"),
+    "shuffle_dataset": _opt(["bool"], True, "shuffle rows before splitting"),
+    "shuffle_seed": _opt(["int"], 42, "seed of the shuffle"),
+    "train_test_split": _opt(["float"], 1.0, "fraction of rows used for training, in (0, 1]"),
+    "skip_bad_rows": _opt(["bool"], False, "drop malformed rows (reported) instead of failing"),
+}
+DATA_COLLATOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "mlm": _opt(["bool"], False, "accepted for KAITO compatibility; causal LM training ignores it"),
+    "completion_only_loss": _opt(["bool", "null"], None, "loss on completions only (prompt/completion data)"),
+    "assistant_only_loss": _opt(["bool"], False, "loss on assistant turns only (conversational data)"),
+    "pad_to_multiple_of": _opt(["int", "null"], None, "pad batches to a multiple of this length"),
+}
+
+# KAITO's lora-params-template / qlora-params-template.
+_QLORA_TEMPLATE: dict[str, Any] = {
+    ROOT: {
+        "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
+        "QuantizationConfig": {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": "bfloat16",
+            "bnb_4bit_use_double_quant": True,
+        },
+        "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
+        "TrainingArguments": {
+            "output_dir": "/mnt/results",
+            "ddp_find_unused_parameters": False,
+            "save_strategy": "no",
+            "per_device_train_batch_size": 1,
+        },
+        "DataCollator": {"mlm": True},
+        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
+    }
+}
+
+
+def default_training_config(method: str) -> dict[str, Any]:
+    """KAITO's default template for ``method`` (lora or qlora), as the parsed YAML document."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    doc = copy.deepcopy(_QLORA_TEMPLATE)
+    if method == "lora":
+        doc[ROOT]["QuantizationConfig"] = {"load_in_4bit": False}
+    return doc
+
+
+def option_sets() -> dict[str, dict[str, dict[str, Any]]]:
+    """Every section's options: {section: {option: {types, default, choices?}}}."""
+    library = training_options.load()["sections"]
+    return {
+        "ModelConfig": MODEL_CONFIG_OPTIONS,
+        "QuantizationConfig": library["QuantizationConfig"],
+        "LoraConfig": library["LoraConfig"],
+        "TrainingArguments": library["TrainingArguments"],
+        "DatasetConfig": DATASET_CONFIG_OPTIONS,
+        "DataCollator": DATA_COLLATOR_OPTIONS,
+    }
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+# (section, option) -> (holds, what is allowed). Checked only on values of the right type.
+RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("LoraConfig", "r"): (_positive, "a positive integer such as 8 or 16"),
+    ("LoraConfig", "lora_alpha"): (_positive, "a positive number (often r or 2·r)"),
+    ("LoraConfig", "lora_dropout"): (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("QuantizationConfig", "llm_int8_threshold"): (_positive, "a positive number"),
+    ("TrainingArguments", "learning_rate"): (_positive, "a positive number such as 2.0e-4"),
+    ("TrainingArguments", "num_train_epochs"): (_positive, "a positive number"),
+    ("TrainingArguments", "max_steps"): (lambda v: v == -1 or v > 0, "-1 (use epochs) or a positive integer"),
+    ("TrainingArguments", "per_device_train_batch_size"): (_positive, "a positive integer"),
+    ("TrainingArguments", "per_device_eval_batch_size"): (_positive, "a positive integer"),
+    ("TrainingArguments", "gradient_accumulation_steps"): (_positive, "a positive integer"),
+    ("TrainingArguments", "weight_decay"): (_non_negative, "a number >= 0"),
+    ("TrainingArguments", "warmup_steps"): (
+        _non_negative,
+        "a number >= 0 (below 1: a fraction of the steps)",
+    ),
+    ("TrainingArguments", "max_grad_norm"): (_non_negative, "a number >= 0"),
+    ("TrainingArguments", "adam_beta1"): (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("TrainingArguments", "adam_beta2"): (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("TrainingArguments", "adam_epsilon"): (_positive, "a small positive number such as 1.0e-8"),
+    ("TrainingArguments", "logging_steps"): (_positive, "a positive number"),
+    ("TrainingArguments", "save_steps"): (_positive, "a positive number"),
+    ("TrainingArguments", "save_total_limit"): (_positive, "a positive integer or null"),
+    ("TrainingArguments", "max_length"): (_positive, "a positive integer (tokens) or null"),
+    ("TrainingArguments", "seed"): (_non_negative, "an integer >= 0"),
+    ("TrainingArguments", "dataloader_num_workers"): (_non_negative, "an integer >= 0"),
+    ("DatasetConfig", "train_test_split"): (
+        lambda v: 0 < v <= 1,
+        "a fraction in (0, 1]: 1 trains on every row",
+    ),
+    ("DatasetConfig", "shuffle_seed"): (_non_negative, "an integer >= 0"),
+    ("DataCollator", "pad_to_multiple_of"): (_positive, "a positive integer or null"),
+}
+# String options whose values name a torch dtype.
+DTYPE_OPTIONS = {
+    ("QuantizationConfig", "bnb_4bit_compute_dtype"): COMPUTE_DTYPES,
+    ("QuantizationConfig", "bnb_4bit_quant_storage"): STORAGE_DTYPES,
+}
+# Options that must not be set in a ConfigMap: the platform owns them or they carry secrets.
+FORBIDDEN = {
+    ("TrainingArguments", "hub_token"): "secrets do not belong in a ConfigMap; the pod never talks to a hub",
+    ("TrainingArguments", "push_to_hub"): "the adapter is pushed to tuning.output as an OCI artifact instead",
+}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list")):
+        if isinstance(value, kind):
+            return name
+    return "dict" if isinstance(value, Mapping) else "object"
+
+
+def _type_ok(value: Any, types: list[str]) -> bool:
+    name = _type_name(value)
+    return name in types or "object" in types or (name == "int" and "float" in types)
+
+
+_TYPE_WORDS = {
+    "bool": "true/false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "null": "null",
+}
+
+
+def _type_hint(value: Any, types: list[str]) -> str:
+    if isinstance(value, str) and ("float" in types or "int" in types):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        if "e" in value.lower() and "." not in value:
+            return "remove the quotes; YAML 1.1 reads 2e-4 as a string: write 2.0e-4 or 0.0002"
+        return "remove the quotes"
+    if isinstance(value, str) and "bool" in types and value.lower() in ("true", "false", "yes", "no"):
+        return f"write {'true' if value.lower() in ('true', 'yes') else 'false'} without quotes"
+    return ""
+
+
+def _check_option(section: str, key: str, value: Any, spec: Mapping[str, Any], path: str) -> list[Problem]:
+    types = spec["types"]
+    if not _type_ok(value, types):
+        allowed = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return [Problem(path, f"must be {allowed}", value, _type_hint(value, types))]
+    problems: list[Problem] = []
+    choices = DTYPE_OPTIONS.get((section, key)) or spec.get("choices")
+    pissa_niter = key == "init_lora_weights" and isinstance(value, str) and value.startswith("pissa_niter_")
+    if isinstance(value, str) and choices and value not in choices and not pissa_niter:
+        guess = next((c for c in choices if c.startswith(value)), None) or nearest(value, choices)
+        hint = f"did you mean {guess!r}? " if guess else ""
+        problems.append(
+            Problem(path, "is not an allowed value", value, f"{hint}allowed: {', '.join(choices)}")
+        )
+    rule = RANGES.get((section, key))
+    if rule and isinstance(value, int | float) and not isinstance(value, bool) and not rule[0](value):
+        problems.append(Problem(path, f"is out of range: must be {rule[1]}", value))
+    if (section, key) in FORBIDDEN and value not in (None, False, ""):
+        problems.append(Problem(path, "must not be set here", value, FORBIDDEN[(section, key)]))
+    return problems
+
+
+def _check_section(name: str, body: Any, options: dict[str, dict[str, Any]], path: str) -> list[Problem]:
+    if body is None:
+        return []
+    if not isinstance(body, Mapping):
+        return [Problem(path, "must be a mapping of option: value", body)]
+    problems: list[Problem] = []
+    all_sets = option_sets()
+    for key, value in body.items():
+        key_path = f"{path}.{key}"
+        spec = options.get(str(key))
+        if spec is None:
+            elsewhere = [s for s, opts in all_sets.items() if s != name and key in opts]
+            if elsewhere:
+                hint = f"{key} is an option of {elsewhere[0]}: move it there"
+            else:
+                guess = nearest(str(key), options)
+                hint = f"did you mean {guess!r}?" if guess else f"see the {name} options"
+            problems.append(Problem(key_path, f"unknown option of {name}", None, hint))
+            continue
+        problems += _check_option(name, str(key), value, spec, key_path)
+    return problems
+
+
+def _flag(value: Any) -> bool:
+    return value is True
+
+
+def _kaito_rules(sections: Mapping[str, Any], method: str | None, path: str) -> list[Problem]:
+    """KAITO's own rules: quantisation flags vs method, output_dir under /mnt."""
+    problems: list[Problem] = []
+    quant = sections.get("QuantizationConfig") or {}
+    qpath = f"{path}.QuantizationConfig"
+    if isinstance(quant, Mapping):
+        four, eight = _flag(quant.get("load_in_4bit")), _flag(quant.get("load_in_8bit"))
+        if four and eight:
+            problems.append(
+                Problem(
+                    f"{qpath}.load_in_4bit",
+                    "load_in_4bit and load_in_8bit cannot both be true",
+                    True,
+                    "pick one",
+                )
+            )
+        if method == "lora" and (four or eight):
+            key = "load_in_4bit" if four else "load_in_8bit"
+            problems.append(
+                Problem(
+                    f"{qpath}.{key}", "method lora loads full-precision weights", True, "use method qlora"
+                )
+            )
+        if method == "qlora" and not (four or eight):
+            problems.append(
+                Problem(
+                    f"{qpath}.load_in_4bit",
+                    "method qlora needs quantised weights",
+                    quant.get("load_in_4bit"),
+                    "set load_in_4bit: true (or load_in_8bit: true), or use method lora",
+                )
+            )
+    args = sections.get("TrainingArguments") or {}
+    output_dir = args.get("output_dir") if isinstance(args, Mapping) else None
+    if isinstance(output_dir, str):
+        normal = posixpath.normpath(output_dir)
+        if not normal.startswith("/mnt/"):
+            problems.append(
+                Problem(
+                    f"{path}.TrainingArguments.output_dir",
+                    "must be a folder under /mnt (not /mnt itself): the push step reads the adapter there",
+                    output_dir,
+                    "use /mnt/results",
+                )
+            )
+    return problems
+
+
+def _resolve(kind: str, value: Any, getter: Callable[[str], Any]) -> tuple[Any, list[Problem]]:
+    if value is None or not isinstance(value, str):
+        return value, []
+    try:
+        return getter(value), []
+    except UnknownName as exc:
+        return None, [Problem(kind, str(exc), value)]
+
+
+def _preset_rules(sections: Mapping[str, Any], preset: ModelPreset, path: str) -> list[Problem]:
+    lora = sections.get("LoraConfig") or {}
+    modules = lora.get("target_modules") if isinstance(lora, Mapping) else None
+    if not isinstance(modules, list):
+        return []
+    known = preset.linear_shapes()
+    problems = []
+    for i, module in enumerate(modules):
+        if module not in known:
+            guess = nearest(str(module), known)
+            hint = f"did you mean {guess!r}? " if guess else ""
+            problems.append(
+                Problem(
+                    f"{path}.LoraConfig.target_modules[{i}]",
+                    f"is not a linear layer of {preset.name} ({preset.architecture})",
+                    module,
+                    f"{hint}its linear layers: {', '.join(known)}; or write target_modules: all-linear",
+                )
+            )
+    return problems
+
+
+def _is_bf16(value: Any) -> bool:
+    return isinstance(value, str) and value.lower() in BF16_NAMES
+
+
+def _sku_rules(sections: Mapping[str, Any], sku: GpuSku, path: str) -> list[Problem]:
+    """Known GPU limits as warnings: bfloat16 asked on a GPU without it (V100, T4)."""
+    if sku.bf16:
+        return []
+    asked = []
+    model = sections.get("ModelConfig") or {}
+    quant = sections.get("QuantizationConfig") or {}
+    args = sections.get("TrainingArguments") or {}
+    for section, body, key in (
+        ("ModelConfig", model, "torch_dtype"),
+        ("ModelConfig", model, "dtype"),
+        ("QuantizationConfig", quant, "bnb_4bit_compute_dtype"),
+    ):
+        if isinstance(body, Mapping) and _is_bf16(body.get(key)):
+            asked.append((f"{path}.{section}.{key}", body.get(key)))
+    if isinstance(args, Mapping) and args.get("bf16") is True:
+        asked.append((f"{path}.TrainingArguments.bf16", True))
+    return [
+        Problem(
+            where,
+            f"{sku.name} has {sku.gpu_model} GPUs without bfloat16 support (compute capability "
+            f"{sku.compute_capability}; bfloat16 needs 8.0+)",
+            value,
+            "use float16 here (and fp16: true), or pick an Ampere or newer instance type",
+            Severity.WARNING,
+        )
+        for where, value in asked
+    ]
+
+
+def validate_training_config(
+    doc: Mapping[str, Any],
+    method: str | None = None,
+    *,
+    sku: GpuSku | str | None = None,
+    preset: ModelPreset | str | None = None,
+    path: str = ROOT,
+) -> list[Problem]:
+    """Every problem in a parsed ``training_config.yaml``; ``path`` is where its root sits in the file.
+
+    ``method`` enables KAITO's method rules, ``preset`` the target-module check, ``sku`` the GPU warnings.
+    Names are looked up in the catalogs; objects are used as they are.
+    """
+    base = path.rsplit(".", 1)[0] if path.endswith(f".{ROOT}") else ""
+    if not isinstance(doc, Mapping):
+        return [Problem(base or "<document>", f"must be a mapping with the key {ROOT}", doc)]
+    problems: list[Problem] = []
+    for key in doc:
+        if key != ROOT:
+            hint = (
+                f"did you mean {ROOT!r}?"
+                if nearest(str(key), [ROOT])
+                else f"the only top-level key is {ROOT}"
+            )
+            problems.append(
+                Problem(f"{base}.{key}" if base else str(key), "unknown top-level key", None, hint)
+            )
+    sections = doc.get(ROOT)
+    if sections is None:
+        return [*problems, Problem(path, "is required", None, f"start the file with `{ROOT}:`")]
+    if not isinstance(sections, Mapping):
+        return [*problems, Problem(path, "must be a mapping of section: options", sections)]
+    all_sets = option_sets()
+    for name, body in sections.items():
+        if name not in all_sets:
+            guess = nearest(str(name), SECTIONS)
+            hint = f"did you mean {guess!r}? " if guess else ""
+            problems.append(
+                Problem(f"{path}.{name}", "unknown section", None, f"{hint}sections: {', '.join(SECTIONS)}")
+            )
+            continue
+        problems += _check_section(name, body, all_sets[name], f"{path}.{name}")
+    if method is not None and method not in METHODS:
+        problems.append(Problem("method", "must be lora or qlora", method))
+        method = None
+    problems += _kaito_rules(sections, method, path)
+    preset_obj, found = _resolve("preset", preset, get_model)
+    problems += found
+    if preset_obj is not None:
+        problems += _preset_rules(sections, preset_obj, path)
+    sku_obj, found = _resolve("instanceType", sku, get_sku)
+    problems += found
+    if sku_obj is not None:
+        problems += _sku_rules(sections, sku_obj, path)
+    return problems
+
+
+def effective_options(doc: Mapping[str, Any] | None, method: str) -> dict[str, dict[str, Any]]:
+    """The section options the trainer will see: the user's values over library defaults.
+
+    A document without a section gets the method template's section (KAITO's behaviour for a missing
+    ConfigMap); malformed sections count as empty (their problems are reported by validation).
+    """
+    template = default_training_config(method)[ROOT]
+    sections = (doc or {}).get(ROOT) if isinstance(doc, Mapping) else None
+    sections = sections if isinstance(sections, Mapping) else template
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in option_sets().items():
+        merged = {key: spec["default"] for key, spec in options.items()}
+        body = sections.get(name)
+        if isinstance(body, Mapping):
+            merged.update(body)
+        out[name] = merged
+    return out
