@@ -72,6 +72,7 @@ class _Downloader:
         self.session = requests.Session()
         self.session.verify = options.ca_bundle or True
         self.session.headers["User-Agent"] = "kaito-tune-fetch"
+        self.session.headers["Accept-Encoding"] = "identity"  # byte offsets must match the file for Range
         self.remaining = options.max_bytes
 
     def _get(self, url: str, offset: int) -> requests.Response:
@@ -121,8 +122,8 @@ class _Downloader:
                                 f"URL {url!r} is {length + offset} bytes, over what the size cap leaves; "
                                 "raise --max-size"
                             )
-                        with response:
-                            for chunk in response.iter_content(IO_BLOCK):
+                        with response:  # read1: a dropped connection keeps every byte that arrived
+                            while chunk := response.raw.read1(IO_BLOCK):
                                 self.remaining -= len(chunk)
                                 if self.remaining < 0:
                                     raise SizeLimitError(

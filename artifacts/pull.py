@@ -68,7 +68,10 @@ def detect_format(document: dict[str, Any]) -> str:
 
 def layer_path(layer: dict[str, Any]) -> str | None:
     annotations = layer.get("annotations") or {}
-    return annotations.get(mt.ANNOTATION_FILEPATH) or annotations.get(mt.ANNOTATION_TITLE)
+    for key in (mt.ANNOTATION_FILEPATH, mt.ANNOTATION_TITLE):
+        if key in annotations:
+            return annotations[key]
+    return None
 
 
 def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, Any], str | None]]:
@@ -77,7 +80,7 @@ def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, An
     seen: set[str] = set()
     for index, layer in enumerate(document.get("layers") or []):
         media_type = layer.get("mediaType", "")
-        if mt.is_tar_layer(media_type) and not layer_path(layer):
+        if mt.is_tar_layer(media_type) and layer_path(layer) is None:
             plan.append((layer, None))
             continue
         path = layer_path(layer)

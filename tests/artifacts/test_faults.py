@@ -1,0 +1,126 @@
+"""Failures a push container meets: bad credentials, a registry that goes away, tampering, 404."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from artifacts.errors import AuthError, IntegrityError, NotFoundError
+from artifacts.pull import inspect, pull
+from artifacts.push import push
+from artifacts.registry import ClientOptions
+from tests.artifacts.conftest import snapshot
+from tests.fixtures.registry import Registry, write_docker_config
+from tuning_controller.cli import main
+
+
+def test_wrong_password_names_registry_and_entry_but_not_the_secret(
+    adapter_dir: Path, oci_registry: Registry, tmp_path: Path
+) -> None:
+    config = write_docker_config(tmp_path / "bad.json", oci_registry.host, "tuner", "wrong-Pa55word")
+    before = snapshot(adapter_dir)
+
+    with pytest.raises(AuthError) as caught:
+        push(adapter_dir, oci_registry.ref("auth/a"), options=ClientOptions(docker_config=config))
+
+    message = str(caught.value)
+    assert (
+        oci_registry.host in message and f"entry {oci_registry.host!r}" in message and str(config) in message
+    )
+    assert "wrong-Pa55word" not in message
+    assert base64.b64encode(b"tuner:wrong-Pa55word").decode() not in message
+    assert snapshot(adapter_dir) == before
+
+
+def test_missing_entry_lists_the_entries_present(
+    adapter_dir: Path, oci_registry: Registry, tmp_path: Path
+) -> None:
+    config = write_docker_config(tmp_path / "other.json", "other.example.com", "u", "p")
+    with pytest.raises(AuthError, match=r"has no entry for .*entries: other\.example\.com"):
+        push(adapter_dir, oci_registry.ref("auth/b"), options=ClientOptions(docker_config=config))
+
+
+def test_username_password_fields_are_accepted(
+    adapter_dir: Path, oci_registry: Registry, tmp_path: Path
+) -> None:
+    config = tmp_path / "fields.json"
+    entry = {"username": oci_registry.username, "password": oci_registry.password}
+    config.write_text(json.dumps({"auths": {f"http://{oci_registry.host}/v1/": entry}}))
+    assert push(adapter_dir, oci_registry.ref("auth/c"), options=ClientOptions(docker_config=config)).digest
+
+
+def test_cli_failure_is_one_line_on_stderr_and_in_the_termination_log(
+    adapter_dir: Path, oci_registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_docker_config(tmp_path / "bad.json", oci_registry.host, "tuner", "nope")
+    log = tmp_path / "termination-log"
+    argv = ["push", str(adapter_dir), oci_registry.ref("auth/d"), "--docker-config", str(config)]
+
+    assert main([*argv, "--termination-log", str(log)]) == 1
+
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: registry ")
+    assert log.read_text() == err.removeprefix("error: ") + "\n"
+    assert "nope" not in err
+
+
+def test_registry_stopped_mid_push_and_restarted_resumes_the_upload(
+    oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    source = tmp_path / "big"
+    source.mkdir()
+    (source / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4096)  # 1 MiB: 16 chunks
+    size = 1 << 20
+    sent: list[int] = []
+    restarter: list[threading.Timer] = []
+
+    def progress(count: int) -> None:
+        sent.append(count)
+        if sum(sent) >= 3 * options.chunk_bytes and not restarter:
+            oci_registry.stop()
+            restarter.append(threading.Timer(1.0, oci_registry.start))
+            restarter[0].start()
+
+    try:
+        result = push(source, oci_registry.ref("faults/restart"), options=options, progress=progress)
+    finally:
+        for timer in restarter:
+            timer.join()
+        if oci_registry.process is None:
+            oci_registry.start()
+
+    assert restarter, "the registry was never stopped: the test did not exercise a failure"
+    # Usually the upload resumes at the registry's offset (one chunk re-sent); if the registry died
+    # while writing a chunk it forgets the session and the upload restarts: either way, bounded.
+    assert size < sum(sent) < 2 * size
+    pull(result.reference, tmp_path / "out", options=options)
+    assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_tampered_blob_is_detected_and_nothing_is_written(
+    adapter_dir: Path, oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    result = push(adapter_dir, oci_registry.ref("faults/tamper"), options=options)
+    weights = next(
+        x for x in inspect(result.reference, options=options)["layers"] if x["path"].endswith("safetensors")
+    )
+    blob = oci_registry.blob_path(weights["digest"])
+    data = bytearray(blob.read_bytes())
+    data[1000] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+    with pytest.raises(IntegrityError, match=weights["digest"]):
+        pull(result.reference, tmp_path / "out", options=options)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_missing_tag_names_the_repository(
+    oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    with pytest.raises(NotFoundError, match=r"repository nothing/here on registry 127\.0\.0\.1"):
+        pull(oci_registry.ref("nothing/here", "v9"), tmp_path / "out", options=options)
