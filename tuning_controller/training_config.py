@@ -385,7 +385,7 @@ def _sku_rules(sections: Mapping[str, Any], sku: GpuSku, path: str) -> list[Prob
             f"{sku.name} has {sku.gpu_model} GPUs without bfloat16 support (compute capability "
             f"{sku.compute_capability}; bfloat16 needs 8.0+)",
             value,
-            "use float16 here (and fp16: true), or pick an Ampere or newer instance type",
+            "use float16 (in the ConfigMap named by tuning.config), or an Ampere or newer instance type",
             Severity.WARNING,
         )
         for where, value in asked

@@ -1,0 +1,480 @@
+"""Every problem of a Workspace, found before anything is created: KAITO's rules, and what KAITO misses.
+
+``validate_workspace`` runs the shape parse (unknown fields, types), KAITO's rules (one of inference or
+tuning, exactly one input and output, push secret with image, image references, input URL policy,
+adapters, DNS-1123 names, immutability against the old object) and this project's additions (presets
+exist and support the method, every key of the training config, GPU memory fit, known GPU issues as
+warnings). It returns all problems; callers decide (the CLI prints them, the controller reports them
+in a condition). The CRD's CEL rules repeat the static subset so the API server refuses early too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from artifacts.errors import InvalidInputError
+from artifacts.hosts import host_refusal
+from artifacts.reference import Reference
+from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
+from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
+from tuning_controller.problems import Problem, Severity
+from tuning_controller.training_config import METHODS, default_training_config, validate_training_config
+from tuning_controller.workspace import (
+    API_VERSIONS,
+    KIND,
+    MAX_ADAPTERS,
+    DataDestination,
+    DataSource,
+    InferenceSpec,
+    LabelSelector,
+    ResourceSpec,
+    TuningSpec,
+    Workspace,
+    parse_workspace,
+    to_dict,
+)
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+STRENGTH = re.compile(r"^[0-9]*\.?[0-9]+$")
+
+
+def _name_problems(path: str, value: str, *, what: str, label: bool = True) -> list[Problem]:
+    """DNS-1123 label (63) or subdomain (253) names; a name wrong only in case is a placeholder: warn."""
+    pattern, limit = (DNS1123_LABEL, 63) if label else (DNS1123_SUBDOMAIN, 253)
+    if pattern.match(value) and len(value) <= limit:
+        return []
+    kind = "DNS-1123 label" if label else "DNS-1123 subdomain"
+    rule = (
+        f"a {kind}: lowercase letters, digits and '-'{'' if label else ' or .'}, at most {limit} characters"
+    )
+    if pattern.match(value.lower().replace("_", "-")) and len(value) <= limit:
+        return [
+            Problem(
+                path,
+                f"{what} names are lowercase ({rule}); a {what} with this name cannot exist",
+                value,
+                "replace the placeholder with the real name",
+                Severity.WARNING,
+            )
+        ]
+    return [Problem(path, f"must be {rule}", value, f"rename the {what}")]
+
+
+def image_problems(path: str, image: str) -> list[Problem]:
+    """The reference must parse (registry/repository[:tag][@digest]); uppercase is a placeholder: warn."""
+    try:
+        Reference.parse(image)
+    except InvalidInputError as exc:
+        lowered = image.rsplit(":", 1)[0].lower() + (":" + image.rsplit(":", 1)[1] if ":" in image else "")
+        try:
+            Reference.parse(lowered)
+        except InvalidInputError:
+            return [
+                Problem(
+                    path,
+                    str(exc),
+                    None,
+                    "write registry/repository:tag, e.g. myacr.azurecr.io/adapters/phi-3:v1",
+                )
+            ]
+        return [
+            Problem(
+                path,
+                "registries accept only lowercase repository names (the OCI distribution spec)",
+                image,
+                "replace the placeholder with the real lowercase repository before the push",
+                Severity.WARNING,
+            )
+        ]
+    return []
+
+
+def url_problems(path: str, url: str, *, allow_loopback: bool) -> list[Problem]:
+    """https (or http, warned) URLs to public hosts only, without credentials (they would sit in the spec)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return [
+            Problem(path, "must be an http(s) URL", url, "host the data on a web server or use input.image")
+        ]
+    problems = []
+    if parts.username or parts.password:
+        problems.append(
+            Problem(path, "must not carry credentials", "<redacted>", "use input.image with imagePullSecrets")
+        )
+    refusal = host_refusal(parts.hostname or "", allow_loopback=allow_loopback)
+    if refusal:
+        problems.append(
+            Problem(
+                path, f"is refused: {refusal}", url, "data URLs must point at public hosts (SSRF protection)"
+            )
+        )
+    elif parts.scheme == "http":
+        problems.append(
+            Problem(path, "uses plain http: the data travels unencrypted", url, "use https", Severity.WARNING)
+        )
+    return problems
+
+
+def _lookup(path: str, name: str, getter, kind: str, hint: str = "") -> tuple[Any, list[Problem]]:
+    try:
+        return getter(name), []
+    except UnknownName as exc:
+        return None, [Problem(path, f"is not a known {kind}", name, f"{exc}{hint}")]
+
+
+def _selector_problems(selector: LabelSelector | None) -> list[Problem]:
+    if selector is None:
+        return []  # reported as required by the parser
+    path = "resource.labelSelector"
+    if not selector.match_labels and not selector.match_expressions:
+        return [
+            Problem(
+                path, "must select something: an empty selector matches every node", None, "add matchLabels"
+            )
+        ]
+    problems = []
+    for key, value in selector.match_labels.items():
+        if isinstance(value, str) and (len(value) > 63 or not LABEL_VALUE.match(value)):
+            problems.append(
+                Problem(
+                    f"{path}.matchLabels.{key}",
+                    "is not a valid label value (63 alphanumerics, '-', '_', '.')",
+                    value,
+                )
+            )
+    return problems
+
+
+def _resource_problems(resource: ResourceSpec | None, ws: Workspace) -> tuple[GpuSku | None, list[Problem]]:
+    if resource is None:
+        return None, [
+            Problem("resource", "is required", None, "set resource.instanceType and resource.labelSelector")
+        ]
+    problems = _selector_problems(resource.label_selector)
+    if resource.count < 1:
+        problems.append(Problem("resource.count", "must be at least 1", resource.count))
+    elif ws.tuning is not None and resource.count > 1:
+        problems.append(
+            Problem(
+                "resource.count", "tuning runs on one node", resource.count, "set count: 1 (or leave it out)"
+            )
+        )
+    if resource.preferred_nodes:
+        problems.append(
+            Problem(
+                "resource.preferredNodes",
+                "is deprecated",
+                None,
+                "label the nodes and select them",
+                Severity.WARNING,
+            )
+        )
+    sku = None
+    if resource.instance_type:
+        sku, found = _lookup(
+            "resource.instanceType",
+            resource.instance_type,
+            get_sku,
+            "instance type",
+            "; or leave instanceType empty to use your own nodes chosen by labelSelector",
+        )
+        problems += found
+    return sku, problems
+
+
+def _source_problems(
+    path: str, source: DataSource, *, allow_loopback: bool, for_adapter: bool
+) -> list[Problem]:
+    problems: list[Problem] = []
+    given = [
+        name
+        for name, set_ in (
+            ("urls", source.urls),
+            ("image", source.image),
+            ("volumeSource", source.volume_source),
+        )
+        if set_
+    ]
+    allowed = ("image", "volumeSource") if for_adapter else ("urls", "image", "volumeSource")
+    if for_adapter and source.urls:
+        problems.append(
+            Problem(f"{path}.urls", "adapters are not fetched from URLs", None, "use image or volumeSource")
+        )
+    elif len(given) != 1:
+        problems.append(
+            Problem(
+                path,
+                f"set exactly one of {', '.join(allowed)}",
+                given or None,
+                "remove the others" if given else "",
+            )
+        )
+    for i, url in enumerate(source.urls):
+        problems += url_problems(f"{path}.urls[{i}]", url, allow_loopback=allow_loopback)
+    if source.image:
+        problems += image_problems(f"{path}.image", source.image)
+    for i, secret in enumerate(source.image_pull_secrets):
+        problems += _name_problems(f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False)
+    if source.volume_source is not None and len(source.volume_source) != 1:
+        problems.append(
+            Problem(
+                f"{path}.volumeSource",
+                "must name exactly one volume type (e.g. persistentVolumeClaim: {claimName: data})",
+                sorted(source.volume_source),
+            )
+        )
+    return problems
+
+
+def _output_problems(output: DataDestination) -> list[Problem]:
+    path = "tuning.output"
+    problems = []
+    if bool(output.image) == (output.volume_source is not None):
+        problems.append(
+            Problem(path, "set exactly one of image (with imagePushSecret) or volumeSource", None)
+        )
+    if output.image:
+        problems += image_problems(f"{path}.image", output.image)
+        if not output.image_push_secret:
+            problems.append(
+                Problem(
+                    f"{path}.imagePushSecret",
+                    "is required with tuning.output.image",
+                    None,
+                    "create a docker-registry Secret that may push there and name it here",
+                )
+            )
+    if output.image_push_secret:
+        problems += _name_problems(
+            f"{path}.imagePushSecret", output.image_push_secret, what="Secret", label=False
+        )
+    if output.volume_source is not None and len(output.volume_source) != 1:
+        problems.append(
+            Problem(f"{path}.volumeSource", "must name exactly one volume type", sorted(output.volume_source))
+        )
+    return problems
+
+
+def _tuning_problems(
+    tuning: TuningSpec,
+    sku: GpuSku | None,
+    *,
+    allow_loopback: bool,
+    training_config: Mapping[str, Any] | None,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    method = tuning.method.lower()
+    if method not in METHODS:
+        problems.append(Problem("tuning.method", "must be lora or qlora", tuning.method))
+        method = ""
+    elif tuning.method != method:
+        problems.append(
+            Problem(
+                "tuning.method",
+                "is accepted in any case; write it in lower case",
+                tuning.method,
+                severity=Severity.WARNING,
+            )
+        )
+    preset: ModelPreset | None = None
+    if tuning.preset is not None:
+        preset, found = _lookup("tuning.preset.name", tuning.preset.name, get_model, "model preset")
+        problems += found
+        if preset is not None and method and method not in preset.methods:
+            problems.append(
+                Problem(
+                    "tuning.method",
+                    f"{preset.name} cannot be tuned with {method}",
+                    method,
+                    f"use {' or '.join(preset.methods)}",
+                )
+            )
+    if tuning.input is not None:
+        problems += _source_problems(
+            "tuning.input", tuning.input, allow_loopback=allow_loopback, for_adapter=False
+        )
+    if tuning.output is not None:
+        problems += _output_problems(tuning.output)
+    if tuning.config:
+        problems += _name_problems("tuning.config", tuning.config, what="ConfigMap", label=False)
+    if not method:
+        return problems
+    doc = training_config
+    if doc is not None:
+        path = f"configmap/{tuning.config or 'training'}[training_config.yaml].training_config"
+    elif not tuning.config:
+        doc = default_training_config(method)
+        path = f"{method}-params-template.training_config"
+    if doc is not None:
+        problems += validate_training_config(doc, method, sku=sku, preset=preset, path=path)
+    if preset is not None and sku is not None:
+        problems += fit_problems(preset, method, sku, doc)
+    return problems
+
+
+def _inference_problems(inference: InferenceSpec, sku: GpuSku | None) -> list[Problem]:
+    problems: list[Problem] = []
+    if (inference.preset is None) == (inference.template is None):
+        problems.append(Problem("inference", "set exactly one of preset or template", None))
+    if inference.preset is not None:
+        preset, found = _lookup("inference.preset.name", inference.preset.name, get_model, "model preset")
+        problems += found
+        if preset is not None and sku is not None:
+            problems += inference_fit_problems(preset, sku)
+    if inference.config:
+        problems += _name_problems("inference.config", inference.config, what="ConfigMap", label=False)
+    if len(inference.adapters) > MAX_ADAPTERS:
+        problems.append(
+            Problem("inference.adapters", f"at most {MAX_ADAPTERS} adapters", len(inference.adapters))
+        )
+    seen: dict[str, int] = {}
+    for i, adapter in enumerate(inference.adapters):
+        path = f"inference.adapters[{i}]"
+        source = adapter.source
+        if source is not None:
+            if not source.name:
+                problems.append(
+                    Problem(f"{path}.source.name", "is required", None, "name the adapter (DNS-1123 label)")
+                )
+            else:
+                problems += _name_problems(f"{path}.source.name", source.name, what="adapter")
+                if source.name in seen:
+                    problems.append(
+                        Problem(
+                            f"{path}.source.name",
+                            f"duplicates inference.adapters[{seen[source.name]}].source.name",
+                            source.name,
+                            "adapter names must be unique",
+                        )
+                    )
+                seen.setdefault(source.name, i)
+            problems += _source_problems(f"{path}.source", source, allow_loopback=False, for_adapter=True)
+        if not STRENGTH.match(adapter.strength) or not 0.0 <= float(adapter.strength) <= 1.0:
+            problems.append(
+                Problem(
+                    f"{path}.strength",
+                    'must be a number from "0.0" to "1.0", written as a string',
+                    adapter.strength,
+                )
+            )
+    return problems
+
+
+def _immutability_problems(new: Workspace, old: Workspace) -> list[Problem]:
+    """KAITO's update rules: what a running Workspace cannot change."""
+    problems = []
+
+    def changed(path: str, before: Any, after: Any, what: str) -> None:
+        if before != after:
+            problems.append(
+                Problem(path, f"cannot be changed ({what})", to_dict(after), "create a new Workspace instead")
+            )
+
+    if (old.tuning is None) != (new.tuning is None) or (old.inference is None) != (new.inference is None):
+        problems.append(
+            Problem(
+                "tuning" if (old.tuning is None) != (new.tuning is None) else "inference",
+                "inference and tuning cannot be switched on or off by an update",
+                None,
+                "delete the Workspace and create a new one",
+            )
+        )
+    if old.resource is not None and new.resource is not None:
+        changed(
+            "resource.instanceType",
+            old.resource.instance_type,
+            new.resource.instance_type,
+            "nodes are provisioned for it",
+        )
+        changed(
+            "resource.labelSelector",
+            old.resource.label_selector,
+            new.resource.label_selector,
+            "nodes were chosen by it",
+        )
+    if old.tuning is not None and new.tuning is not None:
+        changed("tuning.preset", old.tuning.preset, new.tuning.preset, "the job tunes this model")
+        changed(
+            "tuning.method",
+            old.tuning.method.lower(),
+            new.tuning.method.lower(),
+            "the job tunes with this method",
+        )
+        before_in, after_in = old.tuning.input, new.tuning.input
+        if before_in is not None and after_in is not None:
+            before_in = to_dict(before_in) | {"urls": sorted(before_in.urls)}
+            after_in = to_dict(after_in) | {"urls": sorted(after_in.urls)}
+        changed("tuning.input", before_in, after_in, "the job trains on this data")
+        changed("tuning.output", old.tuning.output, new.tuning.output, "the adapter goes there")
+    if old.inference is not None and new.inference is not None:
+        changed("inference.preset", old.inference.preset, new.inference.preset, "the server runs this model")
+        if (old.inference.template is None) != (new.inference.template is None):
+            problems.append(
+                Problem(
+                    "inference.template",
+                    "cannot be set or unset by an update",
+                    None,
+                    "create a new Workspace",
+                )
+            )
+    return problems
+
+
+def validate_workspace(
+    obj: Mapping[str, Any],
+    old: Mapping[str, Any] | None = None,
+    *,
+    allow_loopback_urls: bool = False,
+    training_config: Mapping[str, Any] | None = None,
+) -> list[Problem]:
+    """Every problem (errors and warnings) of a Workspace object; ``old`` adds the update rules.
+
+    ``training_config`` is the parsed ``training_config.yaml`` of the ConfigMap named by tuning.config
+    when the caller has it; without a tuning.config, KAITO's template for the method is checked.
+    ``allow_loopback_urls`` is for local development only.
+    """
+    if not isinstance(obj, Mapping):
+        return [Problem("<root>", "a Workspace must be a mapping", obj)]
+    problems: list[Problem] = []
+    if obj.get("apiVersion") not in API_VERSIONS:
+        problems.append(
+            Problem("apiVersion", f"must be one of {', '.join(API_VERSIONS)}", obj.get("apiVersion"))
+        )
+    if obj.get("kind") != KIND:
+        problems.append(Problem("kind", f"must be {KIND}", obj.get("kind")))
+    ws, shape = parse_workspace(obj)
+    problems += shape
+    name = ws.metadata.get("name")
+    if isinstance(name, str) and name:
+        problems += _name_problems("metadata.name", name, what="Workspace")
+    elif not ws.metadata.get("generateName"):
+        problems.append(Problem("metadata.name", "is required", None, "name the Workspace (DNS-1123 label)"))
+    namespace = ws.metadata.get("namespace")
+    if isinstance(namespace, str) and namespace:
+        problems += _name_problems("metadata.namespace", namespace, what="namespace")
+    if (ws.inference is None) == (ws.tuning is None):
+        problems.append(
+            Problem(
+                "inference",
+                "set exactly one of inference or tuning",
+                None,
+                "a Workspace either serves a model or tunes one",
+            )
+        )
+    sku, found = _resource_problems(ws.resource, ws)
+    problems += found
+    if ws.tuning is not None:
+        problems += _tuning_problems(
+            ws.tuning, sku, allow_loopback=allow_loopback_urls, training_config=training_config
+        )
+    if ws.inference is not None:
+        problems += _inference_problems(ws.inference, sku)
+    if old is not None and isinstance(old, Mapping):
+        old_ws, _ = parse_workspace(old)
+        problems += _immutability_problems(ws, old_ws)
+    return problems
