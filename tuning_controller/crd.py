@@ -12,6 +12,7 @@ estimate stays under its budget.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from typing import Any
@@ -228,7 +229,7 @@ def build_crd() -> dict[str, Any]:
                 "name": version,
                 "served": True,
                 "storage": version == STORAGE_VERSION,
-                "schema": {"openAPIV3Schema": schema},
+                "schema": {"openAPIV3Schema": copy.deepcopy(schema)},
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": columns,
             }

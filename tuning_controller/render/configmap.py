@@ -1,0 +1,81 @@
+"""The training-config ConfigMap that a tuning Job mounts: the user's config, or KAITO's template.
+
+The controller writes its own copy, owned by the Workspace, rather than mounting the user's ConfigMap:
+the Job then trains with exactly the options that were validated, even if the user's ConfigMap is
+edited or deleted while the Job runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from tuning_controller.training_config import default_training_config
+from tuning_controller.workspace import GROUP, Workspace
+
+CONFIG_KEY = "training_config.yaml"
+SOURCE_ANNOTATION = f"{GROUP}/training-config-source"
+
+
+def training_configmap_name(ws: Workspace) -> str:
+    return f"{ws.name}-training-config"
+
+
+def labels(ws: Workspace, component: str) -> dict[str, str]:
+    """app.kubernetes.io labels shared by every object rendered for a Workspace."""
+    return {
+        "app.kubernetes.io/name": "kaito-tune",
+        "app.kubernetes.io/instance": ws.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "kaito-tune",
+        f"{GROUP}/workspace": ws.name,
+    }
+
+
+def owner_references(ws: Workspace) -> list[dict[str, Any]]:
+    """The Workspace as controlling owner, when it has a uid (objects read from the API server do)."""
+    uid = ws.metadata.get("uid")
+    if not uid:
+        return []
+    return [
+        {
+            "apiVersion": ws.api_version,
+            "kind": ws.kind,
+            "name": ws.name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def render_training_configmap(ws: Workspace, user_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ConfigMap holding ``training_config.yaml`` for a tuning Workspace.
+
+    ``user_config`` is the parsed training config of the ConfigMap named by ``tuning.config``; without
+    it the method's default template is used, as KAITO does.
+    """
+    if ws.tuning is None:
+        raise ValueError(f"Workspace {ws.name!r} has no tuning section")
+    method = ws.tuning.method.lower()
+    if user_config is not None:
+        doc, source = dict(user_config), f"configmap/{ws.tuning.config}"
+    else:
+        doc, source = default_training_config(method), f"{method}-params-template"
+    metadata: dict[str, Any] = {
+        "name": training_configmap_name(ws),
+        "namespace": ws.namespace,
+        "labels": labels(ws, "training-config"),
+        "annotations": {SOURCE_ANNOTATION: source},
+    }
+    owners = owner_references(ws)
+    if owners:
+        metadata["ownerReferences"] = owners
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {CONFIG_KEY: yaml.safe_dump(doc, sort_keys=False)},
+    }
