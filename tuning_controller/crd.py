@@ -23,6 +23,7 @@ from tuning_controller.workspace import GROUP, KIND, api_fields, unwrap_optional
 PLURAL = "workspaces"
 SHORT_NAMES = ["wk", "wks"]
 STORAGE_VERSION = "v1beta1"
+LABEL_VALUE_MAX = 63  # the only string maps are matchLabels
 
 # CEL rules by schema location ("" is the root, "a.b[]" the items of list a.b). Messages name the field
 # and say what to do, because kubectl shows them verbatim.
@@ -178,7 +179,7 @@ def type_schema(tp: Any, meta: dict[str, Any], location: str) -> dict[str, Any]:
     elif origin is dict:
         _, value_tp = typing.get_args(tp)
         if value_tp is str:
-            out = {"type": "object", "additionalProperties": {"type": "string"}}
+            out = {"type": "object", "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_MAX}}
         else:
             out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     else:

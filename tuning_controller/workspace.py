@@ -81,7 +81,7 @@ class LabelSelectorRequirement:
         enum=("In", "NotIn", "Exists", "DoesNotExist"),
     )
     values: list[str] = api_field(
-        "values", doc="values: label values for In/NotIn.", default=[], max_items=64
+        "values", doc="values: label values for In/NotIn.", default=[], max_items=64, max_length=63
     )
 
 
@@ -114,7 +114,11 @@ class ResourceSpec:
         "count", doc="count: deprecated, number of nodes (default 1).", default=1, minimum=1
     )
     preferred_nodes: list[str] = api_field(
-        "preferredNodes", doc="preferredNodes: deprecated, existing node names.", default=[], max_items=64
+        "preferredNodes",
+        doc="preferredNodes: deprecated, existing node names.",
+        default=[],
+        max_items=64,
+        max_length=NAME_MAX,
     )
 
 
@@ -128,6 +132,7 @@ class PresetOptions:
         doc="imagePullSecrets: Secret names for the model image.",
         default=[],
         max_items=16,
+        max_length=NAME_MAX,
     )
     model_access_secret: str = api_field(
         "modelAccessSecret",
@@ -174,7 +179,11 @@ class DataSource:
         "image", doc="image: OCI image/artifact with files under /data.", default="", max_length=NAME_MAX * 2
     )
     image_pull_secrets: list[str] = api_field(
-        "imagePullSecrets", doc="imagePullSecrets: Secret names to pull image.", default=[], max_items=16
+        "imagePullSecrets",
+        doc="imagePullSecrets: Secret names to pull image.",
+        default=[],
+        max_items=16,
+        max_length=NAME_MAX,
     )
 
 
