@@ -124,3 +124,31 @@ def test_missing_tag_names_the_repository(
 ) -> None:
     with pytest.raises(NotFoundError, match=r"repository nothing/here on registry 127\.0\.0\.1"):
         pull(oci_registry.ref("nothing/here", "v9"), tmp_path / "out", options=options)
+
+
+def test_bearer_token_registry_with_password_and_with_identity_token(
+    adapter_dir: Path, token_registry: Registry, tmp_path: Path
+) -> None:
+    assert token_registry.token_grants is not None
+    password_config = write_docker_config(
+        tmp_path / "password.json", token_registry.host, token_registry.username, token_registry.password
+    )
+    ref = token_registry.ref("bearer/a")
+    pushed = push(adapter_dir, ref, options=ClientOptions(docker_config=password_config))
+    assert token_registry.token_grants[-1] == "basic"
+
+    identity_config = tmp_path / "identity.json"
+    entry = {"auth": base64.b64encode(b"<token>:").decode(), "identitytoken": "refresh-token-for-tuner"}
+    identity_config.write_text(json.dumps({"auths": {token_registry.host: entry}}))
+    pulled = pull(ref, tmp_path / "out", options=ClientOptions(docker_config=identity_config))
+    assert token_registry.token_grants[-1] == "refresh_token"
+    assert pulled.digest == pushed.digest and snapshot(tmp_path / "out") == snapshot(adapter_dir)
+
+
+def test_bearer_token_service_refusal_names_the_entry(
+    adapter_dir: Path, token_registry: Registry, tmp_path: Path
+) -> None:
+    config = write_docker_config(tmp_path / "bad.json", token_registry.host, "tuner", "wrong-token-pass")
+    with pytest.raises(AuthError, match=r"token service .* refused credential .*bad\.json entry") as caught:
+        push(adapter_dir, token_registry.ref("bearer/b"), options=ClientOptions(docker_config=config))
+    assert "wrong-token-pass" not in str(caught.value)
