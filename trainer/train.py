@@ -62,7 +62,8 @@ def _metrics(trainer, result, has_eval: bool) -> dict:
     return metrics
 
 
-def train(args, config, preset, tokenizer, prepared, method: str, files, data_sha256: str) -> int:
+def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTrainer:
+    """The configured Trainer for this hardware (also used by benchmarks/trainer_throughput.py)."""
     cuda = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -73,7 +74,6 @@ def train(args, config, preset, tokenizer, prepared, method: str, files, data_sh
         log.info("%s", note)
     if not cuda:
         log.info("cpu: computing in float32 (the config's bfloat16 is for GPUs)")
-
     model = load_model(
         preset,
         config,
@@ -82,9 +82,8 @@ def train(args, config, preset, tokenizer, prepared, method: str, files, data_sh
         gradient_checkpointing=strategy.gradient_checkpointing,
         device_map={"": local_rank} if cuda else None,
     )
-    checkpoints = args.output / "checkpoints"
     has_eval = bool(prepared.eval)
-    stop = stop_on_sigterm()
+    checkpoints = args.output / "checkpoints"
     trainer = PackedTrainer(
         model=model,
         args=sft_config(training_args, strategy, str(checkpoints), has_eval=has_eval, world_size=world_size),
@@ -99,6 +98,15 @@ def train(args, config, preset, tokenizer, prepared, method: str, files, data_sh
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries JSON lines
+    return trainer
+
+
+def train(args, config, preset, tokenizer, prepared, method: str, files, data_sha256: str) -> int:
+    """Train (resuming from the newest complete checkpoint), then write the results on rank 0."""
+    stop = stop_on_sigterm()
+    trainer = build_trainer(args, config, preset, prepared, method, stop)
+    has_eval = bool(prepared.eval)
+    checkpoints = args.output / "checkpoints"
     resume = newest_complete(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
