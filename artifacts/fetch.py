@@ -22,7 +22,7 @@ import requests
 
 from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
 from artifacts.hosts import address_refusal, host_refusal
-from artifacts.registry import GIB, IO_BLOCK, RETRY_STATUSES, TRANSIENT_ERRORS
+from artifacts.registry import GIB, IO_BLOCK, RETRY_STATUSES, TRANSIENT_ERRORS, Session
 
 MAX_REDIRECTS = 5
 
@@ -69,7 +69,7 @@ def file_name(url: str, index: int, taken: set[str]) -> str:
 class _Downloader:
     def __init__(self, options: FetchOptions) -> None:
         self.options = options
-        self.session = requests.Session()
+        self.session = Session()
         self.session.verify = options.ca_bundle or True
         self.session.headers["User-Agent"] = "kaito-tune-fetch"
         self.session.headers["Accept-Encoding"] = "identity"  # byte offsets must match the file for Range

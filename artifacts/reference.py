@@ -1,8 +1,8 @@
 """An image reference (``registry/repository:tag`` or ``@digest``) as a value object.
 
 Parsing is oras-py's (``oras.container.Container``); this adds the checks a pull or push needs
-(a registry must be named, digests are well formed) and the transport decision: https always, plain
-http only when asked for or when the registry is on loopback.
+(a registry must be named, digests are well formed) and whether the registry is on loopback (where
+the client may fall back to plain http, as docker does for local registries).
 """
 
 from __future__ import annotations
@@ -81,9 +81,6 @@ class Reference:
             return ipaddress.ip_address(name).is_loopback
         except ValueError:
             return False
-
-    def scheme(self, plain_http: bool) -> str:
-        return "http" if plain_http or self.is_loopback else "https"
 
     def with_digest(self, digest: str) -> Reference:
         return Reference(self.registry, self.repository, None, digest)

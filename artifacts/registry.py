@@ -93,6 +93,17 @@ def file_digest(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+class Session(requests.Session):
+    """A requests session whose ``verify`` (a CA bundle) is not overridden by ``REQUESTS_CA_BUNDLE``.
+
+    requests lets that environment variable beat ``Session.verify``; passing it per request does not.
+    """
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
+        return super().request(method, url, *args, **kwargs)
+
+
 class _LargeBlockAdapter(HTTPAdapter):
     """Sends request bodies in 1 MiB writes instead of http.client's 16 KiB."""
 
@@ -142,18 +153,49 @@ class RegistryClient:
         self.ref = ref
         self.options = options
         self.actions = "pull,push" if push else "pull"
-        self.base = f"{ref.scheme(options.plain_http)}://{ref.api_host}/v2/{ref.repository}"
+        self._base: str | None = None
         self.credential: Credential | None = (
             credential_for(options.docker_config, ref.registry) if options.docker_config else None
         )
-        self.session = requests.Session()
+        self.session = Session()
         self.session.verify = options.ca_bundle or True
         self.session.headers["User-Agent"] = "kaito-tune-artifacts"
         self.session.mount("http://", _LargeBlockAdapter())
         self.session.mount("https://", _LargeBlockAdapter())
         self._authorization: str | None = None
 
-    # -- requests, auth and retries ---------------------------------------------------------------
+    # -- transport, auth and retries -------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        """``<scheme>://<host>/v2/<repository>``: https, or http when asked for or on loopback without TLS."""
+        if self._base is None:
+            scheme = (
+                "http"
+                if self.options.plain_http or (self.ref.is_loopback and not self._speaks_tls())
+                else "https"
+            )
+            self._base = f"{scheme}://{self.ref.api_host}/v2/{self.ref.repository}"
+        return self._base
+
+    def _speaks_tls(self) -> bool:
+        """Whether a loopback registry answers TLS (a certificate problem still counts as TLS)."""
+        try:
+            self.session.get(f"https://{self.ref.api_host}/v2/", timeout=(5, 10)).close()
+        except requests.exceptions.SSLError as exc:
+            return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+        except TRANSIENT_ERRORS:
+            return False
+        return True
+
+    def _tls_failure(self, exc: requests.exceptions.SSLError) -> RegistryError:
+        reason = (
+            "certificate verification failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else "TLS failed"
+        )
+        return RegistryError(
+            f"{reason} for registry {self.ref.registry}; if it uses a private CA pass --ca-bundle "
+            "(or KAITO_TUNE_CA_BUNDLE), if it serves plain http pass --plain-http"
+        )
 
     def _credential_text(self) -> str:
         if self.credential is not None:
@@ -179,14 +221,17 @@ class RegistryClient:
             merged = dict(headers or {})
             if self._authorization:
                 merged["Authorization"] = self._authorization
-            response = self.session.request(
-                method,
-                url,
-                data=body() if body else None,
-                headers=merged,
-                timeout=(10, self.options.timeout_s),
-                **kwargs,
-            )
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    data=body() if body else None,
+                    headers=merged,
+                    timeout=(10, self.options.timeout_s),
+                    **kwargs,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise self._tls_failure(exc) from None
             if response.status_code != 401:
                 return response
             response.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from artifacts.errors import AuthError, IntegrityError, NotFoundError
+from artifacts.errors import AuthError, IntegrityError, NotFoundError, RegistryError
 from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import ClientOptions
@@ -152,3 +152,15 @@ def test_bearer_token_service_refusal_names_the_entry(
     with pytest.raises(AuthError, match=r"token service .* refused credential .*bad\.json entry") as caught:
         push(adapter_dir, token_registry.ref("bearer/b"), options=ClientOptions(docker_config=config))
     assert "wrong-token-pass" not in str(caught.value)
+
+
+def test_tls_registry_needs_its_ca_bundle(adapter_dir: Path, tls_registry: Registry, tmp_path: Path) -> None:
+    ref = tls_registry.ref("tls/a")
+    with pytest.raises(
+        RegistryError, match=r"certificate verification failed for registry 127\.0\.0\.1.*--ca-bundle"
+    ):
+        push(adapter_dir, ref, options=ClientOptions())
+
+    trusted = ClientOptions(ca_bundle=str(tls_registry.ca_cert))
+    pushed = push(adapter_dir, ref, options=trusted)
+    assert pull(ref, tmp_path / "out", options=trusted).digest == pushed.digest
