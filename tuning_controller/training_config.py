@@ -19,7 +19,7 @@ from typing import Any
 from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
 from tuning_controller import training_options
 from tuning_controller.problems import Problem, Severity
-from tuning_controller.workspace import nearest
+from tuning_controller.suggest import did_you_mean
 
 ROOT = "training_config"
 SECTIONS = (
@@ -239,8 +239,8 @@ def _check_option(section: str, key: str, value: Any, spec: Mapping[str, Any], p
     choices = DTYPE_OPTIONS.get((section, key)) or spec.get("choices")
     pissa_niter = key == "init_lora_weights" and isinstance(value, str) and value.startswith("pissa_niter_")
     if isinstance(value, str) and choices and value not in choices and not pissa_niter:
-        guess = next((c for c in choices if c.startswith(value)), None) or nearest(value, choices)
-        hint = f"did you mean {guess!r}? " if guess else ""
+        guess = did_you_mean(value, choices)
+        hint = f"{guess} " if guess else ""
         problems.append(
             Problem(path, "is not an allowed value", value, f"{hint}allowed: {', '.join(choices)}")
         )
@@ -267,8 +267,7 @@ def _check_section(name: str, body: Any, options: dict[str, dict[str, Any]], pat
             if elsewhere:
                 hint = f"{key} is an option of {elsewhere[0]}: move it there"
             else:
-                guess = nearest(str(key), options)
-                hint = f"did you mean {guess!r}?" if guess else f"see the {name} options"
+                hint = did_you_mean(str(key), options) or f"see the {name} options"
             problems.append(Problem(key_path, f"unknown option of {name}", None, hint))
             continue
         problems += _check_option(name, str(key), value, spec, key_path)
@@ -345,8 +344,8 @@ def _preset_rules(sections: Mapping[str, Any], preset: ModelPreset, path: str) -
     problems = []
     for i, module in enumerate(modules):
         if module not in known:
-            guess = nearest(str(module), known)
-            hint = f"did you mean {guess!r}? " if guess else ""
+            guess = did_you_mean(str(module), known)
+            hint = f"{guess} " if guess else ""
             problems.append(
                 Problem(
                     f"{path}.LoraConfig.target_modules[{i}]",
@@ -411,11 +410,7 @@ def validate_training_config(
     problems: list[Problem] = []
     for key in doc:
         if key != ROOT:
-            hint = (
-                f"did you mean {ROOT!r}?"
-                if nearest(str(key), [ROOT])
-                else f"the only top-level key is {ROOT}"
-            )
+            hint = did_you_mean(str(key), [ROOT]) or f"the only top-level key is {ROOT}"
             problems.append(
                 Problem(f"{base}.{key}" if base else str(key), "unknown top-level key", None, hint)
             )
@@ -427,8 +422,8 @@ def validate_training_config(
     all_sets = option_sets()
     for name, body in sections.items():
         if name not in all_sets:
-            guess = nearest(str(name), SECTIONS)
-            hint = f"did you mean {guess!r}? " if guess else ""
+            guess = did_you_mean(str(name), SECTIONS)
+            hint = f"{guess} " if guess else ""
             problems.append(
                 Problem(f"{path}.{name}", "unknown section", None, f"{hint}sections: {', '.join(SECTIONS)}")
             )

@@ -15,7 +15,6 @@ KAITO puts ``resource``, ``inference``, ``tuning`` and ``status`` at the top lev
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuning_controller.problems import Problem
+from tuning_controller.suggest import did_you_mean
 
 GROUP = "kaito.sh"
 KIND = "Workspace"
@@ -345,17 +345,11 @@ def unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def nearest(word: str, candidates: typing.Iterable[str]) -> str | None:
-    """The closest known name to a misspelt one, for "did you mean" hints."""
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
 def unknown_field_hint(word: str, known: typing.Iterable[str]) -> str:
     known = sorted(known)
-    guess = nearest(word, known)
+    guess = did_you_mean(word, known)
     listed = ", ".join(known)
-    return f"did you mean {guess!r}? known fields: {listed}" if guess else f"known fields: {listed}"
+    return f"{guess} known fields: {listed}" if guess else f"known fields: {listed}"
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean (true/false)", float: "a number"}

@@ -1,0 +1,574 @@
+"""Table of bad Workspaces and training configs: each must be rejected, naming the field path.
+
+Every case starts from a seed example (or KAITO's default training config), applies one or two edits,
+and asserts an error whose path is the expected field and whose text says what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.api.builders import ADAPTERS_SEED, INFERENCE_SEED, TUNING_SEED, edit, load
+from tuning_controller.problems import Problem, errors
+from tuning_controller.training_config import default_training_config, validate_training_config
+from tuning_controller.validation import validate_workspace
+
+DELETE = object()
+BASES = {"tuning": TUNING_SEED, "inference": INFERENCE_SEED, "adapters": ADAPTERS_SEED}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    base: str  # tuning | inference | adapters (Workspaces) or lora | qlora (training configs)
+    edits: tuple[tuple[str, Any], ...]
+    path: str  # the problem's path must equal this
+    says: str  # and its text must contain this (case-insensitive)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def ws_case(id_: str, base: str, edits: list[tuple[str, Any]], path: str, says: str, **options: Any) -> Case:
+    return Case(id_, base, tuple(edits), path, says, options)
+
+
+ADAPTER = {"source": {"name": "a", "image": "myacr.azurecr.io/adapters/a:1"}, "strength": "0.5"}
+
+WORKSPACE_CASES = [
+    ws_case(
+        "neither-inference-nor-tuning",
+        "tuning",
+        [("tuning", DELETE)],
+        "inference",
+        "exactly one of inference",
+    ),
+    ws_case(
+        "both-inference-and-tuning",
+        "tuning",
+        [("inference.preset.name", "phi-4")],
+        "inference",
+        "exactly one",
+    ),
+    ws_case("wrong-api-version", "tuning", [("apiVersion", "kaito.sh/v1")], "apiVersion", "v1beta1"),
+    ws_case("wrong-kind", "tuning", [("kind", "Workspaces")], "kind", "must be Workspace"),
+    ws_case("name-not-dns1123", "tuning", [("metadata.name", "work space!")], "metadata.name", "DNS-1123"),
+    ws_case("name-missing", "tuning", [("metadata.name", DELETE)], "metadata.name", "is required"),
+    ws_case("name-too-long", "tuning", [("metadata.name", "w" * 64)], "metadata.name", "at most 63"),
+    ws_case("unknown-top-level-field", "tuning", [("resourse", {})], "resourse", "did you mean 'resource'"),
+    ws_case("spec-wrapper", "tuning", [("spec", {})], "spec", "unknown field"),
+    ws_case("resource-missing", "tuning", [("resource", DELETE)], "resource", "is required"),
+    ws_case(
+        "label-selector-missing",
+        "tuning",
+        [("resource.labelSelector", DELETE)],
+        "resource.labelSelector",
+        "is required",
+    ),
+    ws_case(
+        "label-selector-empty",
+        "tuning",
+        [("resource.labelSelector", {})],
+        "resource.labelSelector",
+        "every node",
+    ),
+    ws_case(
+        "label-value-not-string",
+        "tuning",
+        [("resource.labelSelector.matchLabels.app", 3)],
+        "resource.labelSelector.matchLabels.app",
+        "must be a string",
+    ),
+    ws_case(
+        "unknown-instance-type",
+        "tuning",
+        [("resource.instanceType", "Standard_NC6s_v9")],
+        "resource.instanceType",
+        "Standard_NC6s_v3",
+    ),
+    ws_case("count-zero", "tuning", [("resource.count", 0)], "resource.count", "at least 1"),
+    ws_case("tuning-on-two-nodes", "tuning", [("resource.count", 2)], "resource.count", "one node"),
+    ws_case("count-as-string", "tuning", [("resource.count", "1")], "resource.count", "must be an integer"),
+    ws_case(
+        "tuning-unknown-field", "tuning", [("tuning.outptu", {})], "tuning.outptu", "did you mean 'output'"
+    ),
+    ws_case("method-unknown", "tuning", [("tuning.method", "dora")], "tuning.method", "lora or qlora"),
+    ws_case("method-missing", "tuning", [("tuning.method", DELETE)], "tuning.method", "is required"),
+    ws_case(
+        "preset-unknown",
+        "tuning",
+        [("tuning.preset.name", "phi-3-mini")],
+        "tuning.preset.name",
+        "phi-3-mini-4k-instruct",
+    ),
+    ws_case("preset-missing", "tuning", [("tuning.preset", DELETE)], "tuning.preset", "is required"),
+    ws_case("input-missing", "tuning", [("tuning.input", DELETE)], "tuning.input", "is required"),
+    ws_case(
+        "input-urls-and-image",
+        "tuning",
+        [("tuning.input.image", "myacr.azurecr.io/data/dolly:1")],
+        "tuning.input",
+        "exactly one of urls, image, volumeSource",
+    ),
+    ws_case("input-empty", "tuning", [("tuning.input", {"name": "x"})], "tuning.input", "exactly one"),
+    ws_case(
+        "input-url-ftp",
+        "tuning",
+        [("tuning.input.urls", ["ftp://example.com/d.parquet"])],
+        "tuning.input.urls[0]",
+        "http(s)",
+    ),
+    ws_case(
+        "input-url-localhost",
+        "tuning",
+        [("tuning.input.urls", ["https://localhost/d.parquet"])],
+        "tuning.input.urls[0]",
+        "localhost",
+    ),
+    ws_case(
+        "input-url-loopback",
+        "tuning",
+        [("tuning.input.urls", ["http://127.0.0.1:8080/d.jsonl"])],
+        "tuning.input.urls[0]",
+        "loopback",
+    ),
+    ws_case(
+        "input-url-metadata-ip",
+        "tuning",
+        [("tuning.input.urls", ["http://169.254.169.254/latest/meta-data/"])],
+        "tuning.input.urls[0]",
+        "link-local",
+    ),
+    ws_case(
+        "input-url-metadata-name",
+        "tuning",
+        [("tuning.input.urls", ["https://metadata.google.internal/x"])],
+        "tuning.input.urls[0]",
+        "metadata",
+    ),
+    ws_case(
+        "input-url-private",
+        "tuning",
+        [("tuning.input.urls", ["https://10.1.2.3/d.csv"])],
+        "tuning.input.urls[0]",
+        "private",
+    ),
+    ws_case(
+        "input-url-ipv6-loopback",
+        "tuning",
+        [("tuning.input.urls", ["https://[::1]/d.csv"])],
+        "tuning.input.urls[0]",
+        "loopback",
+    ),
+    ws_case(
+        "input-url-credentials",
+        "tuning",
+        [("tuning.input.urls", ["https://user:secret@example.com/d.csv"])],
+        "tuning.input.urls[0]",
+        "credentials",
+    ),
+    ws_case(
+        "input-urls-not-a-list",
+        "tuning",
+        [("tuning.input.urls", "https://example.com/d.csv")],
+        "tuning.input.urls",
+        "must be a list",
+    ),
+    ws_case(
+        "input-image-unparsable",
+        "tuning",
+        [("tuning.input.urls", DELETE), ("tuning.input.image", "not a reference")],
+        "tuning.input.image",
+        "registry",
+    ),
+    ws_case(
+        "input-pull-secret-name",
+        "tuning",
+        [("tuning.input.imagePullSecrets", ["bad secret!"])],
+        "tuning.input.imagePullSecrets[0]",
+        "DNS-1123 subdomain",
+    ),
+    ws_case(
+        "input-volume-two-types",
+        "tuning",
+        [
+            ("tuning.input.urls", DELETE),
+            ("tuning.input.volumeSource", {"emptyDir": {}, "hostPath": {"path": "/d"}}),
+        ],
+        "tuning.input.volumeSource",
+        "exactly one volume type",
+    ),
+    ws_case("output-missing", "tuning", [("tuning.output", DELETE)], "tuning.output", "is required"),
+    ws_case(
+        "output-image-without-secret",
+        "tuning",
+        [("tuning.output.imagePushSecret", DELETE)],
+        "tuning.output.imagePushSecret",
+        "required with tuning.output.image",
+    ),
+    ws_case(
+        "output-image-and-volume",
+        "tuning",
+        [("tuning.output.volumeSource", {"persistentVolumeClaim": {"claimName": "out"}})],
+        "tuning.output",
+        "exactly one of image",
+    ),
+    ws_case(
+        "output-image-with-scheme",
+        "tuning",
+        [("tuning.output.image", "https://myacr.azurecr.io/a:1")],
+        "tuning.output.image",
+        "scheme",
+    ),
+    ws_case("config-name-invalid", "tuning", [("tuning.config", "My Config")], "tuning.config", "DNS-1123"),
+    ws_case(
+        "lora-does-not-fit",
+        "tuning",
+        [("tuning.preset.name", "phi-4"), ("tuning.method", "lora")],
+        "resource.instanceType",
+        "method: qlora",
+    ),
+    ws_case(
+        "qlora-32b-does-not-fit-v100",
+        "tuning",
+        [("tuning.preset.name", "qwen2.5-coder-32b-instruct")],
+        "resource.instanceType",
+        "a larger instance type: Standard_",
+    ),
+    ws_case(
+        "inference-preset-and-template",
+        "inference",
+        [("inference.template", {"spec": {"containers": []}})],
+        "inference",
+        "exactly one of preset or template",
+    ),
+    ws_case(
+        "inference-preset-unknown",
+        "inference",
+        [("inference.preset.name", "falcon-7b")],
+        "inference.preset.name",
+        "not a known model preset",
+    ),
+    ws_case(
+        "inference-does-not-fit",
+        "inference",
+        [("inference.preset.name", "qwen2.5-coder-32b-instruct")],
+        "resource.instanceType",
+        "does not fit",
+    ),
+    ws_case(
+        "adapters-eleven",
+        "adapters",
+        [("inference.adapters", [edit(ADAPTER, "source.name", f"a{i}") for i in range(11)])],
+        "inference.adapters",
+        "at most 10",
+    ),
+    ws_case(
+        "adapters-duplicate-name",
+        "adapters",
+        [("inference.adapters", [ADAPTER, ADAPTER])],
+        "inference.adapters[1].source.name",
+        "duplicates inference.adapters[0]",
+    ),
+    ws_case(
+        "adapter-name-invalid",
+        "adapters",
+        [("inference.adapters[0].source.name", "phi 3/adapter")],
+        "inference.adapters[0].source.name",
+        "DNS-1123 label",
+    ),
+    ws_case(
+        "adapter-name-missing",
+        "adapters",
+        [("inference.adapters[0].source.name", DELETE)],
+        "inference.adapters[0].source.name",
+        "is required",
+    ),
+    ws_case(
+        "adapter-source-missing",
+        "adapters",
+        [("inference.adapters[0].source", DELETE)],
+        "inference.adapters[0].source",
+        "is required",
+    ),
+    ws_case(
+        "adapter-from-urls",
+        "adapters",
+        [("inference.adapters[0].source.urls", ["https://example.com/a.tar"])],
+        "inference.adapters[0].source.urls",
+        "not fetched from URLs",
+    ),
+    ws_case(
+        "adapter-strength-above-one",
+        "adapters",
+        [("inference.adapters[0].strength", "1.5")],
+        "inference.adapters[0].strength",
+        '"0.0" to "1.0"',
+    ),
+    ws_case(
+        "adapter-strength-not-number",
+        "adapters",
+        [("inference.adapters[0].strength", "strong")],
+        "inference.adapters[0].strength",
+        '"0.0" to "1.0"',
+    ),
+    ws_case(
+        "adapter-strength-unquoted",
+        "adapters",
+        [("inference.adapters[0].strength", 1.0)],
+        "inference.adapters[0].strength",
+        "must be a string",
+    ),
+]
+
+
+def cfg_case(
+    id_: str, method: str, edits: list[tuple[str, Any]], path: str, says: str, **options: Any
+) -> Case:
+    return Case(id_, method, tuple(edits), path, says, options)
+
+
+T = "training_config"
+CONFIG_CASES = [
+    cfg_case(
+        "learning-rat-typo",
+        "qlora",
+        [(f"{T}.TrainingArguments.learning_rat", 2.0e-4)],
+        f"{T}.TrainingArguments.learning_rat",
+        "did you mean 'learning_rate'",
+    ),
+    cfg_case("unknown-section", "qlora", [(f"{T}.Optimizer", {})], f"{T}.Optimizer", "unknown section"),
+    cfg_case(
+        "section-typo",
+        "qlora",
+        [(f"{T}.DataColator", {"mlm": True})],
+        f"{T}.DataColator",
+        "did you mean 'DataCollator'",
+    ),
+    cfg_case(
+        "option-in-wrong-section",
+        "qlora",
+        [(f"{T}.LoraConfig.learning_rate", 1.0e-4)],
+        f"{T}.LoraConfig.learning_rate",
+        "option of TrainingArguments",
+    ),
+    cfg_case(
+        "lora-dropout-one",
+        "qlora",
+        [(f"{T}.LoraConfig.lora_dropout", 1.0)],
+        f"{T}.LoraConfig.lora_dropout",
+        "[0, 1)",
+    ),
+    cfg_case("lora-r-zero", "qlora", [(f"{T}.LoraConfig.r", 0)], f"{T}.LoraConfig.r", "positive integer"),
+    cfg_case(
+        "lora-r-string", "qlora", [(f"{T}.LoraConfig.r", "8")], f"{T}.LoraConfig.r", "remove the quotes"
+    ),
+    cfg_case(
+        "lora-r-float", "qlora", [(f"{T}.LoraConfig.r", 8.5)], f"{T}.LoraConfig.r", "must be an integer"
+    ),
+    cfg_case(
+        "lora-bias-choice",
+        "qlora",
+        [(f"{T}.LoraConfig.bias", "some")],
+        f"{T}.LoraConfig.bias",
+        "allowed: all, lora_only, none",
+    ),
+    cfg_case(
+        "quant-type",
+        "qlora",
+        [(f"{T}.QuantizationConfig.bnb_4bit_quant_type", "nf3")],
+        f"{T}.QuantizationConfig.bnb_4bit_quant_type",
+        "did you mean 'nf4'",
+    ),
+    cfg_case(
+        "compute-dtype",
+        "qlora",
+        [(f"{T}.QuantizationConfig.bnb_4bit_compute_dtype", "bfloat")],
+        f"{T}.QuantizationConfig.bnb_4bit_compute_dtype",
+        "bfloat16",
+    ),
+    cfg_case(
+        "both-4bit-and-8bit",
+        "qlora",
+        [(f"{T}.QuantizationConfig.load_in_8bit", True)],
+        f"{T}.QuantizationConfig.load_in_4bit",
+        "cannot both be true",
+    ),
+    cfg_case(
+        "lora-with-4bit",
+        "lora",
+        [(f"{T}.QuantizationConfig.load_in_4bit", True)],
+        f"{T}.QuantizationConfig.load_in_4bit",
+        "use method qlora",
+    ),
+    cfg_case(
+        "qlora-without-quantisation",
+        "qlora",
+        [(f"{T}.QuantizationConfig.load_in_4bit", False)],
+        f"{T}.QuantizationConfig.load_in_4bit",
+        "needs quantised weights",
+    ),
+    cfg_case(
+        "load-in-4bit-as-string",
+        "qlora",
+        [(f"{T}.QuantizationConfig.load_in_4bit", "yes")],
+        f"{T}.QuantizationConfig.load_in_4bit",
+        "true/false",
+    ),
+    cfg_case(
+        "output-dir-is-mnt",
+        "qlora",
+        [(f"{T}.TrainingArguments.output_dir", "/mnt")],
+        f"{T}.TrainingArguments.output_dir",
+        "under /mnt",
+    ),
+    cfg_case(
+        "output-dir-outside-mnt",
+        "qlora",
+        [(f"{T}.TrainingArguments.output_dir", "/mnt/../tmp/out")],
+        f"{T}.TrainingArguments.output_dir",
+        "under /mnt",
+    ),
+    cfg_case(
+        "learning-rate-quoted-exponent",
+        "qlora",
+        [(f"{T}.TrainingArguments.learning_rate", "2e-4")],
+        f"{T}.TrainingArguments.learning_rate",
+        "2.0e-4",
+    ),
+    cfg_case(
+        "learning-rate-negative",
+        "qlora",
+        [(f"{T}.TrainingArguments.learning_rate", -1.0e-4)],
+        f"{T}.TrainingArguments.learning_rate",
+        "positive",
+    ),
+    cfg_case(
+        "epochs-zero",
+        "qlora",
+        [(f"{T}.TrainingArguments.num_train_epochs", 0)],
+        f"{T}.TrainingArguments.num_train_epochs",
+        "positive",
+    ),
+    cfg_case(
+        "optim-unknown",
+        "qlora",
+        [(f"{T}.TrainingArguments.optim", "adamw")],
+        f"{T}.TrainingArguments.optim",
+        "did you mean 'adamw_",
+    ),
+    cfg_case(
+        "scheduler-unknown",
+        "qlora",
+        [(f"{T}.TrainingArguments.lr_scheduler_type", "cosin")],
+        f"{T}.TrainingArguments.lr_scheduler_type",
+        "did you mean 'cosine'",
+    ),
+    cfg_case(
+        "warmup-ratio-removed",
+        "qlora",
+        [(f"{T}.TrainingArguments.warmup_ratio", 0.1)],
+        f"{T}.TrainingArguments.warmup_ratio",
+        "unknown option",
+    ),
+    cfg_case(
+        "hub-token",
+        "qlora",
+        [(f"{T}.TrainingArguments.hub_token", "hf_xxx")],
+        f"{T}.TrainingArguments.hub_token",
+        "secrets",
+    ),
+    cfg_case(
+        "split-zero",
+        "qlora",
+        [(f"{T}.DatasetConfig.train_test_split", 0)],
+        f"{T}.DatasetConfig.train_test_split",
+        "(0, 1]",
+    ),
+    cfg_case(
+        "split-above-one",
+        "qlora",
+        [(f"{T}.DatasetConfig.train_test_split", 1.5)],
+        f"{T}.DatasetConfig.train_test_split",
+        "(0, 1]",
+    ),
+    cfg_case(
+        "dataset-option-typo",
+        "qlora",
+        [(f"{T}.DatasetConfig.shuffle", True)],
+        f"{T}.DatasetConfig.shuffle",
+        "'shuffle_dataset'",
+    ),
+    cfg_case(
+        "model-dtype-typo",
+        "qlora",
+        [(f"{T}.ModelConfig.torch_dtype", "bfloat17")],
+        f"{T}.ModelConfig.torch_dtype",
+        "did you mean 'bfloat16'",
+    ),
+    cfg_case(
+        "collator-pad-zero",
+        "qlora",
+        [(f"{T}.DataCollator.pad_to_multiple_of", 0)],
+        f"{T}.DataCollator.pad_to_multiple_of",
+        "positive",
+    ),
+    cfg_case("section-not-mapping", "qlora", [(f"{T}.LoraConfig", [8, 8])], f"{T}.LoraConfig", "mapping"),
+    cfg_case(
+        "target-module-not-in-phi3",
+        "qlora",
+        [(f"{T}.LoraConfig.target_modules", ["q_proj", "o_proj"])],
+        f"{T}.LoraConfig.target_modules[0]",
+        "did you mean 'qkv_proj'",
+        preset="phi-3-mini-4k-instruct",
+    ),
+]
+
+
+def _build_workspace(case: Case) -> dict[str, Any]:
+    obj = load(BASES[case.base])
+    for path, value in case.edits:
+        obj = edit(obj, path, delete=True) if value is DELETE else edit(obj, path, value)
+    return obj
+
+
+def _build_config(case: Case) -> dict[str, Any]:
+    doc = default_training_config(case.base)
+    for path, value in case.edits:
+        doc = edit(doc, path, delete=True) if value is DELETE else edit(doc, path, value)
+    return doc
+
+
+def _assert_reported(problems: list[Problem], case: Case) -> None:
+    matching = [p for p in errors(problems) if p.path == case.path]
+    shown = "\n".join(str(p) for p in problems)
+    assert matching, f"no error at {case.path!r}; got:\n{shown}"
+    assert any(case.says.lower() in str(p).lower() for p in matching), f"{case.says!r} not said:\n{shown}"
+
+
+def test_table_is_large_enough() -> None:
+    assert len(WORKSPACE_CASES) + len(CONFIG_CASES) >= 40
+    assert len({c.id for c in WORKSPACE_CASES + CONFIG_CASES}) == len(WORKSPACE_CASES) + len(CONFIG_CASES)
+
+
+@pytest.mark.parametrize("case", WORKSPACE_CASES, ids=lambda c: c.id)
+def test_bad_workspace_is_rejected_at_its_field(case: Case) -> None:
+    _assert_reported(validate_workspace(_build_workspace(case), **case.options), case)
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=lambda c: c.id)
+def test_bad_training_config_is_rejected_at_its_field(case: Case) -> None:
+    problems = validate_training_config(_build_config(case), case.base, **case.options)
+    _assert_reported(problems, case)
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES[:6], ids=lambda c: c.id)
+def test_bad_config_in_a_workspace_names_the_configmap(case: Case, tuning_ws: dict[str, Any]) -> None:
+    """The same checks run when a Workspace's tuning.config ConfigMap is at hand, paths prefixed by it."""
+    ws = edit(edit(tuning_ws, "tuning.config", "my-config"), "tuning.method", case.base)
+    problems = validate_workspace(ws, training_config=_build_config(case))
+    prefixed = Case(
+        case.id, case.base, case.edits, f"configmap/my-config[training_config.yaml].{case.path}", case.says
+    )
+    _assert_reported(problems, prefixed)

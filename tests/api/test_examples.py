@@ -1,0 +1,57 @@
+"""Every Workspace in examples/ validates without errors, and only the warnings it has earned.
+
+KAITO's seed examples carry placeholders (ACR_REPO_HERE...) that no registry or Secret can have, and
+the tuning one asks for bfloat16 on a V100: those are reported as warnings, never as errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.api.builders import EXAMPLES, TUNING_SEED
+from tuning_controller.problems import Severity, errors
+from tuning_controller.validation import validate_workspace
+
+EXAMPLE_FILES = sorted(EXAMPLES.rglob("*.yaml"))
+
+
+def test_the_seed_examples_are_present() -> None:
+    names = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLE_FILES}
+    assert {
+        "inference/kaito_workspace_phi_3.yaml",
+        "inference/kaito_workspace_phi_3_with_adapters.yaml",
+        "tuning/kaito_workspace_tuning_phi_3.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.relative_to(EXAMPLES).as_posix())
+def test_example_validates_without_errors(path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "Workspace":
+            problems = validate_workspace(doc)
+            assert errors(problems) == [], "\n".join(map(str, problems))
+
+
+def test_tuning_seed_warns_only_about_bfloat16_and_placeholders() -> None:
+    problems = validate_workspace(yaml.safe_load(TUNING_SEED.read_text()))
+    assert all(p.severity is Severity.WARNING for p in problems)
+    by_path = {p.path: str(p) for p in problems}
+    assert set(by_path) == {
+        "qlora-params-template.training_config.ModelConfig.torch_dtype",
+        "qlora-params-template.training_config.QuantizationConfig.bnb_4bit_compute_dtype",
+        "tuning.output.image",
+        "tuning.output.imagePushSecret",
+    }
+    assert "V100" in by_path["qlora-params-template.training_config.ModelConfig.torch_dtype"]
+    assert "lowercase" in by_path["tuning.output.image"]
+
+
+def test_tuning_seed_is_clean_on_an_ampere_sku_with_real_names() -> None:
+    """Replace the placeholders and move to an A100: nothing left to say."""
+    ws = yaml.safe_load(TUNING_SEED.read_text())
+    ws["resource"]["instanceType"] = "Standard_NC24ads_A100_v4"
+    ws["tuning"]["output"] = {"image": "myacr.azurecr.io/adapters/phi-3:0.0.1", "imagePushSecret": "acr-push"}
+    assert validate_workspace(ws) == []
