@@ -54,15 +54,17 @@ class Document:
     @property
     def label(self) -> str:
         where = f"{self.file}" + (f" (document {self.index + 1})" if self.index else "")
-        return f"{where}: {self.kind} {self.name}".rstrip()
+        return where if self.kind == "error" else f"{where}: {self.kind} {self.name}".rstrip()
 
 
-def _syntax_problem(exc: yaml.YAMLError, where: str, line_offset: int = 0) -> Problem:
+def _syntax_problem(exc: yaml.YAMLError, where: str = "") -> Problem:
+    """A YAML error as a problem whose path is its position: ``<where> line L, column C``."""
     mark = getattr(exc, "problem_mark", None)
-    line = f"line {mark.line + 1 + line_offset}, column {mark.column + 1}" if mark else "unknown line"
+    position = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
     detail = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
-    return Problem(where, f"YAML syntax error at {line}: {detail}" + (f" ({context})" if context else ""))
+    path = f"{where} {position}".strip()
+    return Problem(path, f"YAML syntax error: {detail}" + (f" ({context})" if context else ""))
 
 
 def load_documents(path: str) -> list[Document]:
@@ -70,12 +72,12 @@ def load_documents(path: str) -> list[Document]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        return [Document(path, 0, "error", problems=[Problem(path, f"cannot be read: {exc.strerror}")])]
+        return [Document(path, 0, "error", problems=[Problem("<file>", f"cannot be read: {exc.strerror}")])]
     docs: list[Document] = []
     try:
         loaded = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        return [Document(path, 0, "error", problems=[_syntax_problem(exc, path)])]
+        return [Document(path, 0, "error", problems=[_syntax_problem(exc)])]
     for index, body in enumerate(loaded):
         if body is None:
             continue

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 
 def suggestions(word: str, candidates: Iterable[str], limit: int = 2) -> list[str]:
-    """Known names close to ``word``: names it is the start of first (shortest first), then close spellings."""
+    """Known names close to ``word``: those it begins (shortest first), then close spellings."""
     known = [str(c) for c in candidates]
     close = difflib.get_close_matches(word, known, n=limit, cutoff=0.6)
     prefixed = sorted((c for c in known if c.startswith(word) and c != word), key=len)
