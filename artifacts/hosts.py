@@ -10,6 +10,7 @@ local development and tests only.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 # Names of cloud instance-metadata services (their addresses are link-local and refused anyway).
 METADATA_HOSTS = frozenset(
@@ -23,6 +24,18 @@ METADATA_HOSTS = frozenset(
         "metadata.tencentyun.com",
     }
 )
+
+
+# Resolvers read "0177.1", "0x7f.1" or "2130706433" as 127.0.0.1; only canonical IP literals are accepted.
+_NUMERIC_HOST = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def address_refusal(address: str, *, allow_loopback: bool = False) -> str | None:
@@ -65,4 +78,6 @@ def host_refusal(host: str, *, allow_loopback: bool = False) -> str | None:
         return None if allow_loopback else f"{host} is localhost"
     if name in METADATA_HOSTS:
         return f"{host} is a cloud metadata service"
+    if _NUMERIC_HOST.fullmatch(name) and not _is_ip(name):
+        return f"{host} is a non-canonical IP address (octal, hex or integer); write the address plainly"
     return address_refusal(name, allow_loopback=allow_loopback)

@@ -27,7 +27,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 # Docker image manifest v2 schema 2, still what most data images built with docker are.
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -49,7 +48,6 @@ ANNOTATION_TITLE = "org.opencontainers.image.title"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_VERSION = "org.opencontainers.image.version"
 ANNOTATION_DESCRIPTION = "org.opencontainers.image.description"
-ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 
 # KAITO: the base model preset an adapter image belongs to.
 ANNOTATION_KAITO_MODEL = "sh.kaito.model.name"

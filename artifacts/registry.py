@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import oras.auth.utils
 import requests
@@ -219,7 +219,7 @@ class RegistryClient:
         """One request, answering at most two auth challenges (a first login and a token refresh)."""
         for _ in range(3):
             merged = dict(headers or {})
-            if self._authorization:
+            if self._authorization and urlsplit(url).netloc == self.ref.api_host:  # never to other hosts
                 merged["Authorization"] = self._authorization
             try:
                 response = self.session.request(
@@ -395,7 +395,7 @@ class RegistryClient:
         """Monolithic upload for config blobs and other bytes already in memory."""
         if self.blob_exists(digest):
             return
-        location = self._start_upload()
+        location, _ = self._start_upload()
         self.request(
             "PUT",
             location,
@@ -406,11 +406,13 @@ class RegistryClient:
             body=lambda: data,
         )
 
-    def _start_upload(self) -> str:
+    def _start_upload(self) -> tuple[str, int]:
+        """A new upload session's URL and the chunk size to use (at least the registry's minimum)."""
         response = self.request(
             "POST", f"{self.base}/blobs/uploads/", what="starting a blob upload", ok=(202,)
         )
-        return urljoin(response.url, response.headers["Location"])
+        minimum = int(response.headers.get("OCI-Chunk-Min-Length", "0") or 0)
+        return urljoin(response.url, response.headers["Location"]), max(self.options.chunk_bytes, minimum)
 
     def _upload_offset(self, location: str) -> tuple[str, int] | None:
         """Where an interrupted upload session stands, or None if the registry forgot it."""
@@ -428,9 +430,9 @@ class RegistryClient:
                 progress(size)
             return False
         what = f"uploading {path.name} ({digest})"
-        location, offset, failures = self._start_upload(), 0, 0
+        (location, chunk), offset, failures = self._start_upload(), 0, 0
         while offset < size:
-            end = min(offset + self.options.chunk_bytes, size)
+            end = min(offset + chunk, size)
             start = offset
             try:
                 response = self._send(
@@ -459,7 +461,7 @@ class RegistryClient:
             self._sleep(failures - 1)
             state = self._upload_offset(location)
             if state is None:  # the session is gone (registry lost its state): start again
-                location, offset = self._start_upload(), 0
+                (location, chunk), offset = self._start_upload(), 0
             else:
                 location, offset = state
         self.request(

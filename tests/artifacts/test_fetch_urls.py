@@ -34,6 +34,9 @@ PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
         "0.0.0.0",
         "metadata.google.internal",
         "224.0.0.1",
+        "0177.0.0.1",
+        "0x7f.1",
+        "2130706433",
     ],
 )
 def test_private_loopback_and_metadata_hosts_are_refused(host: str) -> None:
