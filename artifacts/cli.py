@@ -45,7 +45,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="CA certificates for a registry with a private CA (env KAITO_TUNE_CA_BUNDLE)",
     )
     group.add_argument(
-        "--plain-http", action="store_true", help="use http for a non-loopback registry (loopback always is)"
+        "--plain-http",
+        action="store_true",
+        help="use plain http (a loopback registry without TLS gets it anyway)",
     )
     group.add_argument(
         "--retries", type=int, default=5, help="retries on 5xx and connection errors (default 5)"

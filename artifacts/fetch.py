@@ -120,14 +120,14 @@ class _Downloader:
                         if length > self.remaining:
                             raise SizeLimitError(
                                 f"URL {url!r} is {length + offset} bytes, over what the size cap leaves; "
-                                "raise --max-size"
+                                "raise --max-size-gib"
                             )
                         with response:  # read1: a dropped connection keeps every byte that arrived
                             while chunk := response.raw.read1(IO_BLOCK):
                                 self.remaining -= len(chunk)
                                 if self.remaining < 0:
                                     raise SizeLimitError(
-                                        f"URL {url!r} exceeds the size cap; raise --max-size"
+                                        f"URL {url!r} exceeds the size cap; raise --max-size-gib"
                                     )
                                 out.write(chunk)
                                 offset += len(chunk)

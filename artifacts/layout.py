@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from artifacts import mediatypes as mt
+from artifacts.errors import InvalidInputError
 
 METADATA_FILE = "metadata.json"
 TUNING_KEYS = ("preset", "model_revision", "method", "config_sha256", "data_sha256")
@@ -42,6 +43,8 @@ def tuning_facts(metadata: dict[str, Any], overrides: dict[str, Any]) -> TuningF
     merged = {k: metadata.get(k) for k in (*TUNING_KEYS, "metrics")}
     merged |= {k: v for k, v in overrides.items() if v is not None}
     metrics = merged.pop("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise InvalidInputError(f"metadata.json 'metrics' must be an object of name: value, got {metrics!r}")
     return TuningFacts(**{k: (str(v) if v is not None else None) for k, v in merged.items()}, metrics=metrics)
 
 

@@ -171,7 +171,7 @@ def pull(
     total = sum(int(layer.get("size", 0)) for layer, _ in plan)
     if total > options.max_bytes:
         raise SizeLimitError(
-            f"{label} is {total} bytes, over the {options.max_bytes}-byte cap; raise --max-size"
+            f"{label} is {total} bytes, over the {options.max_bytes}-byte cap; raise --max-size-gib"
         )
     if dest.exists() and not replace and dest.is_dir() and any(dest.iterdir()):
         raise InvalidInputError(f"destination {dest} is not empty; empty it or pass --replace")

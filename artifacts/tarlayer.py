@@ -124,7 +124,9 @@ def extract_data_layer(stream: BinaryIO, gzipped: bool, root: Path, budget: list
         for member in tar:
             budget[0] -= max(member.size, 0)
             if budget[0] < 0:
-                raise SizeLimitError(f"{label} unpacks to more than the size cap allows; raise --max-size")
+                raise SizeLimitError(
+                    f"{label} unpacks to more than the size cap allows; raise --max-size-gib"
+                )
             relative = _data_relative(member.name)
             if not relative:
                 continue
