@@ -1,0 +1,39 @@
+"""The option snapshot equals what the installed libraries declare, so a pin bump cannot drift silently."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tuning_controller import training_options
+from tuning_controller.training_config import SECTIONS, option_sets
+
+
+def test_snapshot_matches_the_installed_libraries() -> None:
+    current = training_options.introspect()
+    assert current == training_options.load(), (
+        "training_options.json is stale: run python -m tuning_controller.training_options --write"
+    )
+
+
+def test_snapshot_holds_the_options_kaito_templates_use() -> None:
+    sets = option_sets()
+    assert set(sets) == set(SECTIONS)
+    assert {"load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype"} <= set(
+        sets["QuantizationConfig"]
+    )
+    assert {"r", "lora_alpha", "lora_dropout", "target_modules"} <= set(sets["LoraConfig"])
+    assert {"output_dir", "per_device_train_batch_size", "learning_rate", "max_length"} <= set(
+        sets["TrainingArguments"]
+    )
+    assert sets["LoraConfig"]["bias"]["choices"] == ["all", "lora_only", "none"]
+
+
+def test_the_controller_side_does_not_import_torch() -> None:
+    """Validation runs in the slim controller image: loading the snapshot and validating needs no torch."""
+    code = (
+        "import sys; from tuning_controller.validation import validate_workspace; "
+        "from tuning_controller.training_config import option_sets; option_sets(); "
+        "sys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
