@@ -104,9 +104,9 @@ def training_shape(doc: Mapping[str, Any] | None, method: str, preset: ModelPres
 
 
 def fitting_skus(need_gib: float, cloud: str | None = None, limit: int = 3) -> list[GpuSku]:
-    """The smallest catalog SKUs whose per-GPU memory holds ``need_gib``, same cloud first."""
+    """Catalog SKUs whose per-GPU memory holds ``need_gib``: same cloud, fewest GPUs, least memory first."""
     fits = [s for s in skus() if s.gpu_memory_gib >= need_gib]
-    fits.sort(key=lambda s: (s.cloud != cloud, s.gpu_memory_gib, s.gpu_count, s.name))
+    fits.sort(key=lambda s: (s.cloud != cloud, s.gpu_count, s.gpu_memory_gib))
     return fits[:limit]
 
 
