@@ -4,7 +4,7 @@ Modules, from the wire up (none imports torch: this runs in the slim tools image
 
 - ``errors``      the exception hierarchy; every message is one line fit for a Workspace status
 - ``mediatypes``  media types and annotation keys of the two layouts (ModelPack, KAITO) and why
-- ``reference``   ``registry/repository:tag|@digest`` as a value object (oras-py's parser)
+- ``reference``   ``registry/repository:tag|@digest`` as a value object
 - ``credentials`` dockerconfigjson entries matched to a registry, secrets kept out of messages
 - ``registry``    the distribution client: auth challenges, retries, chunked resumable upload,
                   verified streaming download

@@ -1,8 +1,9 @@
 """An image reference (``registry/repository:tag`` or ``@digest``) as a value object.
 
-Parsing is oras-py's (``oras.container.Container``); this adds the checks a pull or push needs
-(a registry must be named, digests are well formed) and whether the registry is on loopback (where
-the client may fall back to plain http, as docker does for local registries).
+The registry must be named (no implicit Docker Hub: a push secret belongs to one registry), the
+repository, tag and digest follow the distribution reference grammar. oras-py's parser is not used
+here: it reads ``localhost/a`` as a Docker Hub repository. The value also says whether the registry
+is on loopback, where the client may fall back to plain http as docker does for local registries.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-import oras.container
-
 from artifacts.errors import InvalidInputError
 
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+# distribution/reference grammar: path components and tags
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 # Docker Hub's API lives on another host than its name.
 _API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
@@ -34,27 +37,31 @@ class Reference:
             raise InvalidInputError(
                 f"image reference {text!r} must not have a scheme; write registry/repository:tag"
             )
-        first = text.split("/", 1)[0]
-        if "/" not in text or not ("." in first or ":" in first or first == "localhost"):
+        registry, _, rest = text.partition("/")
+        if not rest or not ("." in registry or ":" in registry or registry == "localhost"):
             raise InvalidInputError(
                 f"image reference {text!r} does not name a registry; write e.g. "
                 "myregistry.azurecr.io/adapters/phi-3:v1"
             )
-        try:
-            container = oras.container.Container(text)
-        except ValueError as exc:
-            raise InvalidInputError(f"image reference {text!r} is not valid: {exc}") from None
-        repository = (
-            f"{container.namespace}/{container.repository}" if container.namespace else container.repository
-        )
+        name, _, digest = rest.partition("@")
+        repository, _, tag = name.partition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         if repository != repository.lower():
             raise InvalidInputError(f"repository {repository!r} in {text!r} must be lowercase")
-        digest = container.digest
-        if digest is not None and not DIGEST_RE.match(digest):
+        if not REPOSITORY_RE.match(repository):
+            raise InvalidInputError(
+                f"repository {repository!r} in {text!r} is not valid: use lowercase letters, digits and "
+                "separators (. _ -) in /-separated components"
+            )
+        if tag and not TAG_RE.match(tag):
+            raise InvalidInputError(f"tag {tag!r} in {text!r} is not valid: up to 128 of [A-Za-z0-9_.-]")
+        if digest and not DIGEST_RE.match(digest):
             raise InvalidInputError(f"digest {digest!r} in {text!r} is not sha256:<64 hex digits>")
-        has_tag = ":" in text.rsplit("/", 1)[-1].split("@", 1)[0]
-        tag = container.tag if has_tag or digest is None else None
-        return cls(registry=container.registry, repository=repository, tag=tag, digest=digest)
+        return cls(
+            registry=registry,
+            repository=repository,
+            tag=tag or (None if digest else "latest"),
+            digest=digest or None,
+        )
 
     @property
     def target(self) -> str:

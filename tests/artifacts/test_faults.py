@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from artifacts.errors import AuthError, IntegrityError, NotFoundError, RegistryError
 from artifacts.pull import inspect, pull
@@ -164,3 +166,64 @@ def test_tls_registry_needs_its_ca_bundle(adapter_dir: Path, tls_registry: Regis
     trusted = ClientOptions(ca_bundle=str(tls_registry.ca_cert))
     pushed = push(adapter_dir, ref, options=trusted)
     assert pull(ref, tmp_path / "out", options=trusted).digest == pushed.digest
+
+
+class _FlakyProxy(BaseHTTPRequestHandler):
+    """Forwards to the real registry but answers every third request with 503 (an overloaded front end)."""
+
+    upstream: str
+    count: list[int]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        self.count[0] += 1
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        if self.count[0] % 3 == 0:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+        answer = requests.request(
+            self.command,
+            self.upstream + self.path,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=30,
+        )
+        self.send_response(answer.status_code)
+        for key, value in answer.headers.items():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding", "content-encoding"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _forward
+
+
+def test_server_errors_are_retried_with_backoff(
+    adapter_dir: Path, oci_registry: Registry, tmp_path: Path
+) -> None:
+    handler = type("Proxy", (_FlakyProxy,), {"upstream": f"http://{oci_registry.host}", "count": [0]})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"127.0.0.1:{proxy.server_address[1]}"
+        config = write_docker_config(
+            tmp_path / "proxy.json", host, oci_registry.username, oci_registry.password
+        )
+        options = ClientOptions(docker_config=config, chunk_bytes=64 * 1024, backoff_s=0.01)
+        pushed = push(adapter_dir, f"{host}/flaky/a:v1", options=options)
+        pulled = pull(f"{host}/flaky/a:v1", tmp_path / "out", options=options)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=5)
+
+    assert handler.count[0] >= 30  # many requests, so about ten 503s were met and survived
+    assert pulled.digest == pushed.digest and snapshot(tmp_path / "out") == snapshot(adapter_dir)
