@@ -362,33 +362,46 @@ def _is_bf16(value: Any) -> bool:
 
 
 def _sku_rules(sections: Mapping[str, Any], sku: GpuSku, path: str) -> list[Problem]:
-    """Known GPU limits as warnings: bfloat16 asked on a GPU without it (V100, T4)."""
+    """Known GPU limits as warnings: bfloat16 or flash-attention asked on a pre-Ampere GPU (V100, T4)."""
     if sku.bf16:
         return []
-    asked = []
     model = sections.get("ModelConfig") or {}
     quant = sections.get("QuantizationConfig") or {}
     args = sections.get("TrainingArguments") or {}
-    for section, body, key in (
-        ("ModelConfig", model, "torch_dtype"),
-        ("ModelConfig", model, "dtype"),
-        ("QuantizationConfig", quant, "bnb_4bit_compute_dtype"),
-    ):
-        if isinstance(body, Mapping) and _is_bf16(body.get(key)):
-            asked.append((f"{path}.{section}.{key}", body.get(key)))
+    asked = [
+        (f"{path}.{section}.{key}", body.get(key))
+        for section, body, key in (
+            ("ModelConfig", model, "torch_dtype"),
+            ("ModelConfig", model, "dtype"),
+            ("QuantizationConfig", quant, "bnb_4bit_compute_dtype"),
+        )
+        if isinstance(body, Mapping) and _is_bf16(body.get(key))
+    ]
     if isinstance(args, Mapping) and args.get("bf16") is True:
         asked.append((f"{path}.TrainingArguments.bf16", True))
-    return [
+    gpu = f"{sku.name} has {sku.gpu_model} GPUs (compute capability {sku.compute_capability})"
+    problems = [
         Problem(
             where,
-            f"{sku.name} has {sku.gpu_model} GPUs without bfloat16 support (compute capability "
-            f"{sku.compute_capability}; bfloat16 needs 8.0+)",
+            f"{gpu} without bfloat16 support; bfloat16 needs 8.0+",
             value,
             "use float16 (in the ConfigMap named by tuning.config), or an Ampere or newer instance type",
             Severity.WARNING,
         )
         for where, value in asked
     ]
+    attention = model.get("attn_implementation") if isinstance(model, Mapping) else None
+    if isinstance(attention, str) and attention.startswith("flash_attention"):
+        problems.append(
+            Problem(
+                f"{path}.ModelConfig.attn_implementation",
+                f"{gpu}; flash-attention kernels need 8.0+",
+                attention,
+                "use sdpa on this GPU",
+                Severity.WARNING,
+            )
+        )
+    return problems
 
 
 def validate_training_config(

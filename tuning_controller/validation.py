@@ -70,9 +70,8 @@ def image_problems(path: str, image: str) -> list[Problem]:
     try:
         Reference.parse(image)
     except InvalidInputError as exc:
-        lowered = image.rsplit(":", 1)[0].lower() + (":" + image.rsplit(":", 1)[1] if ":" in image else "")
         try:
-            Reference.parse(lowered)
+            Reference.parse(image.lower())
         except InvalidInputError:
             return [
                 Problem(
@@ -324,6 +323,15 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None) -> list[Pr
     if inference.preset is not None:
         preset, found = _lookup("inference.preset.name", inference.preset.name, get_model, "model preset")
         problems += found
+        options = inference.preset.preset_options
+        if options is not None:
+            path = "inference.preset.presetOptions"
+            if options.image:
+                problems += image_problems(f"{path}.image", options.image)
+            for i, secret in enumerate(options.image_pull_secrets):
+                problems += _name_problems(
+                    f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False
+                )
         if preset is not None and sku is not None:
             problems += inference_fit_problems(preset, sku)
     if inference.config:

@@ -251,6 +251,13 @@ WORKSPACE_CASES = [
         "not a known model preset",
     ),
     ws_case(
+        "inference-model-image-unparsable",
+        "inference",
+        [("inference.preset.presetOptions.image", "http://myacr.azurecr.io/phi:1")],
+        "inference.preset.presetOptions.image",
+        "scheme",
+    ),
+    ws_case(
         "inference-does-not-fit",
         "inference",
         [("inference.preset.name", "qwen2.5-coder-32b-instruct")],

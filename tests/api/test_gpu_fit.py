@@ -7,8 +7,8 @@ from typing import Any
 from presets.catalog import get_model, get_sku
 from tests.api.builders import edit
 from tuning_controller.gpu_fit import fit_problems, training_shape
-from tuning_controller.problems import errors
-from tuning_controller.training_config import default_training_config
+from tuning_controller.problems import Severity, errors
+from tuning_controller.training_config import default_training_config, validate_training_config
 from tuning_controller.validation import validate_workspace
 
 ARGS = "training_config.TrainingArguments"
@@ -60,3 +60,12 @@ def test_own_nodes_skip_the_fit_check(tuning_ws: dict[str, Any]) -> None:
     assert "resource.instanceType" in [p.path for p in errors(validate_workspace(big))]
     own = edit(big, "resource.instanceType", "")
     assert errors(validate_workspace(own)) == []
+
+
+def test_pre_ampere_gpus_get_warnings_not_errors() -> None:
+    doc = edit(default_training_config("lora"), f"{ARGS}.bf16", True)
+    doc = edit(doc, "training_config.ModelConfig.attn_implementation", "flash_attention_2")
+    v100 = validate_training_config(doc, "lora", sku="Standard_NC6s_v3")
+    assert {p.severity for p in v100} == {Severity.WARNING}
+    assert {p.path.rsplit(".", 1)[-1] for p in v100} == {"torch_dtype", "bf16", "attn_implementation"}
+    assert validate_training_config(doc, "lora", sku="Standard_NC24ads_A100_v4") == []
