@@ -838,6 +838,13 @@ class Executor:
             log.info("%s/%s starting", meta["namespace"], meta["name"])
             run.start()
 
+    def sync_safely(self, pod: dict) -> None:
+        """One pod's trouble (an unexpected shape, an API error) must not stop the node for the others."""
+        try:
+            self.sync(pod)
+        except Exception:
+            log.exception("%s/%s: sync failed", pod["metadata"].get("namespace"), pod["metadata"].get("name"))
+
     def loop(self, deadline: float, owner_pid: int | None) -> None:
         while not self.stop.is_set():
             if time.time() > deadline or (owner_pid and not pid_alive(owner_pid)):
@@ -847,7 +854,7 @@ class Executor:
                 listing = self.kube.call("GET", "/api/v1/pods")
                 self.pods = {p["metadata"]["uid"]: p for p in listing["items"]}
                 for pod in list(self.pods.values()):
-                    self.sync(pod)
+                    self.sync_safely(pod)
                 rv = listing["metadata"]["resourceVersion"]
                 for kind, pod in self.kube.watch("/api/v1/pods", rv, RELIST_S):
                     if kind == "ERROR":
@@ -861,7 +868,7 @@ class Executor:
                             run.request_stop(0, delete=False)
                         continue
                     self.pods[uid] = pod
-                    self.sync(pod)
+                    self.sync_safely(pod)
                     if self.stop.is_set():
                         return
             except (ApiError, requests.RequestException) as err:

@@ -3,6 +3,9 @@ controller and the garbage collector do the rest, as in a cluster."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from tests.controlplane.workloads import container, job_condition, job_manifest, pod_done
 from tests.fixtures.cluster import KubeError, kube_json, wait_for
 
@@ -157,3 +160,43 @@ def test_pod_that_fits_no_node_stays_pending_with_the_reason(kube_client, namesp
     got = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/pods/too-big")
     assert got["status"]["phase"] == "Pending"
     assert not got["spec"].get("nodeName")
+
+
+def test_deleting_a_running_pod_terms_then_kills_then_removes_it(kube_client, namespace, pod_executor):
+    """As a kubelet: SIGTERM, SIGKILL once the grace period is over, then the pod object is removed."""
+    pod = {
+        "metadata": {"name": "long"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                container("polite", "trap 'echo got TERM; exit 0' TERM; echo up; sleep 300 & wait"),
+                container("stubborn", "trap '' TERM; echo up; sleep 300"),
+            ],
+        },
+    }
+    path = f"/api/v1/namespaces/{namespace}/pods/long"
+    kube_json(kube_client, "POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    def running() -> dict | None:
+        got = kube_json(kube_client, "GET", path)
+        statuses = got["status"].get("containerStatuses") or []
+        return got if len(statuses) == 2 and all("running" in s["state"] for s in statuses) else None
+
+    got = wait_for(running, 20, "both containers to run")
+    pids = [int(s["containerID"].removeprefix("executor://")) for s in got["status"]["containerStatuses"]]
+    wait_for(lambda: pod_executor.log(namespace, "long", "polite") == "up\n", 10, "the trap to be set")
+    started = time.monotonic()
+    kube_json(kube_client, "DELETE", path, {"gracePeriodSeconds": 2})
+
+    def gone() -> bool:
+        try:
+            kube_json(kube_client, "GET", path)
+        except KubeError as err:
+            return err.status == 404
+        return False
+
+    wait_for(gone, 20, "the pod to be removed after its grace period")
+    elapsed = time.monotonic() - started
+    assert 2 <= elapsed < 10, elapsed  # the stubborn container held out until SIGKILL
+    assert pod_executor.log(namespace, "long", "polite") == "up\ngot TERM\n"
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
