@@ -41,7 +41,9 @@ def _sinks(args) -> list:
         sinks = [JsonLinesSink()]
     if sys.stderr.isatty():
         sinks.append(TqdmSink())
-    return sinks
+    from trainer.workspace_status import status_sinks_from_env
+
+    return sinks + status_sinks_from_env()  # the Workspace's status, in the controller's pods
 
 
 def _metrics(trainer, result, has_eval: bool) -> dict:
