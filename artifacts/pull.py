@@ -135,18 +135,31 @@ def _publish(staging: Path, dest: Path, inside: bool, replace: bool) -> None:
         raise InvalidInputError(f"destination {dest} exists and is not a directory")
     if existing and not replace:
         raise InvalidInputError(f"destination {dest} is not empty; empty it or pass --replace")
-    if not inside:
-        if not dest.exists():
-            os.rename(staging, dest)
+    if not inside and not existing:
+        try:
+            os.rename(staging, dest)  # creates dest, or replaces it if empty, atomically
             return
-        if not existing:
+        except OSError:
+            pass  # dest is a mount point: move the entries in instead
+    if not inside and existing:
+        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        try:
+            os.rename(dest, aside / "old")
+        except OSError:  # a mount point
+            aside.rmdir()
+        else:
             try:
-                os.rename(staging, dest)  # replaces an empty directory atomically
-                return
+                os.rename(staging, dest)
             except OSError:
-                pass  # a mount point: move the entries in instead
+                os.rename(aside / "old", dest)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+            return
     for old in existing:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     for entry in staging.iterdir():
         os.rename(entry, dest / entry.name)
     staging.rmdir()

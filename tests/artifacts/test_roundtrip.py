@@ -120,4 +120,4 @@ def test_pull_refuses_a_non_empty_destination_unless_replace(
     assert (dest / "old.txt").read_text() == "old"
     pull(ref, dest, options=options, replace=True)
     assert snapshot(dest) == snapshot(adapter_dir)
-    assert not list(tmp_path.glob(".dest.partial-*"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dest")) == []  # no staging left
