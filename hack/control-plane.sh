@@ -3,6 +3,7 @@
 # and kube-controller-manager, all on loopback, built by hack/build-tools.sh.
 #
 #   hack/control-plane.sh start [STATE_DIR]   start, wait until ready, print `export KUBECONFIG=...`
+#                                             (eval "$(hack/control-plane.sh start)" works)
 #   hack/control-plane.sh stop  STATE_DIR     stop everything started in STATE_DIR (by PID)
 #
 # STATE_DIR (default: a new folder under ${TMPDIR:-/tmp}) holds certificates, the admin kubeconfig,
@@ -152,6 +153,8 @@ cmd_start() {
   apiserver="$(tool kube-apiserver)"
   kcm="$(tool kube-controller-manager)"
   local t0=$EPOCHREALTIME
+  # Each start is a fresh cluster: new certificates, ports and an empty etcd (logs are appended).
+  rm -rf etcd-data pki
   mkdir -p logs pids etcd-data
   # A failed start stops what it had started, keeping the logs.
   trap 'cmd_stop "$PWD" >/dev/null 2>&1' EXIT
@@ -205,8 +208,10 @@ ETCD=http://127.0.0.1:$ETCD_PORT
 STATE_DIR=$PWD
 EOF
   trap - EXIT
-  log "ready in $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t0}")s (logs: $PWD/logs)"
+  # stdout can be eval'ed: one export, then a comment line with the figures.
   echo "export KUBECONFIG=$PWD/kubeconfig"
+  echo "# control plane ready in $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t0}")s at https://127.0.0.1:$API_PORT;" \
+    "logs in $PWD/logs; stop with: $HACK_DIR/control-plane.sh stop $PWD"
 }
 
 cmd_stop() {
