@@ -326,6 +326,33 @@ def _kaito_rules(sections: Mapping[str, Any], method: str | None, path: str) -> 
     return problems
 
 
+# The same setting reachable from two sections: both are accepted, but they must agree.
+SHARED_OPTIONS = (
+    ("ModelConfig", "torch_dtype", "ModelConfig", "dtype"),
+    ("DataCollator", "completion_only_loss", "TrainingArguments", "completion_only_loss"),
+    ("DataCollator", "assistant_only_loss", "TrainingArguments", "assistant_only_loss"),
+    ("DataCollator", "pad_to_multiple_of", "TrainingArguments", "pad_to_multiple_of"),
+)
+
+
+def _conflicts(sections: Mapping[str, Any], path: str) -> list[Problem]:
+    problems = []
+    for first, key, second, other in SHARED_OPTIONS:
+        a, b = sections.get(first), sections.get(second)
+        if not (isinstance(a, Mapping) and isinstance(b, Mapping) and key in a and other in b):
+            continue
+        if a[key] != b[other]:
+            problems.append(
+                Problem(
+                    f"{path}.{first}.{key}",
+                    f"contradicts {second}.{other} ({b[other]!r})",
+                    a[key],
+                    "set it in one place only",
+                )
+            )
+    return problems
+
+
 def _resolve(kind: str, value: Any, getter: Callable[[str], Any]) -> tuple[Any, list[Problem]]:
     if value is None or not isinstance(value, str):
         return value, []
@@ -446,6 +473,7 @@ def validate_training_config(
         problems.append(Problem("method", "must be lora or qlora", method))
         method = None
     problems += _kaito_rules(sections, method, path)
+    problems += _conflicts(sections, path)
     preset_obj, found = _resolve("preset", preset, get_model)
     problems += found
     if preset_obj is not None:

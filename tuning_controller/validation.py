@@ -11,7 +11,7 @@ in a condition). The CRD's CEL rules repeat the static subset so the API server 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -119,7 +119,9 @@ def url_problems(path: str, url: str, *, allow_loopback: bool) -> list[Problem]:
     return problems
 
 
-def _lookup(path: str, name: str, getter, kind: str, hint: str = "") -> tuple[Any, list[Problem]]:
+def _lookup(
+    path: str, name: str, getter: Callable[[str], Any], kind: str, hint: str = ""
+) -> tuple[Any, list[Problem]]:
     try:
         return getter(name), []
     except UnknownName as exc:

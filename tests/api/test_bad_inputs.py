@@ -521,6 +521,16 @@ CONFIG_CASES = [
         f"{T}.DataCollator.pad_to_multiple_of",
         "positive",
     ),
+    cfg_case(
+        "collator-contradicts-arguments",
+        "qlora",
+        [
+            (f"{T}.DataCollator.assistant_only_loss", True),
+            (f"{T}.TrainingArguments.assistant_only_loss", False),
+        ],
+        f"{T}.DataCollator.assistant_only_loss",
+        "contradicts TrainingArguments.assistant_only_loss",
+    ),
     cfg_case("section-not-mapping", "qlora", [(f"{T}.LoraConfig", [8, 8])], f"{T}.LoraConfig", "mapping"),
     cfg_case(
         "target-module-not-in-phi3",
