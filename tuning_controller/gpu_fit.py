@@ -88,7 +88,7 @@ def training_shape(doc: Mapping[str, Any] | None, method: str, preset: ModelPres
     dtype = model.get("dtype") or model.get("torch_dtype") or "bfloat16"
     dtype = DTYPE_ALIASES.get(str(dtype), str(dtype))
     checkpointing = bool(args.get("gradient_checkpointing")) or bool(args.get("activation_checkpointing"))
-    max_length = args.get("max_length")
+    max_length = opts["DatasetConfig"].get("max_length") or args.get("max_length")
     return TrainingShape(
         method=method,
         micro_batch=_int(args.get("per_device_train_batch_size"), 1) if batch_set else 1,

@@ -65,30 +65,27 @@ MODEL_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     ),
     "low_cpu_mem_usage": _opt(["bool"], True, "load weights without a full CPU copy"),
     "use_cache": _opt(["bool"], False, "KV cache (off for training)"),
-    "use_safetensors": _opt(["bool", "null"], None, "prefer .safetensors files"),
-    "max_memory": _opt(["dict", "null"], None, "per-device memory caps for device_map"),
-    "offload_folder": _opt(["str", "null"], None, "where offloaded weights go"),
-    "subfolder": _opt(["str"], "", "model files inside a subfolder"),
     "chat_template": _opt(["str", "null"], None, "Jinja chat template overriding the tokenizer's"),
 }
 DATASET_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
-    "dataset_path": _opt(["str", "null"], None, "file or folder under /mnt/data (default: all data files)"),
-    "messages_column": _opt(["str"], "messages", "conversational column: [{role, content}]"),
-    "prompt_column": _opt(["str"], "prompt", "prompt column of prompt/completion data"),
-    "completion_column": _opt(["str"], "completion", "completion column of prompt/completion data"),
-    "text_column": _opt(["str"], "text", "plain-text column"),
-    "context_column": _opt(["str", "null"], None, "KAITO's name for the prompt column"),
-    "response_column": _opt(["str", "null"], None, "KAITO's name for the completion column"),
+    "messages_column": _opt(
+        ["str", "null"], None, "conversational column [{role, content}] (default: detected)"
+    ),
+    "prompt_column": _opt(
+        ["str", "null"], None, "prompt column of prompt/completion data (default: detected)"
+    ),
+    "completion_column": _opt(["str", "null"], None, "completion column (default: detected)"),
+    "text_column": _opt(["str", "null"], None, "plain-text column (default: detected)"),
     "shuffle_dataset": _opt(["bool"], True, "shuffle rows before splitting"),
     "shuffle_seed": _opt(["int"], 42, "seed of the shuffle"),
     "train_test_split": _opt(["float"], 1.0, "fraction of rows used for training, in (0, 1]"),
-    "skip_bad_rows": _opt(["bool"], False, "drop malformed rows (reported) instead of failing"),
+    "max_length": _opt(["int", "null"], None, "tokens per row (default: TrainingArguments.max_length)"),
+    "skip_bad_rows": _opt(["bool"], False, "drop malformed rows (counted) instead of failing"),
 }
 DATA_COLLATOR_OPTIONS: dict[str, dict[str, Any]] = {
-    "mlm": _opt(["bool"], False, "accepted for KAITO compatibility; causal LM training ignores it"),
-    "completion_only_loss": _opt(["bool", "null"], None, "loss on completions only (prompt/completion data)"),
-    "assistant_only_loss": _opt(["bool"], False, "loss on assistant turns only (conversational data)"),
-    "pad_to_multiple_of": _opt(["int", "null"], None, "pad batches to a multiple of this length"),
+    "mlm": _opt(["bool", "null"], None, "accepted for KAITO compatibility; causal LM training ignores it"),
+    "completion_only_loss": _opt(["bool"], True, "loss on completions only (prompt/completion data)"),
+    "assistant_only_loss": _opt(["bool"], True, "loss on assistant turns only (conversational data)"),
 }
 
 # KAITO's lora-params-template / qlora-params-template.
@@ -177,7 +174,7 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         "a fraction in (0, 1]: 1 trains on every row",
     ),
     ("DatasetConfig", "shuffle_seed"): (_non_negative, "an integer >= 0"),
-    ("DataCollator", "pad_to_multiple_of"): (_positive, "a positive integer or null"),
+    ("DatasetConfig", "max_length"): (_positive, "a positive integer (tokens) or null"),
 }
 # String options whose values name a torch dtype.
 DTYPE_OPTIONS = {
@@ -331,7 +328,7 @@ SHARED_OPTIONS = (
     ("ModelConfig", "torch_dtype", "ModelConfig", "dtype"),
     ("DataCollator", "completion_only_loss", "TrainingArguments", "completion_only_loss"),
     ("DataCollator", "assistant_only_loss", "TrainingArguments", "assistant_only_loss"),
-    ("DataCollator", "pad_to_multiple_of", "TrainingArguments", "pad_to_multiple_of"),
+    ("DatasetConfig", "max_length", "TrainingArguments", "max_length"),
 )
 
 

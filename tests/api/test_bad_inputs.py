@@ -515,10 +515,10 @@ CONFIG_CASES = [
         "did you mean 'bfloat16'",
     ),
     cfg_case(
-        "collator-pad-zero",
+        "dataset-max-length-zero",
         "qlora",
-        [(f"{T}.DataCollator.pad_to_multiple_of", 0)],
-        f"{T}.DataCollator.pad_to_multiple_of",
+        [(f"{T}.DatasetConfig.max_length", 0)],
+        f"{T}.DatasetConfig.max_length",
         "positive",
     ),
     cfg_case(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
+from trainer import config as trainer_config
 from tuning_controller import training_options
 from tuning_controller.training_config import SECTIONS, option_sets
 
@@ -37,3 +39,16 @@ def test_the_controller_side_does_not_import_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_project_sections_match_what_the_trainer_reads() -> None:
+    """The trainer types ModelConfig, DatasetConfig and DataCollator itself: the names must be the same sets,
+    or a config that validates here would fail in the pod (or the reverse)."""
+    sets = option_sets()
+    assert set(sets["ModelConfig"]) == set(trainer_config.MODEL_KEYS)
+    assert set(sets["DatasetConfig"]) == {f.name for f in dataclasses.fields(trainer_config.DatasetOptions)}
+    assert set(sets["DataCollator"]) == {f.name for f in dataclasses.fields(trainer_config.CollatorOptions)}
+    for field in dataclasses.fields(trainer_config.DatasetOptions):
+        assert sets["DatasetConfig"][field.name]["default"] == field.default, field.name
+    for field in dataclasses.fields(trainer_config.CollatorOptions):
+        assert sets["DataCollator"][field.name]["default"] == field.default, field.name
