@@ -295,7 +295,12 @@ def launcher(mounts: list[tuple[str, str, bool]], workdir: str) -> list[str]:
             lines.append(f"/bin/mount -o remount,bind,ro {d}")
     lines.append(f"/bin/mkdir -p {shlex.quote(workdir)}; cd {shlex.quote(workdir)}")
     lines.append('exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", "\n".join(lines), "container"]
+    # pdeathsig: if the executor is killed outright, its containers die with it instead of lingering.
+    return [
+        *("setpriv", "--pdeathsig", "KILL"),
+        *("unshare", "--mount", "--propagation", "private"),
+        *("/bin/sh", "-c", "\n".join(lines), "container"),
+    ]
 
 
 class PodRun(threading.Thread):
@@ -940,9 +945,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             "--kubeconfig is required (or set KUBECONFIG): the file hack/control-plane.sh start printed"
         )
-    if os.geteuid() != 0 or not shutil.which("unshare"):
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         raise SystemExit(
-            "the pod executor needs root and util-linux 'unshare' (private mount namespaces for volumes)"
+            "the pod executor needs root and util-linux 'unshare' and 'setpriv' (private mount namespaces)"
         )
     executor = Executor(args)
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
