@@ -45,6 +45,8 @@ HEARTBEAT_S = 10
 NODE_STALE_S = 40
 RELIST_S = 5
 RESTART_BACKOFF_S = (1, 2, 4, 8)
+# Mounted read-only whatever the volumeMount says, as the kubelet does.
+READ_ONLY_VOLUMES = {"configMap", "secret", "downwardAPI", "projected"}
 
 
 def now() -> str:
@@ -319,6 +321,7 @@ class PodRun(threading.Thread):
         self.grace = 30.0
         self.delete_after = False
         self.volumes: dict[str, str] = {}
+        self.read_only: set[str] = set()
         self.init_runs_expected = bool(pod["spec"].get("initContainers"))
         self.init_runs = [ContainerRun(self, c, True) for c in pod["spec"].get("initContainers") or []]
         self.runs = [ContainerRun(self, c, False) for c in pod["spec"]["containers"]]
@@ -406,6 +409,8 @@ class PodRun(threading.Thread):
             try:
                 for volume in self.pod["spec"].get("volumes") or []:
                     self.volumes[volume["name"]] = self.executor.materialise(self.pod, volume, self.dir)
+                    if READ_ONLY_VOLUMES & volume.keys():
+                        self.read_only.add(volume["name"])
                 return True
             except rt.ConfigError as err:
                 for run in self.init_runs + self.runs:
@@ -425,7 +430,7 @@ class PodRun(threading.Thread):
                 src = os.path.join(src, sub)
                 if not os.path.exists(src):
                     os.makedirs(src, exist_ok=True)
-            result.append((src, m["mountPath"], bool(m.get("readOnly"))))
+            result.append((src, m["mountPath"], bool(m.get("readOnly")) or m["name"] in self.read_only))
         return result
 
     # ---- lifecycle -----------------------------------------------------------------------------

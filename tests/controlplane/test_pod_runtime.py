@@ -46,6 +46,7 @@ def test_volumes_env_and_downward_api_are_visible_to_the_process(kube_client, na
     script = " && ".join(
         [
             "cat /etc/settings/mode.txt && echo",
+            "{ touch /etc/settings/new 2>/dev/null && echo writable || echo read-only; }",
             "stat -c %a /etc/settings/mode.txt",
             "cat /etc/creds/token && echo",
             "cat /work/from-init",
@@ -129,6 +130,7 @@ def test_volumes_env_and_downward_api_are_visible_to_the_process(kube_client, na
     assert done["status"]["phase"] == "Succeeded", output
     assert output.splitlines() == [
         "fast",
+        "read-only",  # configMap volumes are read-only, as the kubelet mounts them
         "600",
         "s3cr3t",
         "prepared-by-init",
