@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -326,15 +327,15 @@ class PodRun(threading.Thread):
         self.init_runs = [ContainerRun(self, c, True) for c in pod["spec"].get("initContainers") or []]
         self.runs = [ContainerRun(self, c, False) for c in pod["spec"]["containers"]]
         self.phase = "Pending"
-        self.init_done = not self.init_runs
-        self.conditions: dict[str, tuple[str, str]] = {
-            "PodScheduled": ("True", ""),
-            "PodReadyToStartContainers": ("False", ""),
-            "Initialized": ("True" if self.init_done else "False", ""),
-            "ContainersReady": ("False", ""),
-            "Ready": ("False", ""),
-        }
         self.start_time = now()
+        # type -> (status, reason, lastTransitionTime)
+        self.conditions: dict[str, tuple[str, str, str]] = {
+            "PodScheduled": ("True", "", self.start_time),
+            "PodReadyToStartContainers": ("False", "", self.start_time),
+            "Initialized": ("False" if self.init_runs else "True", "", self.start_time),
+            "ContainersReady": ("False", "", self.start_time),
+            "Ready": ("False", "", self.start_time),
+        }
         self.pushed: str = ""
 
     def base_env(self) -> dict[str, str]:
@@ -362,13 +363,8 @@ class PodRun(threading.Thread):
     def status(self) -> dict:
         with self.lock:
             conditions = [
-                {
-                    "type": t,
-                    "status": s,
-                    "lastTransitionTime": self.start_time,
-                    **({"reason": r} if r else {}),
-                }
-                for t, (s, r) in self.conditions.items()
+                {"type": t, "status": s, "lastTransitionTime": at, **({"reason": r} if r else {})}
+                for t, (s, r, at) in self.conditions.items()
             ]
             return {
                 "phase": self.phase,
@@ -378,8 +374,8 @@ class PodRun(threading.Thread):
                 "podIP": "127.0.0.1",
                 "podIPs": [{"ip": "127.0.0.1"}],
                 "startTime": self.start_time,
-                "initContainerStatuses": [json.loads(json.dumps(r.status)) for r in self.init_runs],
-                "containerStatuses": [json.loads(json.dumps(r.status)) for r in self.runs],
+                "initContainerStatuses": [copy.deepcopy(r.status) for r in self.init_runs],
+                "containerStatuses": [copy.deepcopy(r.status) for r in self.runs],
             }
 
     def push_status(self) -> None:
@@ -398,8 +394,10 @@ class PodRun(threading.Thread):
                     log.warning("%s: status update failed: %s", self.key, err)
 
     def set_condition(self, kind: str, status: bool, reason: str = "") -> None:
+        value = "True" if status else "False"
         with self.lock:
-            self.conditions[kind] = ("True" if status else "False", reason)
+            old, _, at = self.conditions[kind]
+            self.conditions[kind] = (value, reason, at if old == value else now())
 
     # ---- volumes -------------------------------------------------------------------------------
 
@@ -448,13 +446,9 @@ class PodRun(threading.Thread):
         if not self.prepare_volumes():
             return
         self.set_condition("PodReadyToStartContainers", True)
-        sidecars: list[threading.Thread] = []
-        restart_policy = self.pod["spec"].get("restartPolicy", "Always")
         for run in self.init_runs:
-            if run.sidecar:
-                t = threading.Thread(target=run.run, daemon=True)
-                t.start()
-                sidecars.append(t)
+            if run.sidecar:  # a native sidecar keeps running next to the containers
+                threading.Thread(target=run.run, daemon=True).start()
                 continue
             code = run.run()
             if code is None:
@@ -469,7 +463,6 @@ class PodRun(threading.Thread):
                 self.stop_sidecars()
                 return
         with self.lock:
-            self.init_done = True
             self.phase = "Running"
         self.set_condition("Initialized", True)
         threads = [threading.Thread(target=r.run, daemon=True) for r in self.runs]
@@ -480,12 +473,12 @@ class PodRun(threading.Thread):
         with self.lock:
             states = [r.status["state"] for r in self.runs]
             if all("terminated" in s for s in states):
-                self.phase = rt.pod_phase(True, states, restarting=False)
+                self.phase = rt.finished_phase(states)
             reason = "PodCompleted" if self.phase in ("Succeeded", "Failed") else ""
         self.set_condition("ContainersReady", False, reason)
         self.set_condition("Ready", False, reason)
         self.push_status()
-        log.info("%s: %s (restartPolicy %s)", self.key, self.phase, restart_policy)
+        log.info("%s: %s", self.key, self.phase)
 
     def track_readiness(self, threads: list[threading.Thread]) -> None:
         """Ready while every container runs (no probes here); returns when all threads are done."""

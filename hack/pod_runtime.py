@@ -294,17 +294,9 @@ def termination_message(written: str, log_tail: str, policy: str | None, exit_co
     return ""
 
 
-def pod_phase(init_done: bool, states: Iterable[Mapping], restarting: bool) -> str:
-    """Phase from the regular containers' states (kubelet's getPhase, simplified): Pending until the
-    init containers are done; Running while any runs or will restart; then Succeeded or Failed."""
-    states = list(states)
-    if not init_done:
-        return "Pending"
-    if restarting or any("running" in s or "waiting" in s for s in states):
-        return "Running"
-    if all(s["terminated"]["exitCode"] == 0 for s in states):
-        return "Succeeded"
-    return "Failed"
+def finished_phase(states: Iterable[Mapping]) -> str:
+    """The phase of a pod whose containers all terminated and will not restart (kubelet's getPhase)."""
+    return "Succeeded" if all(s["terminated"]["exitCode"] == 0 for s in states) else "Failed"
 
 
 def log_path(state_dir: Path, namespace: str, pod: str, container: str) -> Path:
