@@ -538,11 +538,13 @@ class Executor:
         self.unschedulable: dict[str, str] = {}
         self.pods: dict[str, dict] = {}
         self.stop = threading.Event()
+        self.registered_at = ""
 
     # ---- node ----------------------------------------------------------------------------------
 
     def node_status(self) -> dict:
         t = now()
+        since = self.registered_at or t
         conditions = [
             ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
             ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
@@ -553,7 +555,7 @@ class Executor:
             "capacity": self.allocatable,
             "allocatable": self.allocatable,
             "conditions": [
-                {"type": k, "status": s, "reason": r, "lastHeartbeatTime": t, "lastTransitionTime": t}
+                {"type": k, "status": s, "reason": r, "lastHeartbeatTime": t, "lastTransitionTime": since}
                 for k, s, r in conditions
             ],
             "addresses": [
@@ -599,6 +601,7 @@ class Executor:
             f"/api/v1/nodes/{self.node_name}", {"metadata": {"labels": labels}, "spec": node["spec"]}
         )
         self.kube.merge_patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self.node_status()})
+        self.registered_at = now()
         log.info("node %s registered: %s", self.node_name, self.allocatable)
 
     def heartbeat(self) -> None:
