@@ -41,6 +41,7 @@ if ((${#charts[@]})); then
   done
 fi
 
+# The layout hack/manifest_schemas.py writes.
 "$kubeconform" -summary -output text \
   -schema-location "$schemas/{{ .Group }}/{{ .ResourceKind }}-{{ .ResourceAPIVersion }}.json" \
   "${files[@]}"

@@ -1,7 +1,8 @@
 """JSON schemas that kubeconform reads offline: built-in kinds from the API server's OpenAPI v3, custom
 kinds from their CRDs. Nothing is downloaded: the schemas come from the local control plane we run.
 
-Layout (kubeconform's -schema-location template SCHEMA_LOCATION, relative to the schema dir):
+Layout (hack/check-manifests.sh passes it to kubeconform as
+-schema-location "DIR/{{ .Group }}/{{ .ResourceKind }}-{{ .ResourceAPIVersion }}.json"):
     <group>/<kind lowercased>-<version>.json      e.g. batch/job-v1.json, kaito.sh/workspace-v1beta1.json
     v1/<kind lowercased>-v1.json                  the core group
 
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_LOCATION = "{{ .Group }}/{{ .ResourceKind }}-{{ .ResourceAPIVersion }}.json"
 REF_PREFIX = "#/components/schemas/"
 
 
