@@ -3,3 +3,68 @@
 No Kubernetes client and no kopf here, so every object the controller would create can be printed by
 ``kaito-tune render`` and compared with expected objects in unit tests.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tuning_controller.settings import Settings
+from tuning_controller.workspace import Workspace
+
+PENDING_DATA_SHA = "set-by-the-data-check"
+
+
+def training_config_doc(ws: Workspace, user_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The training config the Job uses: the user's ConfigMap content, else the method's template."""
+    from tuning_controller.training_config import default_training_config
+
+    return dict(user_config) if user_config is not None else default_training_config(ws.tuning.method.lower())
+
+
+def sku_gpus(ws: Workspace) -> int:
+    """GPUs per node of the Workspace's instanceType (1 when unknown: own nodes report their own)."""
+    from presets.catalog import UnknownName, get_sku
+
+    if ws.resource is None or not ws.resource.instance_type:
+        return 1
+    try:
+        return get_sku(ws.resource.instance_type).gpu_count
+    except UnknownName:
+        return 1
+
+
+def render_workspace_objects(
+    ws: Workspace,
+    settings: Settings,
+    user_config: Mapping[str, Any] | None = None,
+    *,
+    data_sha256: str = PENDING_DATA_SHA,
+    gpus: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every object the controller creates for a tuning Workspace, in creation order.
+
+    The training Job's data sha256 comes from the pre-flight at run time; without it a placeholder shows.
+    """
+    from tuning_controller.render.configmap import render_training_configmap
+    from tuning_controller.render.job import (
+        render_data_job,
+        render_results_claim,
+        render_training_job,
+        revision,
+        uses_results_claim,
+    )
+    from tuning_controller.render.nodeclaim import render_nodeclaim
+    from tuning_controller.render.rbac import render_progress_rbac
+
+    rev = revision(ws, training_config_doc(ws, user_config))
+    objects = [render_training_configmap(ws, user_config), render_data_job(ws, settings, rev)]
+    if settings.auto_provisioning and ws.resource is not None and ws.resource.instance_type:
+        objects.append(render_nodeclaim(ws, settings))
+    objects += render_progress_rbac(ws)
+    if uses_results_claim(ws, settings):
+        objects.append(render_results_claim(ws, settings))
+    objects.append(
+        render_training_job(ws, settings, rev, data_sha256=data_sha256, gpus=gpus if gpus else sku_gpus(ws))
+    )
+    return objects

@@ -30,6 +30,7 @@ def labels(ws: Workspace, component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": ws.name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "kaito-tune",
+        "app.kubernetes.io/part-of": "kaito",
         f"{GROUP}/workspace": ws.name,
     }
 

@@ -1,0 +1,236 @@
+"""Controller test fixtures: the operator as a child process, a loopback data server, Workspace helpers.
+
+- `run_operator(**env)` (factory): starts ``python -m tuning_controller.operator`` against the local
+  control plane with the development switch for loopback URLs; stopped (by PID) at teardown.
+- `data_server`: a ThreadingHTTPServer on 127.0.0.1 serving a temporary folder.
+- `make_parquet(path, rows)`, `tuning_workspace(...)`, `get_workspace(...)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fixtures.cluster import kube_json, wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+API = "/apis/kaito.sh/v1beta1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen
+    log_path: Path
+    metrics_port: int
+    health_port: int
+    env: dict = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
+    metrics_port, health_port = free_port(), free_port()
+    full_env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONPATH": str(REPO_ROOT),
+        "KAITO_TUNE_ALLOW_LOOPBACK_URLS": "true",
+        "KAITO_TUNE_METRICS_PORT": str(metrics_port),
+        "KAITO_TUNE_HEALTH_PORT": str(health_port),
+        **env,
+    }
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuning_controller.operator"],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    op = Operator(proc, log_path, metrics_port, health_port, env)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"operator exited {proc.returncode}:\n{op.log()[-4000:]}")
+        try:
+            return requests.get(f"http://127.0.0.1:{health_port}/healthz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, 60, "the operator's /healthz")
+    return op
+
+
+@pytest.fixture
+def run_operator(control_plane, workspace_crd, tmp_path) -> Iterator:
+    started: list[Operator] = []
+
+    def run(**env: str) -> Operator:
+        op = start_operator(control_plane.kubeconfig, tmp_path / f"operator-{len(started)}.log", **env)
+        started.append(op)
+        return op
+
+    try:
+        yield run
+    finally:
+        for op in started:
+            op.stop()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def data_server(tmp_path) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder): files written into the folder are served at base URL + name."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def make_parquet(path: Path, rows: int = 24, bad_rows: tuple[int, ...] = ()) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = []
+    for i in range(rows):
+        if i in bad_rows:
+            data.append({"messages": [{"role": "user", "content": f"question {i} without an answer"}]})
+        else:
+            data.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"what is {i} plus {i}?"},
+                        {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+                    ]
+                }
+            )
+    pq.write_table(pa.Table.from_pylist(data), path)
+    return path
+
+
+def tuning_workspace(
+    name: str,
+    namespace: str,
+    *,
+    urls: list[str] | None = None,
+    output: dict | None = None,
+    config: str = "",
+    labels: dict | None = None,
+    instance_type: str = "",
+    method: str = "lora",
+) -> dict:
+    tuning = {
+        "preset": {"name": "tiny-llama"},
+        "method": method,
+        "input": {"urls": urls or ["http://127.0.0.1:9/none.parquet"]},
+        "output": output or {"image": "127.0.0.1:5000/adapters/x:v1", "imagePushSecret": "push-secret"},
+    }
+    if config:
+        tuning["config"] = config
+    ws = {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "resource": {"labelSelector": {"matchLabels": {"apps": "phi-3"}}},
+        "tuning": tuning,
+    }
+    if instance_type:
+        ws["resource"]["instanceType"] = instance_type
+    return ws
+
+
+def apply(api, obj: dict) -> dict:
+    meta = obj["metadata"]
+    return kube_json(api, "POST", f"{API}/namespaces/{meta['namespace']}/workspaces", obj)
+
+
+def get_workspace(api, namespace: str, name: str) -> dict:
+    return kube_json(api, "GET", f"{API}/namespaces/{namespace}/workspaces/{name}")
+
+
+def tuning_status(api, namespace: str, name: str) -> dict:
+    return (get_workspace(api, namespace, name).get("status") or {}).get("tuning") or {}
+
+
+def condition(ws: dict, type_: str) -> dict:
+    return next((c for c in (ws.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def jobs(api, namespace: str) -> list[dict]:
+    return kube_json(api, "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs").get("items") or []
+
+
+def events(api, namespace: str, name: str) -> list[dict]:
+    found = kube_json(api, "GET", f"/api/v1/namespaces/{namespace}/events").get("items") or []
+    return [e for e in found if e.get("involvedObject", {}).get("name") == name]
+
+
+def dump(api, namespace: str, name: str) -> str:
+    """What to print when a wait fails: the Workspace status and the Jobs."""
+    try:
+        ws = get_workspace(api, namespace, name)
+    except Exception as exc:  # the failure message must still come out
+        return f"cannot read the Workspace: {exc}"
+    job_states = {j["metadata"]["name"]: j.get("status") for j in jobs(api, namespace)}
+    return json.dumps({"status": ws.get("status"), "jobs": job_states}, indent=1)[-6000:]
+
+
+def wait_status(api, namespace: str, name: str, predicate, timeout: float, what: str) -> dict:
+    def check():
+        ws = get_workspace(api, namespace, name)
+        return ws if predicate(ws) else None
+
+    try:
+        return wait_for(check, timeout, what, interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{dump(api, namespace, name)}") from None
+
+
+def now() -> float:
+    return time.monotonic()

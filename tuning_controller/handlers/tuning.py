@@ -1,0 +1,539 @@
+"""Tuning Workspaces: validate -> training config -> CPU data check -> GPU node -> training Job -> status.
+
+One idempotent ``reconcile`` does everything; kopf calls it on Workspace create/update/resume and on
+every event of the Jobs, pods and NodeClaims the controller labelled (``kaito.sh/workspace``), so status
+follows Job state without polling. Names are deterministic and creates adopt what already exists, so a
+controller killed mid-reconcile and restarted makes no duplicates. Status writes are conditional on the
+Workspace's resourceVersion and retried on conflict, and skipped when nothing changed.
+
+    Workspace --> <ws>-training-config (ConfigMap) --> <ws>-data (Job, CPU)
+              --> NodeClaim (auto-provisioning) or an own node --> <ws>-tuning (SA, Role, RoleBinding)
+              --> <ws>-results (PVC) --> <ws> (Job) --> status.tuning {phase, data, adapter, ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import yaml
+
+from tuning_controller import conditions as c
+from tuning_controller import metrics
+from tuning_controller import status as st
+from tuning_controller.gpu_fit import training_shape
+from tuning_controller.kube import Kube, KubeError, retry_on_conflict
+from tuning_controller.nodes import choose_node, nodeclaim_state
+from tuning_controller.problems import Problem, errors
+from tuning_controller.render import sku_gpus, training_config_doc
+from tuning_controller.render.configmap import CONFIG_KEY, render_training_configmap
+from tuning_controller.render.job import (
+    REVISION_ANNOTATION,
+    WORKSPACE_LABEL,
+    data_job_name,
+    render_data_job,
+    render_results_claim,
+    render_training_job,
+    revision,
+    training_job_name,
+    uses_results_claim,
+)
+from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name, render_nodeclaim
+from tuning_controller.render.rbac import render_progress_rbac
+from tuning_controller.settings import Settings, settings_from_env
+from tuning_controller.training_config import ROOT
+from tuning_controller.validation import validate_workspace
+from tuning_controller.workspace import GROUP, Workspace, parse_workspace
+
+log = logging.getLogger("kaito-tune.tuning")
+KIND = "tuning"
+MANAGED = {"app.kubernetes.io/managed-by": "kaito-tune", WORKSPACE_LABEL: kopf.PRESENT}
+NODE_RETRY_S = 30
+
+
+@dataclass
+class Controller:
+    """What a reconcile needs besides the Workspace: the client, the settings, an event poster."""
+
+    kube: Kube
+    settings: Settings
+    post_event: Callable[[Mapping[str, Any], str, str, str], None]
+
+
+_controller: Controller | None = None
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def controller() -> Controller:
+    global _controller
+    if _controller is None:
+        _controller = Controller(
+            Kube.from_environment(os.environ.get("KUBECONFIG") or None),
+            settings_from_env(os.environ),
+            _kopf_event,
+        )
+    return _controller
+
+
+def _kopf_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(obj), type=type_, reason=reason, message=message[:1024])
+
+
+def _lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+class Waiting(Exception):
+    """Reconcile cannot go on until the world changes (nodes appear); kopf retries after ``delay``."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+def read_user_config(ctl: Controller, ws: Workspace) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The parsed training_config.yaml of the ConfigMap named by tuning.config (None without one)."""
+    name = ws.tuning.config
+    if not name:
+        return None, []
+    cm = ctl.kube.get("v1", "ConfigMap", ws.namespace, name)
+    if cm is None:
+        return None, [
+            Problem(
+                "tuning.config",
+                f"ConfigMap {name!r} not found in namespace {ws.namespace}",
+                name,
+                f"create it with the key {CONFIG_KEY}, or remove tuning.config to use the method's template",
+            )
+        ]
+    text = (cm.get("data") or {}).get(CONFIG_KEY)
+    if text is None:
+        return None, [Problem("tuning.config", f"ConfigMap {name!r} has no key {CONFIG_KEY}", name)]
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return None, [Problem(f"configmap/{name}:{CONFIG_KEY}", f"is not valid YAML: {exc}", None)]
+    if not isinstance(doc, dict) or ROOT not in doc:
+        return None, [
+            Problem(f"configmap/{name}:{CONFIG_KEY}", f"must be a mapping with the key {ROOT}", None)
+        ]
+    return doc, []
+
+
+def _pods(ctl: Controller, namespace: str, job: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if job is None:
+        return []
+    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+    return ctl.kube.list("v1", "Pod", namespace, label_selector=selector)
+
+
+def _revision_of(obj: Mapping[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+
+def _create_or_get(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Create; when the name exists already (a restart, a race), adopt the existing object."""
+    try:
+        return ctl.kube.create(obj)
+    except KubeError as err:
+        if not err.already_exists:
+            raise
+    meta = obj["metadata"]
+    found = ctl.kube.get(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+    if found is None:  # deleted in between: try once more
+        return ctl.kube.create(obj)
+    return found
+
+
+def _replace_job(ctl: Controller, ws_obj: Mapping[str, Any], job: Mapping[str, Any], why: str) -> None:
+    meta = job["metadata"]
+    ctl.kube.delete(
+        "batch/v1", "Job", meta["namespace"], meta["name"], propagation="Background", uid=meta["uid"]
+    )
+    ctl.kube.wait_gone("batch/v1", "Job", meta["namespace"], meta["name"], uid=meta["uid"], timeout=60)
+    ctl.post_event(ws_obj, "Normal", "JobReplaced", f"deleted Job {meta['name']}: {why}")
+
+
+def write_status(
+    ctl: Controller,
+    ws_obj: Mapping[str, Any],
+    new_conditions: list[dict[str, Any]],
+    tuning: Mapping[str, Any],
+    state: str,
+) -> dict[str, Any]:
+    """Merge ``tuning`` into status.tuning and set the conditions; conditional on resourceVersion,
+    re-read and re-applied on conflict, skipped when nothing would change. Returns the Workspace."""
+    meta = ws_obj["metadata"]
+    api_version = ctl.settings.workspace_api_version
+    current: Mapping[str, Any] | None = ws_obj
+
+    def attempt() -> dict[str, Any]:
+        nonlocal current
+        obj = current or ctl.kube.get(api_version, "Workspace", meta["namespace"], meta["name"])
+        current = None  # a retry re-reads
+        if obj is None:
+            return {}
+        status = obj.get("status") or {}
+        merged_conditions = c.set_conditions(status.get("conditions"), new_conditions)
+        old_tuning = status.get("tuning") or {}
+        changed = {k: v for k, v in tuning.items() if old_tuning.get(k) != v}
+        if (
+            not changed
+            and c.same_conditions(status.get("conditions"), merged_conditions)
+            and status.get("state") == state
+        ):
+            return dict(obj)
+        patch = {
+            "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+            "status": {"conditions": merged_conditions, "tuning": changed, "state": state},
+        }
+        return ctl.kube.merge_patch(
+            api_version, "Workspace", meta["namespace"], meta["name"], patch, subresource="status"
+        )
+
+    return retry_on_conflict(attempt)
+
+
+def _announce(ctl: Controller, ws_obj: Mapping[str, Any], phase: str, message: str) -> None:
+    """An Event when the phase changes (reconciles repeat; events should not)."""
+    old = ((ws_obj.get("status") or {}).get("tuning") or {}).get("phase")
+    if old == phase:
+        return
+    warning = phase in (st.FAILED, st.INVALID)
+    ctl.post_event(ws_obj, "Warning" if warning else "Normal", phase, message)
+
+
+# ---- the reconcile -----------------------------------------------------------------------------
+
+
+def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> str:
+    """Bring the Workspace's objects and status in line with its spec; returns status.tuning.phase.
+
+    Raises kopf.PermanentError for an invalid spec and ``Waiting`` while no GPU node is available.
+    """
+    meta = ws_obj["metadata"]
+    key = f"{meta['namespace']}/{meta['name']}"
+    with _lock(key), metrics.reconciling(KIND) as outcome:
+        phase = _reconcile(ctl, ws_obj, old, outcome)
+        metrics.set_state(KIND, key, st.state_for(phase))
+        return phase
+
+
+def _invalid(ctl: Controller, ws_obj: Mapping[str, Any], problems: list[Problem], reason: str) -> str:
+    generation = ws_obj["metadata"].get("generation", 0)
+    message = "; ".join(str(p) for p in problems)
+    now = c.now_rfc3339()
+    conds = [
+        c.condition(c.RESOURCE_READY, False, reason, message, generation, now),
+        c.condition(c.WORKSPACE_SUCCEEDED, False, reason, message, generation, now),
+    ]
+    _announce(ctl, ws_obj, st.INVALID, message)
+    write_status(ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, "Failed")
+    return st.INVALID
+
+
+def _reconcile(
+    ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any] | None, outcome: dict
+) -> str:
+    settings = ctl.settings
+    generation = ws_obj["metadata"].get("generation", 0)
+    ws, _ = parse_workspace(ws_obj)
+    namespace = ws.namespace
+    if old is not None:  # the API server's CEL rules refuse these first; this is the second line
+        alone = {str(p) for p in validate_workspace(ws_obj, allow_loopback_urls=settings.allow_loopback_urls)}
+        with_old = validate_workspace(ws_obj, old, allow_loopback_urls=settings.allow_loopback_urls)
+        immutable = [p for p in errors(with_old) if str(p) not in alone]
+        if immutable:
+            outcome["result"] = "invalid"
+            _invalid(ctl, ws_obj, immutable, c.REASON_IMMUTABLE_FIELD)
+            raise kopf.PermanentError("; ".join(str(p) for p in immutable))
+    user_config, config_problems = read_user_config(ctl, ws)
+    problems = config_problems + errors(
+        validate_workspace(
+            ws_obj, allow_loopback_urls=settings.allow_loopback_urls, training_config=user_config
+        )
+    )
+    if problems:
+        outcome["result"] = "invalid"
+        _invalid(ctl, ws_obj, problems, c.REASON_INVALID_SPEC)
+        raise kopf.PermanentError("; ".join(str(p) for p in problems))
+    doc = training_config_doc(ws, user_config)
+    rev = revision(ws, doc)
+    now = c.now_rfc3339()
+    ctl.kube.apply(render_training_configmap(ws, user_config))
+
+    # A changed spec replaces both Jobs on purpose.
+    job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
+    if job is not None and _revision_of(job) != rev:
+        _replace_job(ctl, ws_obj, job, f"the Workspace changed (revision {_revision_of(job)} -> {rev})")
+        job = None
+    data_job = ctl.kube.get("batch/v1", "Job", namespace, data_job_name(ws))
+    fresh = {"revision": rev, "jobName": training_job_name(ws)}
+    if data_job is not None and _revision_of(data_job) != rev:
+        _replace_job(ctl, ws_obj, data_job, "the Workspace changed: checking the data again")
+        data_job = None
+        fresh.update(
+            {"data": None, "adapter": None, "progress": None, "startTime": None, "completionTime": None}
+        )
+
+    # 1. Data first, on CPU.
+    if data_job is None:
+        data_job = _create_or_get(ctl, render_data_job(ws, settings, rev))
+    data = st.job_outcome(data_job, _pods(ctl, namespace, data_job) if _job_settled(data_job) else [])
+    if data.phase not in (st.SUCCEEDED, st.FAILED):
+        message = f"checking the data in Job {data_job_name(ws)}: {data.message}"
+        _announce(ctl, ws_obj, st.CHECKING_DATA, message)
+        conds = [
+            c.condition(c.RESOURCE_READY, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
+            c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
+        ]
+        write_status(ctl, ws_obj, conds, {**fresh, "phase": st.CHECKING_DATA, "message": message}, "Pending")
+        return st.CHECKING_DATA
+    summary = st.data_summary(data)
+    if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
+        message = st.data_failure_message(data, summary)
+        _release_nodeclaim(ctl, ws)
+        _announce(ctl, ws_obj, st.FAILED, message)
+        conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
+        tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
+        write_status(ctl, ws_obj, conds, tuning, "Failed")
+        return st.FAILED
+
+    # 2. GPU nodes, only now. A finished Job needs none.
+    gpus_conds: list[dict[str, Any]] = []
+    if job is None or not _job_finished(job):
+        gpus, gpus_conds = _gpu_nodes(ctl, ws_obj, ws, doc, generation, now, summary, fresh)
+    else:
+        gpus = 1
+
+    # 3. The training Job with its least-privilege progress identity and results claim.
+    if job is None:
+        for obj in render_progress_rbac(ws):
+            ctl.kube.apply(obj)
+        if uses_results_claim(ws, settings):
+            _create_or_get(ctl, render_results_claim(ws, settings))
+        job = _create_or_get(
+            ctl, render_training_job(ws, settings, rev, data_sha256=summary["sha256"], gpus=gpus)
+        )
+    result = st.job_outcome(job, _pods(ctl, namespace, job))
+    phase = st.training_phase(result)
+    tuning: dict[str, Any] = {
+        **fresh,
+        "phase": phase,
+        "message": result.message,
+        "data": summary,
+        "startTime": result.start_time,
+        "completionTime": result.completion_time,
+    }
+    digest = st.adapter_digest(result)
+    if ws.tuning.output.image and digest:
+        tuning["adapter"] = {"image": ws.tuning.output.image, "digest": digest}
+    if result.phase == st.SUCCEEDED:
+        where = f"{ws.tuning.output.image}@{digest}" if digest else "the output volume"
+        tuning["message"] = f"adapter written to {where}"
+    if result.phase in (st.SUCCEEDED, st.FAILED):
+        _release_nodeclaim(ctl, ws)
+    resource = c.condition(
+        c.RESOURCE_READY,
+        True,
+        c.REASON_RESOURCE_READY,
+        "GPU node and Job resources are ready",
+        generation,
+        now,
+    )
+    conds = [*gpus_conds, resource, *st.training_conditions(result, generation, now)]
+    _announce(ctl, ws_obj, phase, tuning["message"])
+    write_status(ctl, ws_obj, conds, tuning, st.state_for(phase))
+    return phase
+
+
+def _job_settled(job: Mapping[str, Any]) -> bool:
+    status = job.get("status") or {}
+    return bool(status.get("conditions") or status.get("failed") or status.get("succeeded"))
+
+
+def _job_finished(job: Mapping[str, Any]) -> bool:
+    return any(
+        cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True"
+        for cond in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def _need_gib(ws: Workspace, doc: Mapping[str, Any]) -> float | None:
+    from presets.catalog import UnknownName, get_model
+
+    try:
+        preset = get_model(ws.tuning.preset.name)
+    except UnknownName:
+        return None
+    return training_shape(doc, ws.tuning.method.lower(), preset).estimate(preset).total_gib
+
+
+def _gpu_nodes(
+    ctl: Controller,
+    ws_obj: Mapping[str, Any],
+    ws: Workspace,
+    doc: Mapping[str, Any],
+    generation: int,
+    now: str,
+    summary: Mapping[str, Any],
+    fresh: Mapping[str, Any],
+) -> tuple[int, list[dict[str, Any]]]:
+    """GPUs for the training pod, or ``Waiting`` (status written) while none are available."""
+    settings = ctl.settings
+    if settings.auto_provisioning and ws.resource is not None and ws.resource.instance_type:
+        claim = ctl.kube.get(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
+        if claim is None:
+            claim = _create_or_get(ctl, render_nodeclaim(ws, settings))
+            ctl.post_event(
+                ws_obj, "Normal", "NodeClaimCreated", f"requested a {ws.resource.instance_type} node"
+            )
+        ready, message = nodeclaim_state(claim)
+        reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
+        cond = c.condition(c.NODECLAIM_READY, ready, reason, message, generation, now)
+        if not ready:
+            _waiting_status(ctl, ws_obj, [cond], message, generation, now, summary, fresh)
+            raise Waiting(message, NODE_RETRY_S)
+        return sku_gpus(ws), [cond]
+    nodes = ctl.kube.list("v1", "Node")
+    choice = choose_node(nodes, ws.resource.label_selector if ws.resource else None, _need_gib(ws, doc))
+    if not choice.ok:
+        _waiting_status(ctl, ws_obj, [], choice.message, generation, now, summary, fresh)
+        raise Waiting(choice.message, NODE_RETRY_S)
+    return choice.gpus, []
+
+
+def _waiting_status(ctl, ws_obj, conds, message, generation, now, summary, fresh) -> None:
+    _announce(ctl, ws_obj, st.WAITING_FOR_NODES, message)
+    conds = [
+        *conds,
+        c.condition(c.RESOURCE_READY, False, c.REASON_NO_MATCHING_NODES, message, generation, now),
+        c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_NO_MATCHING_NODES, message, generation, now),
+    ]
+    tuning = {**fresh, "phase": st.WAITING_FOR_NODES, "message": message, "data": dict(summary)}
+    write_status(ctl, ws_obj, conds, tuning, "Pending")
+
+
+def _release_nodeclaim(ctl: Controller, ws: Workspace) -> None:
+    """Delete the Workspace's NodeClaim: the GPU node costs money once the Job is done."""
+    if not ctl.settings.auto_provisioning:
+        return
+    try:
+        ctl.kube.delete(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
+    except KubeError as err:
+        if err.status != 404:
+            raise
+
+
+# ---- kopf handlers -----------------------------------------------------------------------------
+
+
+def is_tuning(body: Mapping[str, Any], **_: Any) -> bool:
+    return bool(body.get("tuning"))
+
+
+def _run(body: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
+    try:
+        reconcile(controller(), body, old)
+    except Waiting as wait:
+        raise kopf.TemporaryError(str(wait), delay=wait.delay) from None
+
+
+@kopf.on.create(GROUP, "workspaces", when=is_tuning)
+def workspace_create(body: kopf.Body, **_: Any) -> None:
+    _run(body)
+
+
+@kopf.on.update(GROUP, "workspaces", when=is_tuning)
+def workspace_update(body: kopf.Body, old: Mapping[str, Any], new: Mapping[str, Any], **_: Any) -> None:
+    _run(body, old=_with_identity(old, body))
+
+
+@kopf.on.resume(GROUP, "workspaces", when=is_tuning)
+def workspace_resume(body: kopf.Body, **_: Any) -> None:
+    _run(body)
+
+
+def _with_identity(old: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+    """kopf's ``old`` is the stored essence: give it back apiVersion/kind/metadata for validation."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body["metadata"]),
+        **old,
+    }
+
+
+def _owner_workspace(ctl: Controller, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    labels = body.get("metadata", {}).get("labels") or {}
+    name = labels.get(WORKSPACE_LABEL)
+    namespace = labels.get("kaito.sh/workspacenamespace") or body.get("metadata", {}).get("namespace")
+    if not name or not namespace:
+        return None
+    ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, name)
+    if ws is None or not ws.get("tuning") or ws["metadata"].get("deletionTimestamp"):
+        return None
+    return ws
+
+
+def _follow(body: Mapping[str, Any], logger: logging.Logger | Any) -> None:
+    """A Job, pod or NodeClaim of a Workspace changed: reconcile that Workspace (errors are logged;
+    the next event or the Workspace's own handlers retry)."""
+    ctl = controller()
+    try:
+        ws = _owner_workspace(ctl, body)
+        if ws is not None:
+            reconcile(ctl, ws)
+    except (Waiting, kopf.PermanentError):
+        pass
+    except KubeError as err:
+        logger.warning("reconcile after %s event failed: %s", body.get("kind"), err)
+
+
+def _pod_has_news(body: Mapping[str, Any], **_: Any) -> bool:
+    """Pending pods (waiting for a node) change nothing a Workspace shows; skip them cheaply."""
+    return (body.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def tuning_job_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> None:
+    if type is not None:  # None: the initial listing; resume handlers cover it
+        _follow(body, logger)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, when=_pod_has_news)
+def tuning_pod_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> None:
+    if type is not None:
+        _follow(body, logger)
+
+
+@kopf.on.event("karpenter.sh", "v1", "nodeclaims", labels=MANAGED)
+def tuning_nodeclaim_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> None:
+    if type is not None and type != "DELETED":
+        _follow(body, logger)
+
+
+@kopf.on.delete(
+    GROUP, "workspaces", when=is_tuning, optional=not settings_from_env(os.environ).auto_provisioning
+)
+def workspace_delete(body: kopf.Body, **_: Any) -> None:
+    """Owner references remove Jobs, ConfigMap, RBAC and the claim; the cluster-scoped NodeClaim is
+    deleted here. Without auto-provisioning the handler is optional: no finalizer, so a Workspace never
+    waits for the controller to be deleted."""
+    ws, _ = parse_workspace(body)
+    ctl = controller()
+    _release_nodeclaim(ctl, ws)
+    metrics.set_state(KIND, f"{ws.namespace}/{ws.name}", None)

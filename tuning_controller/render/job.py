@@ -1,0 +1,468 @@
+"""The two Jobs of a tuning Workspace, its results claim, and the names and labels they share.
+
+    <ws>-data   CPU pre-flight: [init] fetch-data -> preflight (trainer dry run; summary in the
+                termination message). Bad data fails here, before any GPU is requested.
+    <ws>        one pod: [init] fetch-data -> [init] train (checks the data's sha256 against the
+                pre-flight's) -> push (the only container with the push secret; runs only after train
+                exited 0, because init containers run in order). Volume output: train is the main
+                container writing into the volume, and there is no push.
+
+Both pods mount the controller's copy of the training config (``render.configmap``). Results and
+checkpoints live on ``<ws>-results`` (a PVC owned by the Workspace) so a retried pod resumes from the
+trainer's last checkpoint. Everything is a pure function of the Workspace and the settings; the
+``kaito.sh/revision`` annotation hashes what decides the result (input, output, config, preset,
+method), so the controller replaces a Job when, and only when, one of those changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tuning_controller.render.configmap import (
+    CONFIG_KEY,
+    labels,
+    owner_references,
+    training_configmap_name,
+)
+from tuning_controller.settings import Settings
+from tuning_controller.workspace import GROUP, LabelSelector, Workspace, to_dict
+
+REVISION_ANNOTATION = f"{GROUP}/revision"
+DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
+WORKSPACE_LABEL = f"{GROUP}/workspace"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+NAME_MAX = 63  # Job names end up in the job-name label of their pods
+
+DATA_DIR = "/mnt/data"
+CONFIG_DIR = "/mnt/config"
+RESULTS_DIR = "/mnt/results"
+PUSH_SECRET_DIR = "/mnt/push-secret"
+PULL_SECRET_DIR = "/mnt/pull-secret"
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TERMINATION_LOG = "/dev/termination-log"
+
+# Container names: the status code reads termination messages by these.
+FETCH, PREFLIGHT, TRAIN, PUSH = "fetch-data", "preflight", "train", "push"
+# Exit status of the trainer for an unusable config/data/preset: retrying cannot help.
+TRAINER_UNUSABLE_EXIT = 1
+
+
+def child_name(ws: Workspace, suffix: str = "") -> str:
+    """``<ws><suffix>``, shortened with a hash when it would exceed 63 characters."""
+    name = f"{ws.name}{suffix}"
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{ws.name[: NAME_MAX - len(suffix) - 9]}-{digest}{suffix}"
+
+
+def data_job_name(ws: Workspace) -> str:
+    return child_name(ws, "-data")
+
+
+def training_job_name(ws: Workspace) -> str:
+    """The Workspace's own name, as KAITO names its tuning Job."""
+    return ws.name
+
+
+def results_claim_name(ws: Workspace) -> str:
+    return child_name(ws, "-results")
+
+
+def service_account_name(ws: Workspace) -> str:
+    return child_name(ws, "-tuning")
+
+
+def revision(ws: Workspace, training_config: Mapping[str, Any]) -> str:
+    """A short hash of what decides the training result; a change means a new Job."""
+    tuning = ws.tuning
+    assert tuning is not None and tuning.preset is not None
+    decided = {
+        "input": to_dict(tuning.input),
+        "output": to_dict(tuning.output),
+        "config": training_config,
+        "preset": tuning.preset.name,
+        "method": tuning.method.lower(),
+    }
+    return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def metadata(ws: Workspace, name: str, component: str, annotations: Mapping[str, str] | None = None) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": ws.namespace, "labels": labels(ws, component)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    owners = owner_references(ws)
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def node_affinity(selector: LabelSelector | None) -> dict[str, Any] | None:
+    """Required node affinity from the Workspace's labelSelector (matchLabels and matchExpressions)."""
+    if selector is None:
+        return None
+    expressions = [
+        {"key": key, "operator": "In", "values": [value]}
+        for key, value in sorted(selector.match_labels.items())
+    ]
+    for req in selector.match_expressions:
+        expr: dict[str, Any] = {"key": req.key, "operator": req.operator}
+        if req.operator in ("In", "NotIn"):
+            expr["values"] = list(req.values)
+        expressions.append(expr)
+    if not expressions:
+        return None
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def _security(settings: Settings) -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _pod_security(settings: Settings) -> dict[str, Any]:
+    uid = settings.run_as_user
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _mount(name: str, path: str, read_only: bool = False) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": name, "mountPath": path}
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None:
+    """Downloads urls or extracts a data image into the data emptyDir; None for volume input."""
+    source = ws.tuning.input
+    if source.volume_source is not None:
+        return None
+    command = ["kaito-tune", "fetch-data", "--dest", DATA_DIR, "--termination-log", TERMINATION_LOG]
+    mounts = [_mount("data", DATA_DIR)]
+    if source.urls:
+        command += ["--urls", *source.urls]
+        if settings.allow_loopback_urls:
+            command.append("--dev-allow-loopback")
+    else:
+        command += ["--image", source.image]
+        if source.image_pull_secrets:
+            command += ["--docker-config", f"{PULL_SECRET_DIR}/.dockerconfigjson"]
+            mounts.append(_mount("pull-secret", PULL_SECRET_DIR, read_only=True))
+    return {
+        "name": FETCH,
+        "image": settings.tools_image,
+        "command": command,
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _security(settings),
+    }
+
+
+def _data_volumes(ws: Workspace) -> list[dict[str, Any]]:
+    source = ws.tuning.input
+    if source.volume_source is not None:
+        return [{"name": "data", **source.volume_source}]
+    volumes = [{"name": "data", "emptyDir": {}}]
+    if source.image and source.image_pull_secrets:
+        volumes.append(
+            {
+                "name": "pull-secret",
+                "secret": {
+                    "secretName": source.image_pull_secrets[0],
+                    "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+                },
+            }
+        )
+    return volumes
+
+
+def _config_volume(ws: Workspace) -> dict[str, Any]:
+    return {
+        "name": "config",
+        "configMap": {
+            "name": training_configmap_name(ws),
+            "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+        },
+    }
+
+
+def _trainer_args(ws: Workspace) -> list[str]:
+    return [
+        "--preset",
+        ws.tuning.preset.name,
+        "--method",
+        ws.tuning.method.lower(),
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_KEY}",
+        "--data",
+        DATA_DIR,
+    ]
+
+
+def _job(
+    ws: Workspace,
+    name: str,
+    component: str,
+    pod_spec: dict[str, Any],
+    *,
+    rev: str,
+    backoff_limit: int,
+    deadline: int,
+    settings: Settings,
+    failure_rules: list[dict[str, Any]],
+    extra_annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    annotations = {REVISION_ANNOTATION: rev, **(extra_annotations or {})}
+    meta = metadata(ws, name, component, annotations)
+    pod_labels = labels(ws, component)
+    queue = (
+        ws.metadata.get("labels", {}).get(QUEUE_LABEL)
+        if isinstance(ws.metadata.get("labels"), dict)
+        else None
+    )
+    spec: dict[str, Any] = {
+        "backoffLimit": backoff_limit,
+        "podFailurePolicy": {"rules": failure_rules},
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if deadline:
+        spec["activeDeadlineSeconds"] = deadline
+    if settings.ttl_seconds_after_finished:
+        spec["ttlSecondsAfterFinished"] = settings.ttl_seconds_after_finished
+    if queue:
+        meta["labels"][QUEUE_LABEL] = queue
+        spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def _fail_job_on_exit(container: str, code: int) -> dict[str, Any]:
+    return {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": container, "operator": "In", "values": [code]},
+    }
+
+
+def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, Any]:
+    """The CPU pre-flight Job: fetch the data, run the trainer's dry run, report a compact summary."""
+    if ws.tuning is None:
+        raise ValueError(f"Workspace {ws.name!r} has no tuning section")
+    fetch = _fetch_container(ws, settings)
+    preflight = {
+        "name": PREFLIGHT,
+        "image": settings.trainer_image,
+        "command": [
+            "python",
+            "-m",
+            "trainer.workspace_status",
+            "preflight",
+            "--summary-file",
+            TERMINATION_LOG,
+            "--",
+            *_trainer_args(ws),
+        ],
+        "volumeMounts": [
+            _mount("data", DATA_DIR, read_only=True),
+            _mount("config", CONFIG_DIR, read_only=True),
+        ],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _security(settings),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the pre-flight talks to nobody
+        "securityContext": _pod_security(settings),
+        "containers": [preflight],
+        "volumes": [*_data_volumes(ws), _config_volume(ws)],
+    }
+    if fetch is not None:
+        pod_spec["initContainers"] = [fetch]
+    # Bad data exits 1: deterministic, so fail at once; a fetch may be retried once.
+    return _job(
+        ws,
+        data_job_name(ws),
+        "data-check",
+        pod_spec,
+        rev=rev,
+        backoff_limit=1,
+        deadline=settings.data_deadline_seconds,
+        settings=settings,
+        failure_rules=[_fail_job_on_exit(PREFLIGHT, TRAINER_UNUSABLE_EXIT)],
+    )
+
+
+def _token_volume() -> dict[str, Any]:
+    """The ServiceAccount token for the train container only (the pod does not automount it)."""
+    return {
+        "name": "progress-token",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                    }
+                },
+            ]
+        },
+    }
+
+
+def _results_volume(ws: Workspace, settings: Settings) -> dict[str, Any]:
+    output = ws.tuning.output
+    if output.volume_source is not None:
+        return {"name": "results", **output.volume_source}
+    if settings.results_volume == "pvc":
+        return {"name": "results", "persistentVolumeClaim": {"claimName": results_claim_name(ws)}}
+    return {"name": "results", "emptyDir": {}}
+
+
+def uses_results_claim(ws: Workspace, settings: Settings) -> bool:
+    return (
+        ws.tuning is not None and ws.tuning.output.volume_source is None and settings.results_volume == "pvc"
+    )
+
+
+def render_results_claim(ws: Workspace, settings: Settings) -> dict[str, Any]:
+    """The PVC that keeps results and checkpoints across pod retries (owned by the Workspace)."""
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": settings.results_size}},
+    }
+    if settings.results_storage_class:
+        spec["storageClassName"] = settings.results_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(ws, results_claim_name(ws), "results"),
+        "spec": spec,
+    }
+
+
+def render_training_job(
+    ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int
+) -> dict[str, Any]:
+    """The training Job: fetch -> train (every GPU of the node) -> push (image output only)."""
+    if ws.tuning is None:
+        raise ValueError(f"Workspace {ws.name!r} has no tuning section")
+    gpus = max(1, int(gpus))
+    module = ["-m", "trainer.workspace_status", "train", "--expect-data-sha256", data_sha256, "--"]
+    launcher = ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
+    train = {
+        "name": TRAIN,
+        "image": settings.trainer_image,
+        "command": [
+            *launcher,
+            *module,
+            *_trainer_args(ws),
+            "--output",
+            RESULTS_DIR,
+            "--progress-interval",
+            str(min(5, settings.progress_interval_seconds)),
+        ],
+        "env": [
+            {"name": "KAITO_WORKSPACE_NAME", "value": ws.name},
+            {"name": "KAITO_WORKSPACE_NAMESPACE", "value": ws.namespace},
+            {"name": "KAITO_WORKSPACE_API_VERSION", "value": settings.workspace_api_version},
+            {"name": "KAITO_PROGRESS_INTERVAL_S", "value": str(settings.progress_interval_seconds)},
+        ],
+        "resources": {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}},
+        "volumeMounts": [
+            _mount("data", DATA_DIR, read_only=True),
+            _mount("config", CONFIG_DIR, read_only=True),
+            _mount("results", RESULTS_DIR),
+            _mount("dshm", "/dev/shm"),
+            _mount("progress-token", TOKEN_DIR, read_only=True),
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _security(settings),
+    }
+    output = ws.tuning.output
+    volumes = [
+        *_data_volumes(ws),
+        _config_volume(ws),
+        _results_volume(ws, settings),
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        _token_volume(),
+    ]
+    init = [c for c in (_fetch_container(ws, settings),) if c is not None]
+    if output.image:
+        push = {
+            "name": PUSH,
+            "image": settings.tools_image,
+            "command": [
+                "kaito-tune",
+                "push",
+                RESULTS_DIR,
+                output.image,
+                "--docker-config",
+                f"{PUSH_SECRET_DIR}/.dockerconfigjson",
+                "--digest-file",
+                TERMINATION_LOG,
+                "--termination-log",
+                TERMINATION_LOG,
+            ],
+            "volumeMounts": [
+                _mount("results", RESULTS_DIR, read_only=True),
+                _mount("push-secret", PUSH_SECRET_DIR, read_only=True),
+            ],
+            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": _security(settings),
+        }
+        volumes.append(
+            {
+                "name": "push-secret",
+                "secret": {
+                    "secretName": output.image_push_secret,
+                    "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+                },
+            }
+        )
+        init.append(train)
+        containers = [push]
+    else:
+        containers = [train]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(ws),
+        "automountServiceAccountToken": False,  # only the train container gets the token (see volumes)
+        "securityContext": _pod_security(settings),
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": containers,
+        "volumes": volumes,
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    return _job(
+        ws,
+        training_job_name(ws),
+        "tuning",
+        pod_spec,
+        rev=rev,
+        backoff_limit=settings.backoff_limit,
+        deadline=settings.active_deadline_seconds,
+        settings=settings,
+        failure_rules=[_fail_job_on_exit(TRAIN, TRAINER_UNUSABLE_EXIT)],
+        extra_annotations={DATA_SHA_ANNOTATION: data_sha256},
+    )

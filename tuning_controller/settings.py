@@ -1,0 +1,107 @@
+"""Controller settings, read once from the environment (the Helm chart sets them on the Deployment).
+
+Every variable is ``KAITO_TUNE_<NAME>``; a bad value stops the controller at start with the variable,
+the value and what is allowed, rather than surfacing later inside a Job.
+
+    KAITO_TUNE_TRAINER_IMAGE=ghcr.io/kaito-tune/trainer:0.1.0   # trainer, pre-flight
+    KAITO_TUNE_TOOLS_IMAGE=ghcr.io/kaito-tune/tools:0.1.0       # fetch-data, push (no torch)
+    KAITO_TUNE_AUTO_PROVISIONING=true                           # Karpenter NodeClaims for instanceType
+    KAITO_TUNE_ALLOW_LOOPBACK_URLS=true                         # development only
+    KAITO_TUNE_RESULTS_VOLUME=pvc|emptyDir                      # where results and checkpoints live
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+PREFIX = "KAITO_TUNE_"
+RESULTS_VOLUMES = ("pvc", "emptyDir")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the controller needs beyond the Workspace; one field per environment variable."""
+
+    trainer_image: str = "ghcr.io/kaito-tune/trainer:0.1.0"
+    """Image with trainer/ and the preset models (runs the pre-flight and the training)."""
+    tools_image: str = "ghcr.io/kaito-tune/tools:0.1.0"
+    """Image with artifacts/ only (fetch-data, push): small, and no torch next to the push secret."""
+    workspace_api_version: str = "kaito.sh/v1beta1"
+    """The version the controller reads and writes Workspaces in (the storage version)."""
+    auto_provisioning: bool = False
+    """On: a Karpenter NodeClaim per Workspace with an instanceType. Off: existing labelled nodes."""
+    node_class_group: str = "karpenter.azure.com"
+    node_class_kind: str = "AKSNodeClass"
+    node_class_name: str = "default"
+    """The NodeClaim's nodeClassRef (KAITO's defaults on AKS)."""
+    node_disk_size: str = "300Gi"
+    """NodeClaim storage request: room for the model image and checkpoints."""
+    allow_loopback_urls: bool = False
+    """Development only: accept http(s)://127.0.0.1 inputs (a local file server in tests)."""
+    results_volume: str = "pvc"
+    """pvc: results and checkpoints on a per-Workspace claim, so a retried pod resumes; emptyDir: lost."""
+    results_size: str = "50Gi"
+    results_storage_class: str = ""
+    backoff_limit: int = 2
+    """Pod retries of the training Job before the Workspace fails."""
+    active_deadline_seconds: int = 0
+    """Wall-clock limit of the training Job; 0 for none."""
+    data_deadline_seconds: int = 1800
+    """Wall-clock limit of the CPU pre-flight Job (fetch + dry run)."""
+    progress_interval_seconds: int = 15
+    """How often the trainer patches status.tuning.progress (at most 30)."""
+    ttl_seconds_after_finished: int = 0
+    """Delete finished Jobs after this long (0: keep them; the Workspace status keeps the outcome)."""
+    run_as_user: int = 1000
+    """Non-root uid for the pods (the images are built with this user)."""
+    metrics_port: int = 8080
+    health_port: int = 8081
+    max_workers: int = 32
+    """Threads for the synchronous handlers: reconciles of different Workspaces run in parallel."""
+
+    def __post_init__(self) -> None:
+        if self.results_volume not in RESULTS_VOLUMES:
+            raise SettingsError(
+                f"{PREFIX}RESULTS_VOLUME={self.results_volume!r}: must be one of {', '.join(RESULTS_VOLUMES)}"
+            )
+        if not 1 <= self.progress_interval_seconds <= 30:
+            raise SettingsError(
+                f"{PREFIX}PROGRESS_INTERVAL_SECONDS={self.progress_interval_seconds}: must be 1..30"
+            )
+        for name in ("backoff_limit", "active_deadline_seconds", "ttl_seconds_after_finished"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()}={getattr(self, name)}: must be >= 0")
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    key = PREFIX + name.upper()
+    if isinstance(default, bool):
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise SettingsError(f"{key}={raw!r}: must be true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{key}={raw!r}: must be an integer") from None
+    return raw
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Settings from ``KAITO_TUNE_*`` variables; unset ones keep their defaults."""
+    base = Settings()
+    values = {
+        f.name: _convert(f.name, env[PREFIX + f.name.upper()], getattr(base, f.name))
+        for f in fields(Settings)
+        if PREFIX + f.name.upper() in env
+    }
+    return replace(base, **values)

@@ -1,0 +1,203 @@
+"""Workspace status from Job and pod state: pure functions, no client.
+
+What the controller writes (``status.tuning``; conditions beside it)::
+
+    tuning:
+      jobName: my-ws            phase: Training          message: "train: step 40/120"
+      data: {ok: true, rows: 120, sha256: ..., ...}      # the pre-flight's summary
+      progress: {step, totalSteps, percent, loss, ...}    # written by the trainer itself
+      adapter: {image: registry/repo:tag, digest: sha256:...}
+      startTime: ...            completionTime: ...
+
+A Job has failed only when its ``Failed`` condition is True (retries exhausted, a FailJob rule, or its
+deadline); a failed pod while the Job still retries shows in the message, never as a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuning_controller import conditions as c
+from tuning_controller.render.job import FETCH, PREFLIGHT, PUSH, TRAIN
+
+# status.tuning.phase values, in the order a Workspace goes through them.
+CHECKING_DATA = "CheckingData"
+WAITING_FOR_NODES = "WaitingForNodes"
+QUEUED = "Queued"
+PENDING = "Pending"
+FETCHING_DATA = "FetchingData"
+TRAINING = "Training"
+PUSHING = "Pushing"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+INVALID = "Invalid"
+STEP_PHASES = {FETCH: FETCHING_DATA, PREFLIGHT: CHECKING_DATA, TRAIN: TRAINING, PUSH: PUSHING}
+# status.state (v1beta1's State column) per phase.
+STATES = {SUCCEEDED: "Succeeded", FAILED: "Failed", INVALID: "Failed", QUEUED: "Pending", PENDING: "Pending"}
+
+MESSAGE_MAX = 1500
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A Job's state as the Workspace status needs it."""
+
+    phase: str  # Queued | Pending | Running | Succeeded | Failed
+    message: str = ""
+    running: str = ""  # the container running now (fetch-data, preflight, train, push)
+    failed_pods: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    terminations: dict[str, str] = field(default_factory=dict)  # container -> termination message
+    failure: str = ""  # "<container> exited N: <message>" of the newest failed pod
+
+
+def _condition_true(job: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    status = pod.get("status", {})
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _terminated(cs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+
+
+def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _pod_failure(pod: Mapping[str, Any]) -> str:
+    for cs in _statuses(pod):
+        term = _terminated(cs)
+        if term and term.get("exitCode", 0) != 0:
+            detail = term.get("message") or term.get("reason") or ""
+            return _clip(f"{cs['name']} exited {term.get('exitCode')}: {detail}".rstrip(": "))
+    reason = pod.get("status", {}).get("reason") or pod.get("status", {}).get("message")
+    return _clip(reason) if reason else "the pod failed"
+
+
+def _newest(pods: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+
+
+def job_outcome(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) -> JobOutcome:
+    """The state of ``job`` from its conditions, counters and its pods' container states."""
+    if job is None:
+        return JobOutcome(PENDING, "the Job does not exist yet")
+    status = job.get("status", {})
+    newest = _newest(pods)
+    terminations: dict[str, str] = {}
+    for pod in reversed(newest):  # newest pod last, so its messages win
+        for cs in _statuses(pod):
+            term = _terminated(cs)
+            if term and term.get("message"):
+                terminations[cs["name"]] = str(term["message"]).strip()
+    failed = [p for p in newest if p.get("status", {}).get("phase") == "Failed"]
+    failure = _pod_failure(failed[0]) if failed else ""
+    running = ""
+    for pod in newest[:1]:
+        for cs in _statuses(pod):
+            if "running" in (cs.get("state") or {}):
+                running = cs["name"]
+    common = {
+        "running": running,
+        "failed_pods": int(status.get("failed") or 0),
+        "start_time": status.get("startTime"),
+        "completion_time": status.get("completionTime"),
+        "terminations": terminations,
+        "failure": failure,
+    }
+    if _condition_true(job, "Complete"):
+        return JobOutcome(SUCCEEDED, "the Job completed", **common)
+    failed_cond = _condition_true(job, "Failed")
+    if failed_cond:
+        why = failed_cond.get("message") or failed_cond.get("reason") or "the Job failed"
+        message = f"{failure} ({why})" if failure else why
+        return JobOutcome(
+            FAILED, _clip(message), **{**common, "completion_time": failed_cond.get("lastTransitionTime")}
+        )
+    if job.get("spec", {}).get("suspend"):
+        return JobOutcome(QUEUED, "the Job is suspended until its queue admits it", **common)
+    if int(status.get("active") or 0) > 0 or running:
+        retry = (
+            f" (attempt {common['failed_pods'] + 1}; last failure: {failure})"
+            if common["failed_pods"]
+            else ""
+        )
+        return JobOutcome("Running", f"{running or 'pod'} running{retry}", **common)
+    return JobOutcome(PENDING, "waiting for the Job's pod", **common)
+
+
+def data_summary(outcome: JobOutcome) -> dict[str, Any] | None:
+    """The pre-flight's JSON summary from its termination message (None when it wrote none)."""
+    text = outcome.terminations.get(PREFLIGHT, "")
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def data_failure_message(outcome: JobOutcome, summary: Mapping[str, Any] | None) -> str:
+    """Why the data check failed, with row numbers, for the condition and the event."""
+    if summary and not summary.get("ok"):
+        parts = [*(summary.get("errors") or [])]
+        rows = summary.get("firstBadRows") or []
+        if rows:
+            shown = "; ".join(f"row {r.get('row')} ({r.get('file')}): {r.get('reason')}" for r in rows)
+            parts.append(f"bad rows: {shown}")
+        return _clip("data check failed: " + " | ".join(parts) if parts else "data check failed")
+    fetch = outcome.terminations.get(FETCH)
+    if fetch and outcome.failure.startswith(FETCH):
+        return _clip(f"fetching the input failed: {fetch}")
+    return _clip(f"data check failed: {outcome.message}")
+
+
+def adapter_digest(outcome: JobOutcome) -> str | None:
+    """The pushed manifest digest the push container wrote as its termination message."""
+    text = outcome.terminations.get(PUSH, "").strip()
+    return text if text.startswith("sha256:") and len(text) == 71 else None
+
+
+def training_phase(outcome: JobOutcome) -> str:
+    if outcome.phase == "Running":
+        return STEP_PHASES.get(outcome.running, TRAINING)
+    return outcome.phase
+
+
+def training_conditions(outcome: JobOutcome, generation: int, now: str) -> list[dict[str, Any]]:
+    """JobStarted and WorkspaceSucceeded for the training Job's outcome."""
+    if outcome.phase == QUEUED:
+        return [
+            c.condition(c.JOB_STARTED, False, c.REASON_QUEUED, outcome.message, generation, now),
+            c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_QUEUED, outcome.message, generation, now),
+        ]
+    started = c.condition(c.JOB_STARTED, True, c.REASON_JOB_STARTED, "tuning Job started", generation, now)
+    if outcome.phase == SUCCEEDED:
+        return [
+            started,
+            c.condition(c.WORKSPACE_SUCCEEDED, True, c.REASON_SUCCEEDED, "tuning succeeded", generation, now),
+        ]
+    if outcome.phase == FAILED:
+        return [
+            started,
+            c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_FAILED, outcome.message, generation, now),
+        ]
+    return [
+        started,
+        c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_IN_PROGRESS, outcome.message, generation, now),
+    ]
+
+
+def state_for(phase: str) -> str:
+    return STATES.get(phase, "Running")
