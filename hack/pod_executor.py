@@ -27,6 +27,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -232,8 +233,11 @@ class ContainerRun:
                 start_new_session=True,
             )
         cid = f"executor://{self.proc.pid}"
-        ready = not self.init or self.sidecar
+        probe = None if self.init and not self.sidecar else self.spec.get("readinessProbe")
+        ready = probe is None and (not self.init or self.sidecar)
         self.set_state({"running": {"startedAt": started}}, ready=ready, started=True, containerID=cid)
+        if probe is not None:
+            threading.Thread(target=self.probe_loop, args=(probe, self.proc, env), daemon=True).start()
         while self.proc.poll() is None:
             if self.stopped():
                 self.kill(self.pod_run.grace)
@@ -260,6 +264,49 @@ class ContainerRun:
         self.set_state({"terminated": terminated}, ready=False, started=False)
         log.info("%s/%s exited %d", pod_run.key, self.name, exit_code)
         return exit_code
+
+    def probe_loop(self, probe: Mapping, proc: subprocess.Popen, env: Mapping[str, str]) -> None:
+        """readinessProbe: `ready` follows the probe with its period and thresholds while `proc` runs."""
+        if self.sleep(probe.get("initialDelaySeconds", 0)):
+            return
+        streak, last = 0, None
+        while proc.poll() is None:
+            ok = self.probe_once(probe, proc, env)
+            streak = streak + 1 if ok == last else 1
+            last = ok
+            needed = probe.get("successThreshold", 1) if ok else probe.get("failureThreshold", 3)
+            if streak >= needed:
+                with self.pod_run.lock:
+                    if proc.poll() is None and "running" in self.status["state"]:
+                        self.status["ready"] = ok
+                self.pod_run.push_status()
+            if self.sleep(probe.get("periodSeconds", 10)):
+                return
+
+    def probe_once(self, probe: Mapping, proc: subprocess.Popen, env: Mapping[str, str]) -> bool:
+        timeout = probe.get("timeoutSeconds", 1)
+        try:
+            if "httpGet" in probe:
+                get = probe["httpGet"]
+                port = rt.probe_port(self.spec, get["port"])
+                url = f"{get.get('scheme', 'HTTP').lower()}://127.0.0.1:{port}{get.get('path', '/')}"
+                headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
+                resp = self.pod_run.executor.probes.get(url, headers=headers, timeout=timeout, verify=False)
+                return 200 <= resp.status_code < 400
+            if "tcpSocket" in probe:
+                port = rt.probe_port(self.spec, probe["tcpSocket"]["port"])
+                with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+                    return True
+            if "exec" in probe:  # inside the container's mount namespace
+                cmd = ["nsenter", "--target", str(proc.pid), "--mount", "--", *probe["exec"]["command"]]
+                return (
+                    subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, check=False).returncode
+                    == 0
+                )
+        except (OSError, requests.RequestException, subprocess.TimeoutExpired, rt.ConfigError):
+            return False
+        log.warning("%s/%s: readinessProbe %s not supported", self.pod_run.key, self.name, sorted(probe))
+        return False
 
     def kill(self, grace: float) -> None:
         """SIGTERM to the container's process group, SIGKILL after the grace period."""
@@ -483,7 +530,8 @@ class PodRun(threading.Thread):
     def track_readiness(self, threads: list[threading.Thread]) -> None:
         """Ready while every container runs (no probes here); returns when all threads are done."""
         while any(t.is_alive() for t in threads):
-            ready = all("running" in r.status["state"] for r in self.runs)
+            with self.lock:
+                ready = all(r.status["ready"] for r in self.runs)
             self.set_condition("ContainersReady", ready)
             self.set_condition("Ready", ready)
             self.push_status()
@@ -539,6 +587,8 @@ class Executor:
         self.pods: dict[str, dict] = {}
         self.stop = threading.Event()
         self.registered_at = ""
+        self.probes = requests.Session()  # readiness probes: loopback only, never through a proxy
+        self.probes.trust_env = False
 
     # ---- node ----------------------------------------------------------------------------------
 

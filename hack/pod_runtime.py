@@ -178,6 +178,16 @@ def command_line(container: Mapping, env: Mapping[str, str]) -> list[str]:
     return argv
 
 
+def probe_port(container: Mapping, port: int | str) -> int:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise ConfigError(f"probe port {port!r} is not a named port of container {container['name']!r}")
+
+
 # ---- scheduling ---------------------------------------------------------------------------------
 
 

@@ -102,3 +102,11 @@ def test_termination_message_falls_back_to_the_log_tail_only_on_error():
     assert rt.termination_message("", log, "FallbackToLogsOnError", 0) == ""
     tail = rt.termination_message("", log, "FallbackToLogsOnError", 1)
     assert tail.splitlines() == [f"line {i}" for i in range(120, 200)]
+
+
+def test_probe_port_by_number_or_name():
+    c = {"name": "web", "ports": [{"name": "http", "containerPort": 5000}]}
+    assert rt.probe_port(c, 8080) == 8080
+    assert rt.probe_port(c, "http") == 5000
+    with pytest.raises(rt.ConfigError, match="'grpc' is not a named port of container 'web'"):
+        rt.probe_port(c, "grpc")

@@ -4,10 +4,11 @@ $(VAR) expansion, and a service-account token that in-cluster clients use under 
 from __future__ import annotations
 
 import base64
+import socket
 import textwrap
 
 from tests.controlplane.workloads import container, pod_done
-from tests.fixtures.cluster import kube_json
+from tests.fixtures.cluster import kube_json, wait_for
 
 # Runs inside the "container" with the repository's Python: in-cluster config from the projected token.
 IN_CLUSTER_SCRIPT = textwrap.dedent(
@@ -187,3 +188,52 @@ def test_service_account_token_authenticates_and_rbac_is_enforced(kube_client, n
     assert output.splitlines() == ["configmap: fast", "secrets: 403"]
     volumes = {v["name"]: v for v in done["spec"]["volumes"]}
     assert any("projected" in v and name.startswith("kube-api-access-") for name, v in volumes.items())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_readiness_probes_gate_the_ready_condition(kube_client, namespace, pod_executor):
+    """Ready only once the httpGet probe answers and the exec probe (run inside the container's mount
+    namespace, where /flags is the pod's emptyDir) succeeds."""
+    port = free_port()
+    pod = {
+        "metadata": {"name": "server"},
+        "spec": {
+            "volumes": [{"name": "flags", "emptyDir": {}}],
+            "containers": [
+                {
+                    **container("web", f"sleep 3; exec python -m http.server {port} --bind 127.0.0.1"),
+                    "ports": [{"name": "http", "containerPort": port}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                },
+                {
+                    **container("flagger", "sleep 3; touch /flags/ready; exec sleep 300"),
+                    "volumeMounts": [{"name": "flags", "mountPath": "/flags"}],
+                    "readinessProbe": {"exec": {"command": ["cat", "/flags/ready"]}, "periodSeconds": 1},
+                },
+            ],
+        },
+    }
+    path = f"/api/v1/namespaces/{namespace}/pods/server"
+    kube_json(kube_client, "POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    def statuses() -> list[dict]:
+        return kube_json(kube_client, "GET", path)["status"].get("containerStatuses") or []
+
+    def conditions() -> dict[str, str]:
+        return {c["type"]: c["status"] for c in kube_json(kube_client, "GET", path)["status"]["conditions"]}
+
+    first = wait_for(
+        lambda: (s := statuses()) and all("running" in c["state"] for c in s) and s,
+        20,
+        "both containers to run",
+    )
+    assert [c["ready"] for c in first] == [False, False]
+
+    wait_for(lambda: conditions()["Ready"] == "True", 30, "the pod to become Ready")
+    assert [c["ready"] for c in statuses()] == [True, True]
+    assert conditions()["ContainersReady"] == "True"
