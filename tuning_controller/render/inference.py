@@ -1,0 +1,432 @@
+"""The objects of an inference Workspace: the server's Deployment (StatefulSet when multi-node) and Service.
+
+    <ws>            Service, port 80 -> the server's port (5000); multi-node: only the leader pod <ws>-0
+    <ws>            Deployment (resource.count == 1) or StatefulSet (count > 1, pods <ws>-0..N-1)
+    <ws>-headless   multi-node only: headless Service with 29500 for torch distributed rendezvous
+
+Pod, transformers runtime (``python -m inference``):
+
+    [init] pull-<adapter>   ``kaito-tune pull <image> /mnt/adapter/<name>`` with the adapter's first
+                            imagePullSecret as docker config (one per image adapter, unless image volumes)
+    server                  base model + adapters combined by strength (KAITO_ADAPTER_STRENGTHS env)
+
+vLLM runtime: the same pulls, then ``[init] merge-adapters`` (``python -m inference.merge``) bakes the
+strengths into plain LoRA adapters under /mnt/merged, and vLLM serves them with ``--enable-lora
+--lora-modules``. Adapters with a ``volumeSource`` are mounted as given; with image volumes enabled, an
+adapter image is mounted read-only as a Kubernetes ``image`` volume (Kubernetes >= 1.31 with the
+ImageVolume feature; its pull secrets go to the pod's imagePullSecrets).
+
+The pod template's ``kaito.sh/adapters-hash`` annotation hashes preset, runtime and adapters, so a changed
+adapter (image, strength, source) rolls the pods even when nothing else in the template would change.
+Pure functions of the Workspace and the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from inference.adapters import STRENGTHS_ENV
+from inference.model import COMBINED_SUFFIX
+from tuning_controller.render.configmap import labels
+from tuning_controller.render.job import (
+    GPU_RESOURCE,
+    TERMINATION_LOG,
+    _mount,
+    _pod_security,
+    _security,
+    child_name,
+    metadata,
+    node_affinity,
+)
+from tuning_controller.settings import Settings
+from tuning_controller.workspace import GROUP, AdapterSpec, Workspace, to_dict
+
+COMPONENT = "inference"
+SERVER = "server"
+MERGE = "merge-adapters"
+ADAPTERS_HASH_ANNOTATION = f"{GROUP}/adapters-hash"
+ADAPTER_ROOT = "/mnt/adapter"
+MERGED_ROOT = "/mnt/merged"
+PULL_SECRET_ROOT = "/mnt/pull-secrets"
+SERVICE_PORT = 80
+TORCH_DIST_PORT = 29500
+RUNTIMES = ("transformers", "vllm")
+INFERENCE_PREFIX = "KAITO_TUNE_INFERENCE_"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How inference Workspaces are served; each field is ``KAITO_TUNE_INFERENCE_<FIELD>`` in the env."""
+
+    runtime: str = "transformers"
+    """transformers: this project's server (strength by PEFT); vllm: vLLM with merged adapters (GPU only)."""
+    image: str = "ghcr.io/kaito-tune/trainer:0.1.0"
+    """Image with inference/ and the preset weights (the trainer image holds both)."""
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    adapter_image_volumes: bool = False
+    """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers."""
+    port: int = 5000
+    """The server's container port (KAITO's); the Service maps port 80 to it."""
+    max_new_tokens: int = 2048
+    """Largest completion one request may ask for (transformers runtime)."""
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(
+                f"{INFERENCE_PREFIX}RUNTIME={self.runtime!r}: must be one of {', '.join(RUNTIMES)}"
+            )
+        if not 1 <= self.port <= 65535 or self.port == TORCH_DIST_PORT:
+            raise ValueError(
+                f"{INFERENCE_PREFIX}PORT={self.port}: must be 1..65535 and not {TORCH_DIST_PORT}"
+            )
+
+
+def inference_settings_from_env(env: Mapping[str, str]) -> InferenceSettings:
+    """InferenceSettings from ``KAITO_TUNE_INFERENCE_*``; unset ones keep their defaults."""
+    values: dict[str, Any] = {}
+    for f in fields(InferenceSettings):
+        raw = env.get(INFERENCE_PREFIX + f.name.upper())
+        if raw is None:
+            continue
+        default = getattr(InferenceSettings(), f.name)
+        if isinstance(default, bool):
+            values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            try:
+                values[f.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{INFERENCE_PREFIX}{f.name.upper()}={raw!r}: must be an integer") from None
+        else:
+            values[f.name] = raw
+    return replace(InferenceSettings(), **values)
+
+
+def workload_name(ws: Workspace) -> str:
+    """The Workspace's own name, as KAITO names its Deployment and Service."""
+    return ws.name
+
+
+def headless_service_name(ws: Workspace) -> str:
+    return child_name(ws, "-headless")
+
+
+def node_count(ws: Workspace) -> int:
+    return max(1, ws.resource.count if ws.resource else 1)
+
+
+def selector_labels(ws: Workspace) -> dict[str, str]:
+    """The immutable Deployment/StatefulSet selector (a subset of ``labels``)."""
+    return {f"{GROUP}/workspace": ws.name, "app.kubernetes.io/component": COMPONENT}
+
+
+def adapters_hash(ws: Workspace, inference: InferenceSettings) -> str:
+    spec = ws.inference
+    decided = {
+        "preset": to_dict(spec.preset) if spec and spec.preset else None,
+        "adapters": [to_dict(a) for a in (spec.adapters if spec else [])],
+        "runtime": inference.runtime,
+        "imageVolumes": inference.adapter_image_volumes,
+    }
+    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _strengths(adapters: list[AdapterSpec]) -> str:
+    """``name=strength,...`` as inference.adapters.parse_strengths reads it."""
+    return ",".join(f"{a.source.name}={float(a.strength)}" for a in adapters)
+
+
+def _pull_secret_volume(name: str, secret: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+        },
+    }
+
+
+def _adapter_parts(
+    ws: Workspace, settings: Settings, inference: InferenceSettings
+) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """(pull init containers, volumes, server mounts, extra pod imagePullSecrets) for the adapters."""
+    init, volumes, mounts, pod_secrets = [], [], [], []
+    for i, adapter in enumerate(ws.inference.adapters):
+        source = adapter.source
+        volume = f"adapter-{i}"
+        path = f"{ADAPTER_ROOT}/{source.name}"
+        mounts.append(_mount(volume, path, read_only=True))
+        if source.volume_source is not None:
+            volumes.append({"name": volume, **source.volume_source})
+            continue
+        if inference.adapter_image_volumes:
+            volumes.append(
+                {"name": volume, "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
+            )
+            pod_secrets += [s for s in source.image_pull_secrets if s not in pod_secrets]
+            continue
+        volumes.append({"name": volume, "emptyDir": {}})
+        command = [
+            "kaito-tune",
+            "pull",
+            source.image,
+            path,
+            "--replace",
+            "--termination-log",
+            TERMINATION_LOG,
+        ]
+        pull_mounts = [_mount(volume, path)]
+        if source.image_pull_secrets:
+            secret_dir = f"{PULL_SECRET_ROOT}/{i}"
+            command += ["--docker-config", f"{secret_dir}/.dockerconfigjson"]
+            volumes.append(_pull_secret_volume(f"adapter-{i}-pull-secret", source.image_pull_secrets[0]))
+            pull_mounts.append(_mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
+        init.append(
+            {
+                "name": child_name_for_container("pull-", source.name),
+                "image": settings.tools_image,
+                "command": command,
+                "volumeMounts": pull_mounts,
+                "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": _security(settings),
+            }
+        )
+    return init, volumes, mounts, pod_secrets
+
+
+def child_name_for_container(prefix: str, name: str) -> str:
+    """A container name (DNS label, at most 63 characters) from an adapter name."""
+    full = f"{prefix}{name}"
+    if len(full) <= 63:
+        return full
+    return f"{full[:54]}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+
+
+def _probes(port: int) -> dict[str, Any]:
+    """Startup waits for the model to load (up to 30 minutes); then readiness and liveness on /health."""
+
+    def probe(period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": "/health", "port": port},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 5,
+        }
+
+    return {"startupProbe": probe(10, 180), "readinessProbe": probe(5, 3), "livenessProbe": probe(10, 6)}
+
+
+def _gpu_resources(gpus: int) -> dict[str, Any]:
+    return {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}}
+
+
+def _model_env(ws: Workspace) -> list[dict[str, Any]]:
+    options = ws.inference.preset.preset_options if ws.inference.preset else None
+    if options is None or not options.model_access_secret:
+        return []
+    ref = {"name": options.model_access_secret, "key": "HF_TOKEN"}
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
+
+
+def _transformers_server(
+    ws: Workspace, inference: InferenceSettings, gpus: int, image: str
+) -> dict[str, Any]:
+    preset = ws.inference.preset.name
+    command = ["python", "-m", "inference", "--preset", preset, "--adapter-root", ADAPTER_ROOT]
+    command += ["--port", str(inference.port), "--max-new-tokens", str(inference.max_new_tokens)]
+    command += ["--termination-log", TERMINATION_LOG]
+    env = _model_env(ws)
+    if env:
+        command.append("--allow-download")
+    if ws.inference.adapters:
+        env.append({"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)})
+    return {"name": SERVER, "image": image, "command": command, "env": env, "resources": _gpu_resources(gpus)}
+
+
+def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict[str, Any]:
+    from presets.catalog import get_model
+
+    preset = get_model(ws.inference.preset.name)
+    args = [
+        "python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        preset.repo_id,
+        "--revision",
+        preset.revision,
+        "--served-model-name",
+        preset.name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(inference.port),
+        "--tensor-parallel-size",
+        str(gpus),
+    ]
+    if ws.inference.adapters:
+        names = [a.source.name for a in ws.inference.adapters] + [preset.name + COMBINED_SUFFIX]
+        args += ["--enable-lora", "--lora-modules", *(f"{n}={MERGED_ROOT}/{n}" for n in names)]
+    script = " ".join(shlex.quote(a) for a in args)
+    if ws.inference.adapters:  # the rank is known once the merge step has run
+        script += f' --max-lora-rank "$(cat {MERGED_ROOT}/max-lora-rank)"'
+    return {
+        "name": SERVER,
+        "image": inference.vllm_image,
+        "command": ["sh", "-c", f"exec {script}"],
+        "env": _model_env(ws),
+        "resources": _gpu_resources(gpus),
+    }
+
+
+def _merge_container(ws: Workspace, inference: InferenceSettings, mounts: list[dict]) -> dict[str, Any]:
+    return {
+        "name": MERGE,
+        "image": inference.image,
+        "command": [
+            "python",
+            "-m",
+            "inference.merge",
+            "--preset",
+            ws.inference.preset.name,
+            "--adapter-root",
+            ADAPTER_ROOT,
+            "--output",
+            MERGED_ROOT,
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        "env": [{"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)}],
+        "volumeMounts": [*mounts, _mount("merged", MERGED_ROOT)],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _multi_node_env(ws: Workspace) -> list[dict[str, Any]]:
+    """torch distributed rendezvous: the leader is pod 0 behind the headless Service."""
+    leader = f"{workload_name(ws)}-0.{headless_service_name(ws)}.{ws.namespace}.svc.cluster.local"
+    index = {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+    return [
+        {"name": "MASTER_ADDR", "value": leader},
+        {"name": "MASTER_PORT", "value": str(TORCH_DIST_PORT)},
+        {"name": "NNODES", "value": str(node_count(ws))},
+        {"name": "NODE_RANK", "valueFrom": index},
+    ]
+
+
+def render_pod_template(
+    ws: Workspace, settings: Settings, inference: InferenceSettings, gpus: int
+) -> dict[str, Any]:
+    """The server pod: adapter pulls (and the vLLM merge) as init containers, then the server."""
+    spec = ws.inference
+    if spec is None or spec.preset is None:
+        raise ValueError(f"Workspace {ws.name!r} has no inference.preset to serve")
+    gpus = max(1, int(gpus))
+    options = spec.preset.preset_options
+    image = options.image if options and options.image else inference.image
+    init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings, inference)
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    if inference.runtime == "vllm":
+        server = _vllm_server(ws, inference, gpus)
+        if spec.adapters:
+            init.append(_merge_container(ws, inference, mounts))
+            volumes.append({"name": "merged", "emptyDir": {}})
+            mounts = [_mount("merged", MERGED_ROOT, read_only=True)]
+    else:
+        server = _transformers_server(ws, inference, gpus, image)
+        server["securityContext"] = _security(settings)
+    if node_count(ws) > 1:
+        server["env"] = [*server["env"], *_multi_node_env(ws)]
+    ports = [{"name": "http", "containerPort": inference.port}]
+    if node_count(ws) > 1:
+        ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
+    server.update(
+        ports=ports,
+        volumeMounts=[*mounts, _mount("dshm", "/dev/shm")],
+        terminationMessagePolicy="FallbackToLogsOnError",
+        **_probes(inference.port),
+    )
+    if not server["env"]:
+        del server["env"]
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the server talks to nobody
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [server],
+        "volumes": volumes,
+    }
+    if inference.runtime == "transformers":
+        pod["securityContext"] = _pod_security(settings)
+    if init:
+        pod["initContainers"] = init
+    secrets = [*(options.image_pull_secrets if options else []), *pod_secrets]
+    if secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(secrets)]
+    affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
+    if affinity:
+        pod["affinity"] = affinity
+    annotations = {ADAPTERS_HASH_ANNOTATION: adapters_hash(ws, inference)}
+    return {"metadata": {"labels": labels(ws, COMPONENT), "annotations": annotations}, "spec": pod}
+
+
+def render_workload(
+    ws: Workspace, settings: Settings, inference: InferenceSettings, gpus: int
+) -> dict[str, Any]:
+    """A Deployment with one replica, or a StatefulSet of resource.count pods for multi-node serving."""
+    template = render_pod_template(ws, settings, inference, gpus)
+    selector = {"matchLabels": selector_labels(ws)}
+    meta = metadata(ws, workload_name(ws), COMPONENT)
+    if node_count(ws) == 1:
+        spec = {"replicas": 1, "selector": selector, "template": template, "strategy": {"type": "Recreate"}}
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}
+    spec = {
+        "replicas": node_count(ws),
+        "serviceName": headless_service_name(ws),
+        "podManagementPolicy": "Parallel",
+        "selector": selector,
+        "template": template,
+    }
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": spec}
+
+
+def render_services(ws: Workspace, inference: InferenceSettings) -> list[dict[str, Any]]:
+    """The Service (port 80 -> server) and, multi-node, the headless Service for rendezvous."""
+    selector = selector_labels(ws)
+    if node_count(ws) > 1:
+        selector = {**selector, "apps.kubernetes.io/pod-index": "0"}  # only the leader answers
+    main = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ws, workload_name(ws), COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    if node_count(ws) == 1:
+        return [main]
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ws, headless_service_name(ws), COMPONENT),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # workers must find the leader before anyone is ready
+            "selector": selector_labels(ws),
+            "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
+        },
+    }
+    return [main, headless]
+
+
+def render_inference_objects(
+    ws: Workspace, settings: Settings, inference: InferenceSettings, *, gpus: int
+) -> list[dict[str, Any]]:
+    """Every object of an inference Workspace, in apply order (Services first, then the workload)."""
+    return [*render_services(ws, inference), render_workload(ws, settings, inference, gpus)]
