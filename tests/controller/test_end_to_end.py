@@ -1,0 +1,191 @@
+"""End to end on the local control plane: a tiny-llama tuning Workspace, data from a loopback HTTP
+server, the pod executor running the pre-flight and the training Job (fetch, train, push to the
+loopback registry), status showing progress and the digest, and the pushed adapter loading with PEFT."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.controller.conftest import (
+    API,
+    REPO_ROOT,
+    apply,
+    condition,
+    dump,
+    get_workspace,
+    jobs,
+    make_parquet,
+    tuning_workspace,
+)
+from tests.fixtures.cluster import kube_json
+
+STEPS = 60
+
+
+def training_config(max_steps: int = STEPS) -> dict:
+    return {
+        "training_config": {
+            "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True},
+            "QuantizationConfig": {"load_in_4bit": False},
+            "LoraConfig": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+            "TrainingArguments": {
+                "output_dir": "/mnt/results",
+                "save_strategy": "no",
+                "per_device_train_batch_size": 2,
+                "max_steps": max_steps,
+                "logging_steps": 1,
+                "learning_rate": 0.001,
+            },
+            "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
+        }
+    }
+
+
+def create_config(api, namespace: str, name: str = "tiny-config", max_steps: int = STEPS) -> str:
+    body = {
+        "metadata": {"name": name},
+        "data": {"training_config.yaml": yaml.safe_dump(training_config(max_steps))},
+    }
+    kube_json(api, "POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
+    return name
+
+
+def create_push_secret(
+    api, namespace: str, registry, password: str | None = None, name: str = "push-secret"
+) -> str:
+    auth = base64.b64encode(f"{registry.username}:{password or registry.password}".encode()).decode()
+    config = json.dumps({"auths": {registry.host: {"auth": auth}}})
+    body = {
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+    }
+    kube_json(api, "POST", f"/api/v1/namespaces/{namespace}/secrets", body)
+    return name
+
+
+def printed_progress(api, namespace: str, name: str) -> str:
+    """The Progress column as `kubectl get workspace` shows it (the server-side Table)."""
+    m, url, headers, payload, post = api.param_serialize(
+        "GET",
+        f"{API}/namespaces/{namespace}/workspaces/{name}",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"],
+    )
+    resp = api.call_api(m, url, headers, payload, post)
+    resp.read()
+    table = json.loads(resp.data)
+    names = [col["name"] for col in table["columnDefinitions"]]
+    return str(table["rows"][0]["cells"][names.index("Progress")])
+
+
+def watch_until_done(api, namespace: str, name: str, timeout: float) -> tuple[dict, list[dict]]:
+    """Poll the Workspace until WorkspaceSucceeded is True or False; returns it and every distinct
+    progress seen on the way."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws = get_workspace(api, namespace, name)
+        progress = ((ws.get("status") or {}).get("tuning") or {}).get("progress")
+        if progress and (not seen or seen[-1] != progress):
+            seen.append(progress)
+        if condition(ws, "WorkspaceSucceeded").get("status") in ("True", "False"):
+            return ws, seen
+        time.sleep(0.3)
+    raise AssertionError(f"Workspace {name} did not finish in {timeout:.0f}s\n{dump(api, namespace, name)}")
+
+
+def test_tuning_workspace_end_to_end(
+    kube_client, namespace, pod_executor, oci_registry, run_operator, data_server, tmp_path
+):
+    base_url, served = data_server
+    make_parquet(served / "train.parquet", rows=24)
+    run_operator(KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1")
+    create_push_secret(kube_client, namespace, oci_registry)
+    config = create_config(kube_client, namespace)
+    image = oci_registry.ref("adapters/e2e", "v1")
+    ws = tuning_workspace(
+        "e2e",
+        namespace,
+        urls=[f"{base_url}/train.parquet"],
+        output={"image": image, "imagePushSecret": "push-secret"},
+        config=config,
+    )
+    apply(kube_client, ws)
+    final, seen = watch_until_done(kube_client, namespace, "e2e", timeout=420)
+
+    status = final["status"]
+    tuning = status["tuning"]
+    assert condition(final, "WorkspaceSucceeded")["status"] == "True", dump(kube_client, namespace, "e2e")
+    assert condition(final, "WorkspaceSucceeded")["reason"] == "WorkspaceSucceeded"
+    assert condition(final, "JobStarted")["status"] == "True"
+    assert condition(final, "ResourceReady")["status"] == "True"
+    assert all(c["observedGeneration"] == final["metadata"]["generation"] for c in status["conditions"])
+    assert tuning["phase"] == "Succeeded" and status["state"] == "Succeeded"
+    assert tuning["data"]["ok"] and tuning["data"]["rows"] == 24 and len(tuning["data"]["sha256"]) == 64
+    digest = tuning["adapter"]["digest"]
+    assert tuning["adapter"]["image"] == image and digest.startswith("sha256:")
+    assert tuning["startTime"] and tuning["completionTime"]
+
+    # Progress moved: several distinct steps reported while training, ending at the last step.
+    steps = [p["step"] for p in seen]
+    assert len(set(steps)) >= 3, seen
+    assert steps == sorted(steps), seen
+    last = tuning["progress"]
+    assert last["step"] == last["totalSteps"] == STEPS and last["percent"] == 100
+    assert last["loss"] is not None and last["updatedAt"]
+    assert printed_progress(kube_client, namespace, "e2e") == "100"
+
+    # The data Job ran first and the training Job after it; nothing else.
+    created = {j["metadata"]["name"]: j for j in jobs(kube_client, namespace)}
+    assert set(created) == {"e2e-data", "e2e"}
+    assert (
+        created["e2e-data"]["metadata"]["creationTimestamp"]
+        <= created["e2e"]["metadata"]["creationTimestamp"]
+    )
+    pod = created["e2e"]["spec"]["template"]["spec"]
+    secret_users = [
+        c["name"]
+        for c in pod["initContainers"] + pod["containers"]
+        if any(m["name"] == "push-secret" for m in c.get("volumeMounts") or [])
+    ]
+    assert secret_users == ["push"]
+
+    # The pushed adapter, pulled by digest, loads with PEFT on the tiny base model.
+    docker_config = tmp_path / "docker.json"
+    auth = base64.b64encode(f"{oci_registry.username}:{oci_registry.password}".encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {oci_registry.host: {"auth": auth}}}))
+    pulled = tmp_path / "pulled"
+    ref = f"{image.rsplit(':', 1)[0]}@{digest}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuning_controller.cli",
+            "pull",
+            ref,
+            str(pulled),
+            "--docker-config",
+            str(docker_config),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from presets.tiny import ensure_tiny_preset
+
+    base = AutoModelForCausalLM.from_pretrained(ensure_tiny_preset())
+    model = PeftModel.from_pretrained(base, str(pulled))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
