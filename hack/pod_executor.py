@@ -12,6 +12,13 @@ status subresource, so the Job controller, owner references and watches work as 
 
 State dir: pods/<uid>/ (volumes, termination messages), pvc/<ns>/<claim>/ (survives pod retries),
 logs/<ns>/<pod>/<container>.log (see pod_runtime.log_path). Needs root (mount namespaces).
+
+Also done: readiness probes (httpGet, tcpSocket, exec), restartPolicy OnFailure/Always in place with
+back-off, native sidecars, graceful deletion. Not done, by design of a test helper: liveness and
+startup probes, image entrypoints (a container needs `command` or `args`), resource limits, networking
+(every pod is 127.0.0.1, so two pods cannot listen on one port), image volumes. Mount points missing on
+the host (e.g. /mnt/data, /dev/termination-log) are created there empty, as placeholders for the
+private bind mounts.
 """
 
 from __future__ import annotations
