@@ -45,7 +45,7 @@ tool_path() {
 
 log() { echo "[build-tools] $*" >&2; }
 
-export GOFLAGS="${GOFLAGS:--p=2} -trimpath"
+export GOFLAGS="${GOFLAGS:-} -p=2 -trimpath"
 export CGO_ENABLED=0
 LDFLAGS="-s -w"
 
