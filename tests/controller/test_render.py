@@ -1,0 +1,245 @@
+"""Pure renderers: the objects a tuning Workspace becomes, checked field by field."""
+
+from __future__ import annotations
+
+from tuning_controller.render import render_workspace_objects, training_config_doc
+from tuning_controller.render.job import (
+    render_data_job,
+    render_training_job,
+    revision,
+)
+from tuning_controller.render.nodeclaim import render_nodeclaim
+from tuning_controller.render.rbac import render_progress_rbac
+from tuning_controller.settings import Settings, SettingsError, settings_from_env
+from tuning_controller.workspace import parse_workspace
+
+SHA = "a" * 64
+
+
+def workspace(**tuning_overrides) -> dict:
+    tuning = {
+        "preset": {"name": "phi-3-mini-4k-instruct"},
+        "method": "qlora",
+        "input": {"urls": ["https://data.example.com/train.parquet"]},
+        "output": {"image": "registry.example.com/adapters/a:v1", "imagePushSecret": "push"},
+    }
+    tuning.update(tuning_overrides)
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": "ws", "namespace": "team", "uid": "u-1", "labels": {}},
+        "resource": {
+            "instanceType": "Standard_NC48ads_A100_v4",
+            "labelSelector": {
+                "matchLabels": {"apps": "tuning"},
+                "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}],
+            },
+        },
+        "tuning": tuning,
+    }
+
+
+def parsed(obj: dict):
+    ws, problems = parse_workspace(obj)
+    assert not problems
+    return ws
+
+
+def containers(job: dict) -> dict[str, dict]:
+    spec = job["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def rev(ws) -> str:
+    return revision(ws, training_config_doc(ws, None))
+
+
+def test_training_job_pipeline_and_push_secret_only_in_push():
+    ws = parsed(workspace())
+    job = render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=2)
+    spec = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-data", "train"]
+    assert [c["name"] for c in spec["containers"]] == ["push"]
+    with_secret = [
+        n for n, c in containers(job).items() if any(m["name"] == "push-secret" for m in c["volumeMounts"])
+    ]
+    assert with_secret == ["push"]
+    token_users = [
+        n for n, c in containers(job).items() if any(m["name"] == "progress-token" for m in c["volumeMounts"])
+    ]
+    assert token_users == ["train"] and spec["automountServiceAccountToken"] is False
+    train = containers(job)["train"]
+    assert train["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
+    at = train["command"].index("--expect-data-sha256")
+    assert train["command"][at + 1] == SHA
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in spec["volumes"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "apps", "operator": "In", "values": ["tuning"]},
+                {"key": "zone", "operator": "In", "values": ["a", "b"]},
+            ]
+        }
+    ]
+    assert {"name": "results", "persistentVolumeClaim": {"claimName": "ws-results"}} in spec["volumes"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    meta = job["metadata"]
+    assert meta["name"] == "ws" and meta["labels"]["kaito.sh/workspace"] == "ws"
+    assert meta["labels"]["app.kubernetes.io/part-of"] == "kaito"
+    assert meta["ownerReferences"][0]["uid"] == "u-1" and meta["ownerReferences"][0]["controller"] is True
+    assert meta["annotations"]["kaito.sh/revision"] == rev(ws)
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert "suspend" not in job["spec"]
+
+
+def test_single_gpu_runs_python_directly():
+    ws = parsed(workspace())
+    train = containers(render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=1))["train"]
+    assert train["command"][:3] == ["python", "-m", "trainer.workspace_status"]
+
+
+def test_volume_output_trains_into_the_volume_without_push():
+    ws = parsed(workspace(output={"volumeSource": {"persistentVolumeClaim": {"claimName": "out"}}}))
+    job = render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=1)
+    spec = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["train"]
+    assert "push" not in containers(job)
+    assert {"name": "results", "persistentVolumeClaim": {"claimName": "out"}} in spec["volumes"]
+    assert not any(v["name"] == "push-secret" for v in spec["volumes"])
+    kinds = [o["kind"] for o in render_workspace_objects(ws, Settings())]
+    assert "PersistentVolumeClaim" not in kinds  # the user's volume holds the results
+
+
+def test_volume_input_is_mounted_without_fetch():
+    ws = parsed(workspace(input={"volumeSource": {"persistentVolumeClaim": {"claimName": "in"}}}))
+    data = render_data_job(ws, Settings(), rev(ws))
+    assert "initContainers" not in data["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "in"}} in data["spec"]["template"]["spec"][
+        "volumes"
+    ]
+
+
+def test_data_job_is_cpu_only_and_fails_at_once_on_bad_data():
+    ws = parsed(workspace())
+    job = render_data_job(ws, Settings(allow_loopback_urls=True), rev(ws))
+    spec = job["spec"]["template"]["spec"]
+    assert job["metadata"]["name"] == "ws-data"
+    assert all("nvidia.com/gpu" not in str(c.get("resources")) for c in containers(job).values())
+    assert spec["automountServiceAccountToken"] is False and "tolerations" not in spec
+    assert "--dev-allow-loopback" in containers(job)["fetch-data"]["command"]
+    preflight = containers(job)["preflight"]["command"]
+    assert preflight[:6] == [
+        "python",
+        "-m",
+        "trainer.workspace_status",
+        "preflight",
+        "--summary-file",
+        "/dev/termination-log",
+    ]
+    rule = job["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"] == {
+        "containerName": "preflight",
+        "operator": "In",
+        "values": [1],
+    }
+    without = render_data_job(ws, Settings(), rev(ws))
+    assert "--dev-allow-loopback" not in containers(without)["fetch-data"]["command"]
+
+
+def test_revision_changes_with_config_input_and_method_only():
+    ws = parsed(workspace())
+    base = revision(ws, training_config_doc(ws, None))
+    tweaked = training_config_doc(ws, None)
+    tweaked["training_config"]["LoraConfig"]["r"] = 16
+    assert revision(ws, tweaked) != base
+    other_input = parsed(workspace(input={"urls": ["https://data.example.com/other.parquet"]}))
+    assert revision(other_input, training_config_doc(other_input, None)) != base
+    lora = parsed(workspace(method="lora"))
+    assert revision(lora, training_config_doc(lora, None)) != base
+    relabelled = workspace()
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    assert revision(parsed(relabelled), training_config_doc(ws, None)) == base
+
+
+def test_kueue_queue_label_suspends_both_jobs():
+    obj = workspace()
+    obj["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu-queue"}
+    ws = parsed(obj)
+    for job in (
+        render_data_job(ws, Settings(), rev(ws)),
+        render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=1),
+    ):
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+
+
+def test_progress_rbac_is_limited_to_own_status():
+    ws = parsed(workspace())
+    sa, role, binding = render_progress_rbac(ws)
+    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "ws-tuning"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["kaito.sh"],
+            "resources": ["workspaces/status"],
+            "resourceNames": ["ws"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ws-tuning", "namespace": "team"}]
+
+
+def test_nodeclaim_for_the_sku_with_labels_and_gpu_taint():
+    ws = parsed(workspace())
+    claim = render_nodeclaim(ws, Settings(auto_provisioning=True))
+    assert claim["apiVersion"] == "karpenter.sh/v1" and "namespace" not in claim["metadata"]
+    assert claim["metadata"]["name"].startswith("ws-") and len(claim["metadata"]["name"]) == len("ws-") + 8
+    assert claim["metadata"]["labels"]["apps"] == "tuning"
+    assert {
+        "key": "node.kubernetes.io/instance-type",
+        "operator": "In",
+        "values": ["Standard_NC48ads_A100_v4"],
+    } in claim["spec"]["requirements"]
+    assert claim["spec"]["taints"] == [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
+    objects = render_workspace_objects(ws, Settings(auto_provisioning=True))
+    kinds = [o["kind"] for o in objects]
+    assert kinds == [
+        "ConfigMap",
+        "Job",
+        "NodeClaim",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "Job",
+    ]
+    train = containers(objects[-1])["train"]
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == "2"  # every GPU of the SKU
+
+
+def test_long_names_stay_within_63_characters():
+    obj = workspace()
+    obj["metadata"]["name"] = "w" * 60
+    ws = parsed(obj)
+    job = render_data_job(ws, Settings(), rev(ws))
+    assert len(job["metadata"]["name"]) <= 63 and job["metadata"]["name"].endswith("-data")
+
+
+def test_settings_from_env_name_the_variable():
+    s = settings_from_env({"KAITO_TUNE_AUTO_PROVISIONING": "true", "KAITO_TUNE_BACKOFF_LIMIT": "4"})
+    assert s.auto_provisioning is True and s.backoff_limit == 4
+    for env, needle in (
+        ({"KAITO_TUNE_RESULTS_VOLUME": "disk"}, "KAITO_TUNE_RESULTS_VOLUME='disk'"),
+        ({"KAITO_TUNE_AUTO_PROVISIONING": "maybe"}, "true or false"),
+        ({"KAITO_TUNE_PROGRESS_INTERVAL_SECONDS": "60"}, "1..30"),
+    ):
+        try:
+            settings_from_env(env)
+        except SettingsError as exc:
+            assert needle in str(exc)
+        else:
+            raise AssertionError(f"{env} accepted")
