@@ -29,6 +29,10 @@ TINY_CONFIG: dict = {
     "max_position_embeddings": 2048,
     "tie_word_embeddings": False,
 }
+# Behind the final RMSNorm a hidden state has norm sqrt(hidden_size); with Llama's 0.02-scale random LM-head
+# rows that caps every logit near 2.6, so no adapter could make one answer likely (loss stalls near 4.4).
+# A wider LM head (the rest keeps 0.02, which preserves token identity through the layers) lifts the cap.
+LM_HEAD_STD = 0.1
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -46,7 +50,7 @@ CHAT_TEMPLATE = (
 )
 
 # Bump when the builder's output changes, so cached copies are rebuilt instead of reused.
-_BUILDER_VERSION = 1
+_BUILDER_VERSION = 2
 
 _VOCABULARY = (
     "the a an of to in is was for on with as by at from that this it be are or which model data train "
@@ -112,6 +116,7 @@ def build_tiny_preset(dest: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    torch.nn.init.normal_(model.lm_head.weight, std=LM_HEAD_STD)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -134,7 +139,10 @@ def ensure_tiny_preset(cache_dir: Path | None = None, seed: int = 0) -> Path:
     The build goes to a temporary sibling directory that is renamed into place, so concurrent callers
     (parallel tests, DDP ranks) never see a half-written model.
     """
-    key = json.dumps({"config": TINY_CONFIG, "version": _BUILDER_VERSION, "seed": seed}, sort_keys=True)
+    key = json.dumps(
+        {"config": TINY_CONFIG, "lm_head_std": LM_HEAD_STD, "version": _BUILDER_VERSION, "seed": seed},
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     parent = _cache_root(cache_dir) / "presets"
     final = parent / f"{TINY_PRESET_NAME}-{digest}"

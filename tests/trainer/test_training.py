@@ -1,0 +1,102 @@
+"""Training end to end on the tiny model: it learns a task the base model cannot know, and the results
+directory holds a PEFT adapter that loads, with metadata and the completion marker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.trainer.conftest import run_trainer
+from tests.trainer.synthetic import code_word_rows, code_words, kaito_config, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One QLoRA run on the code-word task with a held-out quarter (KAITO's template plus a few knobs)."""
+    tmp = tmp_path_factory.mktemp("quality")
+    write_jsonl(tmp / "data" / "train.jsonl", code_word_rows())
+    config = kaito_config(
+        tmp / "config.yaml",
+        learning_rate=0.003,
+        num_train_epochs=60,
+        max_length=128,
+        logging_steps=5,
+        eval_strategy="no",
+        eval_on_start=True,
+        DatasetConfig={"train_test_split": 0.75},
+        LoraConfig={"r": 16, "lora_alpha": 32, "target_modules": ALL_LINEAR},
+    )
+    result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, result
+
+
+def test_eval_loss_falls_below_half_and_held_out_prompts_are_answered(trained, tiny_preset):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import DatasetOptions
+    from trainer.preflight import _split
+
+    tmp, _ = trained
+    metrics = json.loads((tmp / "out" / "metadata.json").read_text())["metrics"]
+    assert metrics["eval_loss"] < metrics["initial_eval_loss"] / 2, metrics
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_preset)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_preset), tmp / "out").eval()
+    rows = code_word_rows()
+    # the same shuffle and split the trainer used: these prompts were never trained on
+    _, held_out = _split(list(range(len(rows))), DatasetOptions(train_test_split=0.75))
+    answers = code_words()
+    right = 0
+    for i in held_out:
+        prompt, expected = rows[i]["messages"][0], rows[i]["messages"][1]["content"]
+        ids = tokenizer.apply_chat_template([prompt], add_generation_prompt=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+        answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        right += answer == expected
+    assert expected in answers.values()
+    assert right / len(held_out) > 0.5, f"{right}/{len(held_out)} held-out prompts answered right"
+
+
+def test_results_directory_holds_adapter_metadata_and_marker(trained):
+    tmp, _ = trained
+    out = tmp / "out"
+    assert {"adapter_config.json", "adapter_model.safetensors", "metadata.json", ".kaito-complete"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "checkpoints").exists()
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["preset"] == "tiny-llama" and metadata["method"] == "qlora"
+    assert len(metadata["config_sha256"]) == 64 and len(metadata["data_sha256"]["combined"]) == 64
+    assert list(metadata["data_sha256"]["files"]) == ["train.jsonl"]
+    assert metadata["data"]["train_rows"] == 72 and metadata["data"]["eval_rows"] == 24
+    marker = json.loads((out / ".kaito-complete").read_text())
+    assert "adapter_model.safetensors" in marker["files"]
+
+
+def test_progress_is_json_lines_with_loss_rate_and_eta(trained):
+    _, result = trained
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "done" in kinds
+    done = events[kinds.index("done")]
+    assert done["step"] == done["total_steps"] > 0
+    assert done["loss"] > 0 and done["learning_rate"] is not None and done["tokens_per_s"] > 0
+    assert events[1]["event"] == "eval" and events[1]["step"] == 0  # eval_on_start
+
+
+def test_a_rerun_after_completion_does_nothing(trained):
+    tmp, _ = trained
+    before = (tmp / "out" / "adapter_model.safetensors").stat().st_mtime_ns
+    config = tmp / "config.yaml"
+    result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out")
+    assert result.returncode == 0 and "already holds a complete adapter" in result.stderr
+    assert (tmp / "out" / "adapter_model.safetensors").stat().st_mtime_ns == before
