@@ -36,7 +36,7 @@ if ((${#charts[@]})); then
   for chart in "${charts[@]}"; do
     "$helm" lint --strict "$chart"
     rendered="$work/$(basename "$chart").yaml"
-    "$helm" template check "$chart" --namespace kaito-tune-system >"$rendered"
+    "$helm" template check "$chart" --namespace kaito-tune-system --include-crds >"$rendered"
     files+=("$rendered")
   done
 fi

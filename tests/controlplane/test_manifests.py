@@ -4,14 +4,17 @@ server and CRD (no downloads). Bad manifests must fail with the field named."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.controlplane.test_workspace_crd import TUNING_WORKSPACE
 from tests.controlplane.workloads import job_manifest
-from tests.fixtures.cluster import check_manifests
+from tests.fixtures.cluster import REPO_ROOT, check_manifests
 
 
 def write(path: Path, *objects: dict) -> Path:
@@ -87,3 +90,36 @@ def test_chart_is_linted_rendered_and_validated(manifest_schemas, tmp_path):
     assert "Valid: 1, Invalid: 0" in ok.stdout
     assert broken.returncode != 0
     assert "retries" in broken.stdout
+
+
+def test_project_charts_lint_render_and_validate(manifest_schemas):
+    charts = sorted(p.parent for p in (REPO_ROOT / "charts").glob("*/Chart.yaml"))
+    assert charts, "no chart under charts/"
+
+    result = check_manifests(manifest_schemas, charts=charts)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(charts)} chart(s) linted, 0 chart(s) failed" in result.stdout
+    assert "Invalid: 0, Errors: 0" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "example", sorted(p.relative_to(REPO_ROOT) for p in (REPO_ROOT / "examples").rglob("*.yaml")), ids=str
+)
+def test_objects_rendered_from_examples_validate(manifest_schemas, tmp_path, example):
+    """Every object `kaito-tune render` prints is valid for the API server (schemas from our own)."""
+    rendered = subprocess.run(
+        [sys.executable, "-m", "tuning_controller.cli", "render", str(REPO_ROOT / example)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    out = tmp_path / "rendered.yaml"
+    out.write_text(rendered.stdout)
+
+    result = check_manifests(manifest_schemas, [out])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Invalid: 0, Errors: 0" in result.stdout
