@@ -234,3 +234,36 @@ def wait_status(api, namespace: str, name: str, predicate, timeout: float, what:
 
 def now() -> float:
     return time.monotonic()
+
+
+@pytest.fixture(scope="session")
+def nodeclaim_crd(kube_client) -> str:
+    """karpenter.sh NodeClaims served (tests/controller/nodeclaim-crd.yaml); yields the collection path."""
+    import yaml
+
+    crd = yaml.safe_load((Path(__file__).parent / "nodeclaim-crd.yaml").read_text())
+    kube_json(
+        kube_client,
+        "PATCH",
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+        "?fieldManager=kaito-tune-tests&force=true",
+        crd,
+        content_type="application/apply-patch+yaml",
+    )
+    path = "/apis/karpenter.sh/v1/nodeclaims"
+
+    def served() -> bool:
+        try:
+            kube_json(kube_client, "GET", path)
+        except Exception:
+            return False
+        return True
+
+    wait_for(served, 30, "nodeclaims.karpenter.sh to be served")
+    return path
+
+
+def nodeclaims_of(api, path: str, namespace: str, workspace: str) -> list[dict]:
+    selector = f"kaito.sh/workspace={workspace},kaito.sh/workspacenamespace={namespace}"
+    found = kube_json(api, "GET", f"{path}?labelSelector={selector}")
+    return found.get("items") or []
