@@ -50,7 +50,7 @@ def test_volumes_env_and_downward_api_are_visible_to_the_process(kube_client, na
             "{ touch /etc/settings/new 2>/dev/null && echo writable || echo read-only; }",
             "stat -c %a /etc/settings/mode.txt",
             "cat /etc/creds/token && echo",
-            "cat /work/from-init",
+            "cat /srv/job/from-init",
             "cat /etc/podinfo/labels && echo",
             "echo env: $POD_NAME $POD_NAMESPACE $NODE $SA $POD_IP $TEAM $MODE_FROM_CM $TOKEN_FROM_SECRET",
             "echo args: $(GREETING)",
@@ -82,15 +82,15 @@ def test_volumes_env_and_downward_api_are_visible_to_the_process(kube_client, na
             "initContainers": [
                 container(
                     "prepare",
-                    "echo prepared-by-init > /work/from-init",
-                    volumeMounts=[{"name": "work", "mountPath": "/work"}],
+                    "echo prepared-by-init > /srv/job/from-init",
+                    volumeMounts=[{"name": "work", "mountPath": "/srv/job"}],
                 )
             ],
             "containers": [
                 {
                     # $(GREETING) in the command is expanded by Kubernetes' rules before the shell runs.
                     **container("main", script),
-                    "workingDir": "/work",
+                    "workingDir": "/srv/job",
                     "env": [
                         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                         # after POD_NAME: $(VAR) expansion sees only the names defined before
@@ -115,7 +115,7 @@ def test_volumes_env_and_downward_api_are_visible_to_the_process(kube_client, na
                     "volumeMounts": [
                         {"name": "settings", "mountPath": "/etc/settings"},
                         {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
-                        {"name": "work", "mountPath": "/work"},
+                        {"name": "work", "mountPath": "/srv/job"},
                         {"name": "shm", "mountPath": "/dev/shm"},
                         {"name": "podinfo", "mountPath": "/etc/podinfo"},
                     ],
@@ -138,7 +138,7 @@ def test_volumes_env_and_downward_api_are_visible_to_the_process(kube_client, na
         'team="tuning"',
         f"env: sees-all {namespace} {pod_executor.node_name} default 127.0.0.1 tuning fast s3cr3t",
         "args: hello-sees-all",
-        "/work",
+        "/srv/job",
     ]
 
 
