@@ -45,8 +45,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _fail(problems) -> int:
+    """One line per problem on stderr; a Problem already starts with its severity."""
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        text = str(problem)
+        print(text if text.startswith("error: ") else f"error: {text}", file=sys.stderr)
     return 1
 
 

@@ -76,6 +76,9 @@ def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTr
         log.info("%s", note)
     if not cuda:
         log.info("cpu: computing in float32 (the config's bfloat16 is for GPUs)")
+    from transformers import set_seed
+
+    set_seed(int(training_args.get("seed", 42)))  # before the adapter's random init, so reruns agree
     model = load_model(
         preset,
         config,
