@@ -1,0 +1,46 @@
+"""Two processes under torchrun (gloo on CPU): the data is split between them and only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.trainer.conftest import ROOT
+from tests.trainer.synthetic import code_word_rows, kaito_config, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+
+
+def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_tokenizer):
+    from trainer.config import CollatorOptions, DatasetOptions
+    from trainer.data import read_rows
+    from trainer.packing import pack
+    from trainer.preflight import prepare
+
+    write_jsonl(tmp_path / "data" / "train.jsonl", code_word_rows())
+    config = kaito_config(tmp_path / "config.yaml", num_train_epochs=EPOCHS, max_length=128, logging_steps=1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer.qlora"]
+    command += ["--preset", "tiny-llama", "--config", str(config), "--data", str(tmp_path / "data")]
+    command += ["--output", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    rows, files = read_rows(tmp_path / "data")
+    prepared = prepare(rows, files, tiny_tokenizer, DatasetOptions(), CollatorOptions(), 128)
+    packed_rows = len(pack(prepared.train, 128))
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events].count("start") == 1  # progress from rank 0 only
+    assert events[-1]["event"] == "done" and events[-1]["total_steps"] == EPOCHS * math.ceil(packed_rows / 2)
+    assert result.stderr.count("INFO trainer: wrote ") == 1
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["metrics"]["global_step"] == events[-1]["total_steps"]
+    assert (tmp_path / "out" / ".kaito-complete").is_file()
+    assert not list((tmp_path / "out").glob(".results-*"))
