@@ -9,15 +9,14 @@ The six sections and what they become:
     DatasetConfig        -> ``DatasetOptions``
     DataCollator         -> ``CollatorOptions``
 
-Keys are checked here against the libraries' own field lists, so a typo fails before a model loads, with
-the section, the key and the close matches. The controller runs the same checks when a Workspace is
-applied (``tuning_controller.training_config``); ``validate`` is the one place that calls them.
+Keys, types and KAITO's rules are checked by ``tuning_controller.training_config`` (one implementation,
+shared with the controller, which runs it when a Workspace is applied), so a typo fails before a model
+loads, with the section, the key and the close matches. ``MODEL_KEYS``, ``DatasetOptions`` and
+``CollatorOptions`` are what this trainer reads; a test keeps them equal to the controller's option sets.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -113,68 +112,11 @@ class ConfigError(ValueError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _unknown_keys(section: str, values: dict[str, Any], allowed: set[str] | frozenset[str]) -> list[Problem]:
-    problems = []
-    for key in values:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=3)
-            hint = (
-                f"did you mean {', '.join(close)}?"
-                if close
-                else f"remove it; see the {section} documentation"
-            )
-            problems.append(Problem(f"training_config.{section}.{key}", "unknown key", None, hint))
-    return problems
-
-
-def _library_problems(sections: dict[str, dict[str, Any]]) -> list[Problem]:
-    """Unknown sections and keys, checked against the fields of the classes each section becomes."""
-    import peft
-    import transformers
-    import trl
-
-    allowed = {
-        "ModelConfig": MODEL_KEYS,
-        "QuantizationConfig": set(transformers.BitsAndBytesConfig().to_dict()),
-        "LoraConfig": _field_names(peft.LoraConfig),
-        "TrainingArguments": _field_names(trl.SFTConfig),
-        "DatasetConfig": _field_names(DatasetOptions),
-        "DataCollator": _field_names(CollatorOptions),
-    }
-    problems = []
-    for name, values in sections.items():
-        if name not in allowed:
-            problems.append(
-                Problem(
-                    f"training_config.{name}",
-                    "unknown section",
-                    None,
-                    f"allowed sections: {', '.join(SECTIONS)}",
-                )
-            )
-        elif not isinstance(values, dict):
-            problems.append(Problem(f"training_config.{name}", "must be a mapping", values))
-        else:
-            problems += _unknown_keys(name, values, allowed[name])
-    return problems
-
-
 def validate(doc: dict[str, Any], method: str | None) -> list[Problem]:
-    """Every problem in a ``training_config`` document: shared API rules plus library field lists."""
-    sections = doc.get("training_config") if isinstance(doc, dict) else None
-    if not isinstance(sections, dict):
-        return [Problem("training_config", "the file must hold a top-level 'training_config' mapping", doc)]
-    problems = _library_problems(sections)
-    try:
-        from tuning_controller.training_config import validate_training_config
-    except ImportError:  # the controller's shared rules are optional for the trainer image
-        return problems
-    seen = {(p.path, p.message) for p in problems}
-    return problems + [p for p in validate_training_config(doc, method) if (p.path, p.message) not in seen]
+    """Every problem in a ``training_config`` document, by the same rules the controller applies."""
+    from tuning_controller.training_config import validate_training_config
+
+    return validate_training_config(doc, method)
 
 
 def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
@@ -251,6 +193,7 @@ def lora_config(section: dict[str, Any], target_modules: list[str] | str):
 
 def model_kwargs(section: dict[str, Any], *, on_cpu: bool) -> dict[str, Any]:
     """from_pretrained kwargs; device placement and dtype are decided for the hardware found."""
-    values = {k: v for k, v in section.items() if k not in ("chat_template", "device_map", "torch_dtype")}
+    passed = MODEL_KEYS - {"chat_template", "device_map", "torch_dtype", "dtype"}
+    values = {k: v for k, v in section.items() if k in passed}
     values["dtype"] = torch_dtype(section.get("dtype", section.get("torch_dtype")), on_cpu=on_cpu)
     return values

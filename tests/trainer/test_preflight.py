@@ -134,4 +134,4 @@ def test_unknown_preset_names_the_nearest(tmp_path, capsys):
 def test_unknown_config_key_is_one_message(tmp_path, capsys):
     code = main(["--preset", "tiny-llama", "--config", str(kaito_config(tmp_path / "c.yaml", lora_r=8))])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert code == 1 and len(errors) == 1 and "TrainingArguments.lora_r: unknown key" in errors[0]
+    assert code == 1 and len(errors) == 1 and "TrainingArguments.lora_r: unknown option" in errors[0]
