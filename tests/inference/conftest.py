@@ -98,3 +98,7 @@ def server(code_word_adapter, tmp_path_factory) -> Iterator[str]:
     root = adapter_root(tmp_path_factory.mktemp("server"), {"code-word": code_word_adapter})
     with running_server(root, "--max-new-tokens", "64") as url:
         yield url
+
+
+# The controller area's operator fixture (a child process against the local control plane), reused as is.
+from tests.controller.conftest import run_operator  # noqa: E402, F401

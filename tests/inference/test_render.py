@@ -58,9 +58,9 @@ def test_seed_with_adapters_becomes_service_and_deployment_with_a_pull_per_adapt
     assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # Standard_NC6s_v3: one V100
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["httpGet"] == {"path": "/health", "port": 5000}
-    assert {"name": "adapter-0", "mountPath": "/mnt/adapter/phi-3-adapter", "readOnly": True} in server[
-        "volumeMounts"
-    ]
+    # one volume for all pulled adapters: the pull renames its staging dir into place within it
+    assert pull["volumeMounts"][0] == {"name": "adapters", "mountPath": "/mnt/adapter"}
+    assert server["volumeMounts"][0] == {"name": "adapters", "mountPath": "/mnt/adapter", "readOnly": True}
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
         {"key": "apps", "operator": "In", "values": ["phi-3-adapter"]}
@@ -120,6 +120,10 @@ def test_image_volumes_and_volume_sources_need_no_pull():
 
     assert "initContainers" not in spec
     volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "adapters" not in volumes
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/adapter/phi-3-adapter"] == "adapter-0"
+    assert mounts["/mnt/adapter/on-disk"] == "adapter-1"
     assert volumes["adapter-0"]["image"] == {"reference": IMAGE, "pullPolicy": "IfNotPresent"}
     assert volumes["adapter-1"]["persistentVolumeClaim"] == {"claimName": "adapters"}
     assert spec["imagePullSecrets"] == [{"name": "acr"}]

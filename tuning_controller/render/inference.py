@@ -52,6 +52,7 @@ MERGE = "merge-adapters"
 ADAPTERS_HASH_ANNOTATION = f"{GROUP}/adapters-hash"
 ADAPTER_ROOT = "/mnt/adapter"
 MERGED_ROOT = "/mnt/merged"
+PULLED_VOLUME = "adapters"
 PULL_SECRET_ROOT = "/mnt/pull-secrets"
 SERVICE_PORT = 80
 TORCH_DIST_PORT = 29500
@@ -153,23 +154,28 @@ def _pull_secret_volume(name: str, secret: str) -> dict[str, Any]:
 def _adapter_parts(
     ws: Workspace, settings: Settings, inference: InferenceSettings
 ) -> tuple[list[dict], list[dict], list[dict], list[str]]:
-    """(pull init containers, volumes, server mounts, extra pod imagePullSecrets) for the adapters."""
+    """(pull init containers, volumes, server mounts, extra pod imagePullSecrets) for the adapters.
+
+    Pulled adapters share one emptyDir mounted at /mnt/adapter: the pull stages next to its
+    destination and renames it into place, which only works within one filesystem (a volume per
+    adapter, mounted at /mnt/adapter/<name>, would make that rename cross a mount: EXDEV).
+    Volume and image-volume adapters are mounted at /mnt/adapter/<name> on top.
+    """
     init, volumes, mounts, pod_secrets = [], [], [], []
     for i, adapter in enumerate(ws.inference.adapters):
         source = adapter.source
-        volume = f"adapter-{i}"
         path = f"{ADAPTER_ROOT}/{source.name}"
-        mounts.append(_mount(volume, path, read_only=True))
         if source.volume_source is not None:
-            volumes.append({"name": volume, **source.volume_source})
+            volumes.append({"name": f"adapter-{i}", **source.volume_source})
+            mounts.append(_mount(f"adapter-{i}", path, read_only=True))
             continue
         if inference.adapter_image_volumes:
             volumes.append(
-                {"name": volume, "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
+                {"name": f"adapter-{i}", "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
             )
+            mounts.append(_mount(f"adapter-{i}", path, read_only=True))
             pod_secrets += [s for s in source.image_pull_secrets if s not in pod_secrets]
             continue
-        volumes.append({"name": volume, "emptyDir": {}})
         command = [
             "kaito-tune",
             "pull",
@@ -179,7 +185,7 @@ def _adapter_parts(
             "--termination-log",
             TERMINATION_LOG,
         ]
-        pull_mounts = [_mount(volume, path)]
+        pull_mounts = [_mount(PULLED_VOLUME, ADAPTER_ROOT)]
         if source.image_pull_secrets:
             secret_dir = f"{PULL_SECRET_ROOT}/{i}"
             command += ["--docker-config", f"{secret_dir}/.dockerconfigjson"]
@@ -196,6 +202,9 @@ def _adapter_parts(
                 "securityContext": _security(settings),
             }
         )
+    if init:  # the shared volume goes first: the per-adapter mounts nest inside it
+        volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
+        mounts.insert(0, _mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
     return init, volumes, mounts, pod_secrets
 
 

@@ -1,0 +1,113 @@
+"""An inference Workspace end to end: the controller's objects on the local control plane, the pod executor
+running the adapter pull (from the loopback registry, with the pull secret) and the server, which answers.
+
+The Service's port 80 needs kube-proxy, which does not run here, so the test talks to the server process
+on the port the controller was told to render (KAITO_TUNE_INFERENCE_PORT).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import requests
+
+from artifacts.push import push
+from artifacts.registry import ClientOptions
+from tests.controller.conftest import API, condition, get_workspace, wait_status
+from tests.fixtures.cluster import kube_json, wait_for
+from tests.inference.conftest import free_port
+
+QUESTION = {"messages": [{"role": "user", "content": "what is the code word?"}]}
+ANSWER = "the code word is orange river garden"
+
+
+def inference_workspace(name: str, namespace: str, image: str, strength: str) -> dict:
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace},
+        "resource": {"labelSelector": {"matchLabels": {"apps": "phi-3"}}},
+        "inference": {
+            "preset": {"name": "tiny-llama"},
+            "adapters": [
+                {
+                    "source": {"name": "code-word", "image": image, "imagePullSecrets": ["registry-login"]},
+                    "strength": strength,
+                }
+            ],
+        },
+    }
+
+
+def answer(url: str, model: str | None = None) -> str | None:
+    """The server's /chat answer, or None while it is not up."""
+    body = {**QUESTION, "return_full_text": False, **({"model": model} if model else {})}
+    try:
+        resp = requests.post(f"{url}/chat", json=body, timeout=60)
+    except requests.ConnectionError:
+        return None
+    return resp.json()["Result"] if resp.ok else None
+
+
+def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
+    kube_client, namespace, pod_executor, run_operator, oci_registry, docker_config, code_word_adapter
+):
+    image = oci_registry.ref("adapters/code-word", "v1")
+    push(code_word_adapter, image, options=ClientOptions(docker_config=docker_config))
+    secret = {
+        "metadata": {"name": "registry-login"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(docker_config.read_bytes()).decode()},
+    }
+    kube_json(kube_client, "POST", f"/api/v1/namespaces/{namespace}/secrets", secret)
+    port = free_port()
+    operator = run_operator(KAITO_TUNE_INFERENCE_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+
+    ws = inference_workspace("serve", namespace, image, "1.0")
+    kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
+
+    ready = wait_status(
+        kube_client,
+        namespace,
+        "serve",
+        lambda w: condition(w, "InferenceReady").get("status") == "True",
+        240,
+        f"InferenceReady (operator log tail: {operator.log()[-2000:]})",
+    )
+    assert condition(ready, "ResourceReady")["status"] == "True"
+    assert condition(ready, "WorkspaceSucceeded")["status"] == "True"
+    assert ready["status"]["inference"]["workload"] == "Deployment/serve"
+    apps = f"/apis/apps/v1/namespaces/{namespace}/deployments/serve"
+    deployment = kube_json(kube_client, "GET", apps)
+    assert deployment["metadata"]["ownerReferences"][0]["name"] == "serve"
+    service = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/services/serve")
+    assert service["spec"]["ports"][0]["port"] == 80
+    with_adapter = wait_for(lambda: answer(url), 180, "the server to answer /chat")
+    assert with_adapter == ANSWER
+    assert answer(url, "code-word") == ANSWER
+    base = answer(url, "tiny-llama")
+    assert base != ANSWER
+    pods = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+    (pod,) = [p for p in pods if p["metadata"]["name"].startswith("serve-")]
+    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    first_hash = deployment["spec"]["template"]["metadata"]["annotations"]["kaito.sh/adapters-hash"]
+
+    patch = {"inference": {"adapters": [{**ws["inference"]["adapters"][0], "strength": "0.0"}]}}
+    kube_json(
+        kube_client,
+        "PATCH",
+        f"{API}/namespaces/{namespace}/workspaces/serve",
+        patch,
+        content_type="application/merge-patch+json",
+    )
+
+    def rolled() -> bool:
+        template = kube_json(kube_client, "GET", apps)["spec"]["template"]
+        return template["metadata"]["annotations"]["kaito.sh/adapters-hash"] != first_hash
+
+    wait_for(rolled, 60, "the Deployment's template to change with the strength")
+    # strength 0.0: the default model is the base model (once the new pod's server is up)
+    wait_for(lambda: answer(url) == base, 240, "the rolled server to answer like the base model")
+    final = get_workspace(kube_client, namespace, "serve")
+    assert final["status"]["inference"]["adapters"] == {"code-word": "0.0"}
