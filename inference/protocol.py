@@ -4,8 +4,10 @@ Pure functions: a JSON body in, a :class:`ChatRequest` out, or a :class:`Request
 the value and what is allowed (the server turns it into a 4xx). Token limits that depend on the prompt
 are settled by :func:`sampling_params` once the prompt is tokenized.
 
-KAITO's ``generate_kwargs`` accepts the knobs listed in ``KAITO_GENERATE_KWARGS``; other keys are
-rejected by name rather than passed to ``generate`` (where KAITO fails at run time, or ignores them).
+KAITO's ``/chat`` answers ``{"Result": text}``; with ``return_full_text`` (KAITO's default, true) the text
+starts with the prompt (for ``messages``: the chat template applied to them). Its ``generate_kwargs``
+accepts the knobs in ``KAITO_GENERATE_KWARGS``; other keys are rejected by name rather than passed to
+``generate`` (where KAITO fails at run time, or ignores them).
 OpenAI fields this server cannot honour (``n`` > 1, ``logprobs``, non-zero presence/frequency
 penalties, tools) are rejected; fields it has no use for (``user``, ``metadata``, ...) are ignored.
 """
@@ -188,8 +190,7 @@ def parse_openai_chat(body: Any, model_ids: list[str], default_id: str) -> ChatR
             raise RequestError(f"{key}: {what} are not supported by this server", key)
     if body.get("logprobs") or body.get("top_logprobs"):
         raise RequestError("logprobs are not supported by this server", "logprobs")
-    if _integer(body, "n", 1, 1) not in (None, 1):
-        raise RequestError("n must be 1", "n")
+    _integer(body, "n", 1, 1)  # one choice per request
     for key in ("presence_penalty", "frequency_penalty"):
         if _number(body, key, -2.0, 2.0):
             raise RequestError(f"{key} is not supported (only 0); use repetition_penalty instead", key)
