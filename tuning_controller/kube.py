@@ -22,7 +22,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 FIELD_MANAGER = "kaito-tune"
-POOL_SIZE = 64  # concurrent handler threads share one connection pool
+POOL_SIZE = 128  # concurrent handler threads share one connection pool
 
 # kind -> (plural, namespaced) for every kind this project touches; others fall back to kind + "s".
 RESOURCES: dict[str, tuple[str, bool]] = {

@@ -158,6 +158,15 @@ def _create_or_get(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _create_or_apply(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return ctl.kube.create(obj)
+    except KubeError as err:
+        if not err.already_exists:
+            raise
+    return ctl.kube.apply(obj)
+
+
 def _replace_job(ctl: Controller, ws_obj: Mapping[str, Any], job: Mapping[str, Any], why: str) -> None:
     meta = job["metadata"]
     ctl.kube.delete(
@@ -227,6 +236,7 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any]
     meta = ws_obj["metadata"]
     key = f"{meta['namespace']}/{meta['name']}"
     with _lock(key), metrics.reconciling(KIND) as outcome:
+        log.debug("reconcile %s", key)
         phase = _reconcile(ctl, ws_obj, old, outcome)
         metrics.set_state(KIND, key, st.state_for(phase))
         return phase
@@ -273,29 +283,28 @@ def _reconcile(
     doc = training_config_doc(ws, user_config)
     rev = revision(ws, doc)
     now = c.now_rfc3339()
-    ctl.kube.apply(render_training_configmap(ws, user_config))
-
-    # A changed spec replaces both Jobs on purpose.
-    job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
-    if job is not None and _revision_of(job) != rev:
-        _replace_job(ctl, ws_obj, job, f"the Workspace changed (revision {_revision_of(job)} -> {rev})")
-        job = None
-    data_job = ctl.kube.get("batch/v1", "Job", namespace, data_job_name(ws))
-    fresh = {"revision": rev, "jobName": training_job_name(ws)}
-    if data_job is not None and _revision_of(data_job) != rev:
-        _replace_job(ctl, ws_obj, data_job, "the Workspace changed: checking the data again")
-        data_job = None
+    known_rev = ((ws_obj.get("status") or {}).get("tuning") or {}).get("revision")
+    fresh: dict[str, Any] = {"revision": rev, "jobName": training_job_name(ws)}
+    if known_rev != rev:
         fresh.update(
             {"data": None, "adapter": None, "progress": None, "startTime": None, "completionTime": None}
         )
+    if known_rev and known_rev != rev:  # a changed spec: stop the old training at once
+        old_job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
+        if old_job is not None and _revision_of(old_job) != rev:
+            _replace_job(
+                ctl, ws_obj, old_job, f"the Workspace changed (revision {_revision_of(old_job)} -> {rev})"
+            )
 
-    # 1. Data first, on CPU.
-    if data_job is None:
-        data_job = _create_or_get(ctl, render_data_job(ws, settings, rev))
+    # 1. Data first, on CPU. The Job goes first (latency); its pod waits for the ConfigMap if need be.
+    data_job = _ensure_job(ctl, ws_obj, render_data_job(ws, settings, rev), exists=known_rev == rev)
+    if known_rev is None:  # first sight: a plain create is cheaper for the API server than an apply
+        _create_or_apply(ctl, render_training_configmap(ws, user_config))
+    elif known_rev != rev:
+        ctl.kube.apply(render_training_configmap(ws, user_config))
     data = st.job_outcome(data_job, _pods(ctl, namespace, data_job) if _job_settled(data_job) else [])
     if data.phase not in (st.SUCCEEDED, st.FAILED):
         message = f"checking the data in Job {data_job_name(ws)}: {data.message}"
-        _announce(ctl, ws_obj, st.CHECKING_DATA, message)
         conds = [
             c.condition(c.RESOURCE_READY, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
             c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
@@ -311,6 +320,11 @@ def _reconcile(
         tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
         write_status(ctl, ws_obj, conds, tuning, "Failed")
         return st.FAILED
+
+    job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
+    if job is not None and _revision_of(job) != rev:
+        _replace_job(ctl, ws_obj, job, f"the Workspace changed (revision {_revision_of(job)} -> {rev})")
+        job = None
 
     # 2. GPU nodes, only now. A finished Job needs none.
     gpus_conds: list[dict[str, Any]] = []
@@ -358,6 +372,21 @@ def _reconcile(
     _announce(ctl, ws_obj, phase, tuning["message"])
     write_status(ctl, ws_obj, conds, tuning, st.state_for(phase))
     return phase
+
+
+def _ensure_job(
+    ctl: Controller, ws_obj: Mapping[str, Any], job: dict[str, Any], *, exists: bool
+) -> dict[str, Any]:
+    """The Job as rendered: read when the status says it was created, else created (adopting a
+    namesake); one of another revision is replaced."""
+    meta = job["metadata"]
+    found = ctl.kube.get("batch/v1", "Job", meta["namespace"], meta["name"]) if exists else None
+    if found is None:
+        found = _create_or_get(ctl, job)
+    if _revision_of(found) != _revision_of(job):
+        _replace_job(ctl, ws_obj, found, "the Workspace changed: checking the data again")
+        found = _create_or_get(ctl, job)
+    return found
 
 
 def _job_settled(job: Mapping[str, Any]) -> bool:
@@ -508,7 +537,14 @@ def _pod_has_news(body: Mapping[str, Any], **_: Any) -> bool:
     return (body.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def _job_has_news(body: Mapping[str, Any], **_: Any) -> bool:
+    """Only a finished or (un)suspended Job changes what status shows; running pods report through
+    pod events. Counters the Job controller bumps while pods start are skipped."""
+    conds = (body.get("status") or {}).get("conditions") or []
+    return bool(conds) or bool((body.get("spec") or {}).get("suspend"))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_has_news)
 def tuning_job_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> None:
     if type is not None:  # None: the initial listing; resume handlers cover it
         _follow(body, logger)
