@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from presets.catalog import GpuSku, UnknownName, get_model, get_sku, models, sku
 from presets.memory import estimate
 from tuning_controller.crd import build_crd
 from tuning_controller.problems import Problem, Severity, errors
-from tuning_controller.render.configmap import CONFIG_KEY, render_training_configmap
+from tuning_controller.render import render_workspace_objects
+from tuning_controller.render.configmap import CONFIG_KEY
+from tuning_controller.settings import settings_from_env
 from tuning_controller.training_config import ROOT, validate_training_config
 from tuning_controller.validation import validate_workspace
 from tuning_controller.workspace import KIND, parse_workspace
@@ -168,6 +171,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    # The controller's settings (images, auto-provisioning, ...) from the same KAITO_TUNE_* variables.
+    settings = replace(settings_from_env(os.environ), allow_loopback_urls=args.allow_loopback_urls)
     docs = load_documents(args.file)
     found = check_documents(docs, None, args.allow_loopback_urls)
     failed = [(d, p) for d, p in found if p.severity is Severity.ERROR]
@@ -182,9 +187,9 @@ def _render(args: argparse.Namespace) -> int:
             continue
         ws, _ = parse_workspace(doc.body)
         if ws.tuning is not None:
-            objects.append(
-                render_training_configmap(ws, configmaps.get(ws.tuning.config) if ws.tuning.config else None)
-            )
+            user_config = configmaps.get(ws.tuning.config) if ws.tuning.config else None
+            rendered = render_workspace_objects(ws, settings, user_config)
+            objects += rendered if args.all_objects else rendered[:1]  # [0]: the training config
     if not objects:
         print(
             f"{args.file}: no tuning Workspace to render (inference rendering lands with the server)",
@@ -338,6 +343,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     render.add_argument("file", metavar="FILE")
     render.add_argument("--allow-loopback-urls", action="store_true", help="development only")
+    render.add_argument(
+        "--all-objects",
+        action="store_true",
+        help="every object the controller creates (data Job, RBAC, claim, NodeClaim, training Job), "
+        "not only the training-config ConfigMap; settings from KAITO_TUNE_* variables",
+    )
     render.set_defaults(func=_render)
 
     crd = subparsers.add_parser("crd", help="print the workspaces.kaito.sh CustomResourceDefinition")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from tests.controller.conftest import apply, condition, events, jobs, tuning_workspace, wait_status
@@ -9,7 +11,7 @@ from tests.fixtures.cluster import kube_json
 
 
 def test_invalid_training_config_sets_condition_and_creates_no_job(kube_client, namespace, run_operator):
-    run_operator()
+    operator = run_operator()
     bad = {
         "training_config": {
             "LoraConfig": {"r": 8, "lora_alpah": 16},
@@ -40,6 +42,12 @@ def test_invalid_training_config_sets_condition_and_creates_no_job(kube_client, 
     assert jobs(kube_client, namespace) == []
     reasons = {e["reason"] for e in events(kube_client, namespace, "bad-config")}
     assert "Invalid" in reasons
+    # Operations: the reconcile is counted by result, and every log line is a JSON object.
+    assert 'kaito_tune_reconciles_total{kind="tuning",result="invalid"}' in operator.metrics()
+    assert 'kaito_tune_workspaces{kind="tuning",state="Failed"}' in operator.metrics()
+    lines = [line for line in operator.log().splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["level"] for line in lines)
+    assert any(json.loads(line).get("object", {}).get("name") == "bad-config" for line in lines)
 
 
 def test_missing_config_map_is_named(kube_client, namespace, run_operator):

@@ -233,13 +233,16 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any]
 
     Raises kopf.PermanentError for an invalid spec and ``Waiting`` while no GPU node is available.
     """
-    meta = ws_obj["metadata"]
-    key = f"{meta['namespace']}/{meta['name']}"
+    key = _key(ws_obj)
     with _lock(key), metrics.reconciling(KIND) as outcome:
         log.debug("reconcile %s", key)
         phase = _reconcile(ctl, ws_obj, old, outcome)
         metrics.set_state(KIND, key, st.state_for(phase))
         return phase
+
+
+def _key(ws_obj: Mapping[str, Any]) -> str:
+    return f"{ws_obj['metadata']['namespace']}/{ws_obj['metadata']['name']}"
 
 
 def _invalid(ctl: Controller, ws_obj: Mapping[str, Any], problems: list[Problem], reason: str) -> str:
@@ -252,6 +255,7 @@ def _invalid(ctl: Controller, ws_obj: Mapping[str, Any], problems: list[Problem]
     ]
     _announce(ctl, ws_obj, st.INVALID, message)
     write_status(ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, "Failed")
+    metrics.set_state(KIND, _key(ws_obj), st.state_for(st.INVALID))  # the reconcile raises after this
     return st.INVALID
 
 
@@ -454,6 +458,7 @@ def _waiting_status(ctl, ws_obj, conds, message, generation, now, summary, fresh
     ]
     tuning = {**fresh, "phase": st.WAITING_FOR_NODES, "message": message, "data": dict(summary)}
     write_status(ctl, ws_obj, conds, tuning, "Pending")
+    metrics.set_state(KIND, _key(ws_obj), "Pending")  # the reconcile raises Waiting after this
 
 
 def _release_nodeclaim(ctl: Controller, ws: Workspace) -> None:
