@@ -62,6 +62,8 @@ class Settings:
     """Delete finished Jobs after this long (0: keep them; the Workspace status keeps the outcome)."""
     run_as_user: int = 1000
     """Non-root uid for the pods (the images are built with this user)."""
+    node_retry_seconds: int = 30
+    """How often a Workspace waiting for a matching own node looks again."""
     metrics_port: int = 8080
     health_port: int = 8081
     max_workers: int = 96

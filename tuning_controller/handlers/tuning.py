@@ -53,7 +53,6 @@ from tuning_controller.workspace import GROUP, Workspace, parse_workspace
 log = logging.getLogger("kaito-tune.tuning")
 KIND = "tuning"
 MANAGED = {"app.kubernetes.io/managed-by": "kaito-tune", WORKSPACE_LABEL: kopf.PRESENT}
-NODE_RETRY_S = 30
 
 
 @dataclass
@@ -439,13 +438,13 @@ def _gpu_nodes(
         cond = c.condition(c.NODECLAIM_READY, ready, reason, message, generation, now)
         if not ready:
             _waiting_status(ctl, ws_obj, [cond], message, generation, now, summary, fresh)
-            raise Waiting(message, NODE_RETRY_S)
+            raise Waiting(message, settings.node_retry_seconds)
         return sku_gpus(ws), [cond]
     nodes = ctl.kube.list("v1", "Node")
     choice = choose_node(nodes, ws.resource.label_selector if ws.resource else None, _need_gib(ws, doc))
     if not choice.ok:
         _waiting_status(ctl, ws_obj, [], choice.message, generation, now, summary, fresh)
-        raise Waiting(choice.message, NODE_RETRY_S)
+        raise Waiting(choice.message, settings.node_retry_seconds)
     return choice.gpus, []
 
 
@@ -565,6 +564,24 @@ def tuning_pod_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> None:
 def tuning_nodeclaim_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> None:
     if type is not None and type != "DELETED":
         _follow(body, logger)
+
+
+def _waiting_for_nodes(body: Mapping[str, Any], **_: Any) -> bool:
+    return ((body.get("status") or {}).get("tuning") or {}).get("phase") == st.WAITING_FOR_NODES
+
+
+@kopf.timer(
+    GROUP,
+    "workspaces",
+    interval=settings_from_env(os.environ).node_retry_seconds,
+    when=_waiting_for_nodes,
+)
+def workspace_wait_for_nodes(body: kopf.Body, logger: Any, **_: Any) -> None:
+    """Own nodes send no event the Workspace could follow: look again while it waits for one."""
+    try:
+        reconcile(controller(), body)
+    except Waiting as wait:
+        logger.debug("still waiting: %s", wait)
 
 
 @kopf.on.delete(
