@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from presets.catalog import skus
+from tuning_controller.render.job import GPU_RESOURCE
 from tuning_controller.workspace import LabelSelector
 
-GPU_RESOURCE = "nvidia.com/gpu"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 

@@ -243,3 +243,20 @@ def test_settings_from_env_name_the_variable():
             assert needle in str(exc)
         else:
             raise AssertionError(f"{env} accepted")
+
+
+def test_results_on_the_claim_are_kept_per_revision():
+    ws = parsed(workspace())
+    tweaked = training_config_doc(ws, None)
+    tweaked["training_config"]["LoraConfig"]["r"] = 32
+    paths = set()
+    for rev_ in (rev(ws), revision(ws, tweaked)):
+        job = render_training_job(ws, Settings(), rev_, data_sha256=SHA, gpus=1)
+        mounts = {
+            n: m for n, c in containers(job).items() for m in c["volumeMounts"] if m["name"] == "results"
+        }
+        assert mounts["train"]["subPath"] == mounts["push"]["subPath"] == f"revision-{rev_}"
+        paths.add(mounts["train"]["subPath"])
+    assert len(paths) == 2  # a changed config never finds the old adapter complete
+    emptydir = render_training_job(ws, Settings(results_volume="emptyDir"), rev(ws), data_sha256=SHA, gpus=1)
+    assert "subPath" not in str(containers(emptydir)["train"]["volumeMounts"])

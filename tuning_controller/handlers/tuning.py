@@ -299,45 +299,25 @@ def _reconcile(
                 ctl, ws_obj, old_job, f"the Workspace changed (revision {_revision_of(old_job)} -> {rev})"
             )
 
-    # 1. Data first, on CPU. The Job goes first (latency); its pod waits for the ConfigMap if need be.
-    data_job = _ensure_job(ctl, ws_obj, render_data_job(ws, settings, rev), exists=known_rev == rev)
-    if known_rev is None:  # first sight: a plain create is cheaper for the API server than an apply
-        _create_or_apply(ctl, render_training_configmap(ws, user_config))
-    elif known_rev != rev:
-        ctl.kube.apply(render_training_configmap(ws, user_config))
-    data = st.job_outcome(data_job, _pods(ctl, namespace, data_job) if _job_settled(data_job) else [])
-    if data.phase not in (st.SUCCEEDED, st.FAILED):
-        message = f"checking the data in Job {data_job_name(ws)}: {data.message}"
-        conds = [
-            c.condition(c.RESOURCE_READY, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
-            c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
-        ]
-        write_status(ctl, ws_obj, conds, {**fresh, "phase": st.CHECKING_DATA, "message": message}, "Pending")
-        return st.CHECKING_DATA
-    summary = st.data_summary(data)
-    if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
-        message = st.data_failure_message(data, summary)
-        _release_nodeclaim(ctl, ws)
-        _announce(ctl, ws_obj, st.FAILED, message)
-        conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
-        tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
-        write_status(ctl, ws_obj, conds, tuning, "Failed")
-        return st.FAILED
+    # 1. Data first, on CPU. A passed check of this revision stays in status (its Job may be gone).
+    stored = ((ws_obj.get("status") or {}).get("tuning") or {}).get("data") if known_rev == rev else None
+    if stored and stored.get("ok") and stored.get("sha256"):
+        summary = stored
+    else:
+        summary, stopped = _check_data(ctl, ws_obj, ws, rev, known_rev, user_config, fresh)
+        if stopped:
+            return stopped
 
     job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
     if job is not None and _revision_of(job) != rev:
         _replace_job(ctl, ws_obj, job, f"the Workspace changed (revision {_revision_of(job)} -> {rev})")
         job = None
 
-    # 2. GPU nodes, only now. A finished Job needs none.
+    # 2. GPU nodes, only now, and 3. the training Job with its least-privilege progress identity and
+    # results claim. An existing Job has its node already.
     gpus_conds: list[dict[str, Any]] = []
-    if job is None or not _job_finished(job):
-        gpus, gpus_conds = _gpu_nodes(ctl, ws_obj, ws, doc, generation, now, summary, fresh)
-    else:
-        gpus = 1
-
-    # 3. The training Job with its least-privilege progress identity and results claim.
     if job is None:
+        gpus, gpus_conds = _gpu_nodes(ctl, ws_obj, ws, doc, generation, now, summary, fresh)
         for obj in render_progress_rbac(ws):
             ctl.kube.apply(obj)
         if uses_results_claim(ws, settings):
@@ -377,6 +357,45 @@ def _reconcile(
     return phase
 
 
+def _check_data(
+    ctl: Controller,
+    ws_obj: Mapping[str, Any],
+    ws: Workspace,
+    rev: str,
+    known_rev: str | None,
+    user_config: Mapping[str, Any] | None,
+    fresh: Mapping[str, Any],
+) -> tuple[dict[str, Any], str]:
+    """The pre-flight Job and its verdict: (summary, "") once the data passed, else ({}, phase) with
+    the status written. The Job goes first (latency); its pod waits for the ConfigMap if need be."""
+    generation, now = ws_obj["metadata"].get("generation", 0), c.now_rfc3339()
+    data_job = _ensure_job(ctl, ws_obj, render_data_job(ws, ctl.settings, rev), exists=known_rev == rev)
+    if known_rev is None:  # first sight: a plain create is cheaper for the API server than an apply
+        _create_or_apply(ctl, render_training_configmap(ws, user_config))
+    elif known_rev != rev:
+        ctl.kube.apply(render_training_configmap(ws, user_config))
+    pods = _pods(ctl, ws.namespace, data_job) if _job_settled(data_job) else []
+    data = st.job_outcome(data_job, pods)
+    if data.phase not in (st.SUCCEEDED, st.FAILED):
+        message = f"checking the data in Job {data_job_name(ws)}: {data.message}"
+        conds = [
+            c.condition(c.RESOURCE_READY, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
+            c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
+        ]
+        write_status(ctl, ws_obj, conds, {**fresh, "phase": st.CHECKING_DATA, "message": message}, "Pending")
+        return {}, st.CHECKING_DATA
+    summary = st.data_summary(data)
+    if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
+        message = st.data_failure_message(data, summary)
+        _release_nodeclaim(ctl, ws)
+        _announce(ctl, ws_obj, st.FAILED, message)
+        conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
+        tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
+        write_status(ctl, ws_obj, conds, tuning, "Failed")
+        return {}, st.FAILED
+    return summary, ""
+
+
 def _ensure_job(
     ctl: Controller, ws_obj: Mapping[str, Any], job: dict[str, Any], *, exists: bool
 ) -> dict[str, Any]:
@@ -395,13 +414,6 @@ def _ensure_job(
 def _job_settled(job: Mapping[str, Any]) -> bool:
     status = job.get("status") or {}
     return bool(status.get("conditions") or status.get("failed") or status.get("succeeded"))
-
-
-def _job_finished(job: Mapping[str, Any]) -> bool:
-    return any(
-        cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True"
-        for cond in (job.get("status") or {}).get("conditions") or []
-    )
 
 
 def _need_gib(ws: Workspace, doc: Mapping[str, Any]) -> float | None:
@@ -448,7 +460,16 @@ def _gpu_nodes(
     return choice.gpus, []
 
 
-def _waiting_status(ctl, ws_obj, conds, message, generation, now, summary, fresh) -> None:
+def _waiting_status(
+    ctl: Controller,
+    ws_obj: Mapping[str, Any],
+    conds: list[dict[str, Any]],
+    message: str,
+    generation: int,
+    now: str,
+    summary: Mapping[str, Any],
+    fresh: Mapping[str, Any],
+) -> None:
     _announce(ctl, ws_obj, st.WAITING_FOR_NODES, message)
     conds = [
         *conds,

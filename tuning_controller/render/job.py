@@ -125,7 +125,7 @@ def node_affinity(selector: LabelSelector | None) -> dict[str, Any] | None:
     }
 
 
-def _security(settings: Settings) -> dict[str, Any]:
+def _security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
@@ -140,10 +140,12 @@ def _pod_security(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _mount(name: str, path: str, read_only: bool = False) -> dict[str, Any]:
+def _mount(name: str, path: str, read_only: bool = False, sub_path: str = "") -> dict[str, Any]:
     mount: dict[str, Any] = {"name": name, "mountPath": path}
     if read_only:
         mount["readOnly"] = True
+    if sub_path:
+        mount["subPath"] = sub_path
     return mount
 
 
@@ -170,7 +172,7 @@ def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(settings),
+        "securityContext": _security(),
     }
 
 
@@ -231,11 +233,7 @@ def _job(
     annotations = {REVISION_ANNOTATION: rev, **(extra_annotations or {})}
     meta = metadata(ws, name, component, annotations)
     pod_labels = labels(ws, component)
-    queue = (
-        ws.metadata.get("labels", {}).get(QUEUE_LABEL)
-        if isinstance(ws.metadata.get("labels"), dict)
-        else None
-    )
+    queue = (ws.metadata.get("labels") or {}).get(QUEUE_LABEL)
     spec: dict[str, Any] = {
         "backoffLimit": backoff_limit,
         "podFailurePolicy": {"rules": failure_rules},
@@ -282,7 +280,7 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(settings),
+        "securityContext": _security(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -340,6 +338,12 @@ def uses_results_claim(ws: Workspace, settings: Settings) -> bool:
     )
 
 
+def results_sub_path(ws: Workspace, settings: Settings, rev: str) -> str:
+    """On the Workspace's own claim each revision trains in its own folder: a retry of the same
+    revision resumes from its checkpoints, and a changed config never finds the old adapter complete."""
+    return f"revision-{rev}" if uses_results_claim(ws, settings) else ""
+
+
 def render_results_claim(ws: Workspace, settings: Settings) -> dict[str, Any]:
     """The PVC that keeps results and checkpoints across pod retries (owned by the Workspace)."""
     spec: dict[str, Any] = {
@@ -387,12 +391,12 @@ def render_training_job(
         "volumeMounts": [
             _mount("data", DATA_DIR, read_only=True),
             _mount("config", CONFIG_DIR, read_only=True),
-            _mount("results", RESULTS_DIR),
+            _mount("results", RESULTS_DIR, sub_path=results_sub_path(ws, settings, rev)),
             _mount("dshm", "/dev/shm"),
             _mount("progress-token", TOKEN_DIR, read_only=True),
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(settings),
+        "securityContext": _security(),
     }
     output = ws.tuning.output
     volumes = [
@@ -420,12 +424,12 @@ def render_training_job(
                 TERMINATION_LOG,
             ],
             "volumeMounts": [
-                _mount("results", RESULTS_DIR, read_only=True),
+                _mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
                 _mount("push-secret", PUSH_SECRET_DIR, read_only=True),
             ],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": _security(settings),
+            "securityContext": _security(),
         }
         volumes.append(
             {
