@@ -157,6 +157,31 @@ def test_tuning_workspace_end_to_end(
     ]
     assert secret_users == ["push"]
 
+    # Least privilege: the progress identity may patch this Workspace's status and nothing else.
+    def allowed(verb: str, resource: str, name: str, subresource: str = "") -> bool:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{namespace}:e2e-tuning",
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "group": "kaito.sh" if resource == "workspaces" else "",
+                    "resource": resource,
+                    "subresource": subresource,
+                    "verb": verb,
+                    "name": name,
+                },
+            },
+        }
+        answer = kube_json(kube_client, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        return answer["status"].get("allowed", False)
+
+    assert allowed("patch", "workspaces", "e2e", "status")
+    assert not allowed("patch", "workspaces", "other", "status")
+    assert not allowed("patch", "workspaces", "e2e")  # not the spec
+    assert not allowed("get", "secrets", "push-secret")
+
     # The pushed adapter, pulled by digest, loads with PEFT on the tiny base model.
     docker_config = tmp_path / "docker.json"
     auth = base64.b64encode(f"{oci_registry.username}:{oci_registry.password}".encode()).decode()
