@@ -41,6 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="largest completion a request gets")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
+    parser.add_argument("--max-batch", type=int, default=8, help="waiting greedy requests batched together")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--allow-download", action="store_true", help="let transformers fetch the weights")
     parser.add_argument("--termination-log", type=Path, help="also write a startup failure here")
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             args.termination_log.write_text(message + "\n")
         return 1
     limits = Limits(max_new_tokens=args.max_new_tokens, max_context=engine.max_context)
-    web.run_app(make_app(engine, limits, args.max_queue), host=args.host, port=args.port, print=None)
+    web.run_app(
+        make_app(engine, limits, args.max_queue, args.max_batch), host=args.host, port=args.port, print=None
+    )
     return 0
 
 

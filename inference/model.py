@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,12 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
         return kwargs
+
+    def batches_with(self, other: SamplingParams) -> bool:
+        """Greedy requests that differ at most in length can share one batched ``generate``: greedy
+        decoding of a row does not depend on the other rows, and each row is cut to its own length."""
+        plain = self.seed is None and not self.stop and not self.do_sample
+        return plain and replace(self, max_new_tokens=0) == replace(other, max_new_tokens=0)
 
 
 @dataclass(frozen=True)
@@ -139,12 +145,6 @@ class Engine:
     ) -> Generation:
         """Generate from ``prompt`` (already templated); ``on_text`` receives text pieces as they decode."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                stop = cancel is not None and cancel.is_set()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
@@ -160,7 +160,7 @@ class Engine:
                 **inputs,
                 **kwargs,
                 streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                stopping_criteria=_cancelled(cancel),
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new_ids = out[0, prompt_tokens:].tolist()
@@ -172,6 +172,52 @@ class Engine:
         if streamer is not None:
             streamer.finish()
         return Generation(text, prompt_tokens, len(new_ids), finish)
+
+    def generate_batch(
+        self, model_id: str, prompts: list[str], params: list[SamplingParams], cancel: threading.Event
+    ) -> list[Generation]:
+        """Greedy generation for several prompts in one left-padded batch (``batches_with`` holds for
+        all ``params``); each row ends at its first end-of-sequence token or its own max_new_tokens."""
+        import torch
+
+        inputs = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        width = int(inputs["input_ids"].shape[1])
+        kwargs = replace(params[0], max_new_tokens=max(p.max_new_tokens for p in params)).generate_kwargs()
+        with self.selected(model_id) as model, torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                **kwargs,
+                stopping_criteria=_cancelled(cancel),
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        eos = _eos_ids(self.tokenizer, model.generation_config)
+        results = []
+        for row, p in enumerate(params):
+            new_ids = out[row, width:].tolist()
+            end = next((i for i, t in enumerate(new_ids) if t in eos), None)
+            ended = end is not None and end < p.max_new_tokens
+            new_ids = new_ids[: end + 1] if ended else new_ids[: p.max_new_tokens]
+            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+            finish = "stop" if ended or len(new_ids) < p.max_new_tokens else "length"
+            prompt_tokens = int(inputs["attention_mask"][row].sum())
+            results.append(Generation(text, prompt_tokens, len(new_ids), finish))
+        return results
+
+
+def _cancelled(cancel: threading.Event | None):
+    """A stopping criterion that ends generation once ``cancel`` is set (the client went away)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stop = cancel is not None and cancel.is_set()
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
 
 
 def _eos_ids(tokenizer: Any, generation_config: Any) -> set[int]:

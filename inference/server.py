@@ -2,9 +2,9 @@
 
 Generation runs on one worker thread (the model's active adapter is shared state, and one CPU/GPU
 stream is busy anyway); requests wait in that worker's queue while the event loop keeps answering
-health checks, metrics and new requests. Past ``max_queue`` waiting requests the server answers 503
-with Retry-After instead of piling up work. A client that goes away stops its generation at the next
-token.
+health checks, metrics and new requests, and waiting greedy requests for one model share a batch.
+Past ``max_queue`` waiting requests the server answers 503 with Retry-After instead of piling up work.
+A client that goes away stops its generation at the next token.
 
 Errors: OpenAI endpoints answer ``{"error": {"message", "type", "param"}}``; ``/chat`` answers KAITO's
 (FastAPI's) ``{"detail": "..."}``.
@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,41 +78,120 @@ class Metrics:
             "kaito_inference_completion_tokens", "Generated tokens", ["model"], registry=r
         )
         self.queued = Gauge("kaito_inference_queued_requests", "Generations running or waiting", registry=r)
+        self.batch_size = Histogram(
+            "kaito_inference_batch_size",
+            "Requests per generate call",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32),
+        )
+
+
+@dataclass
+class _Job:
+    """One queued generation and the future its request awaits."""
+
+    model_id: str
+    prompt: str
+    params: SamplingParams
+    on_text: Callable[[str], None] | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future = field(default_factory=Future)
+
+    def batches_with(self, other: _Job) -> bool:
+        plain = self.on_text is None and other.on_text is None and self.model_id == other.model_id
+        return plain and self.params.batches_with(other.params)
 
 
 class Generator:
-    """The single generation worker and its bounded queue."""
+    """The single generation worker and its bounded queue.
 
-    def __init__(self, engine: Engine, max_queue: int, metrics: Metrics):
+    The worker takes the oldest request and, when it is greedy and not streamed, every queued request
+    that can share its batch (same model and settings, up to ``max_batch``); the others keep their
+    place. Generation stays on this one thread because the active adapter is model state.
+    """
+
+    def __init__(self, engine: Engine, max_queue: int, metrics: Metrics, max_batch: int = 8):
         self.engine = engine
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self.metrics = metrics
         self.pending = 0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self._queue: deque[_Job] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="generate", daemon=True)
+        self._thread.start()
 
     async def run(
         self, model_id: str, prompt: str, params: SamplingParams, on_text: Callable[[str], None] | None = None
     ) -> Generation:
         if self.pending >= self.max_queue:
             raise Busy(f"{self.pending} requests are already waiting (limit {self.max_queue}); retry later")
-        cancel = threading.Event()
+        job = _Job(model_id, prompt, params, on_text)
         self.pending += 1
         self.metrics.queued.set(self.pending)
-        loop = asyncio.get_running_loop()
+        with self._ready:
+            self._queue.append(job)
+            self._ready.notify()
         try:
-            result = await loop.run_in_executor(
-                self.executor, lambda: self.engine.generate(model_id, prompt, params, on_text, cancel)
-            )
+            result = await asyncio.wrap_future(job.future)
         finally:
-            cancel.set()  # a cancelled await (client gone) stops the generation at its next token
+            job.cancel.set()  # a cancelled await (client gone) stops the generation at its next token
             self.pending -= 1
             self.metrics.queued.set(self.pending)
         self.metrics.prompt_tokens.labels(model_id).inc(result.prompt_tokens)
         self.metrics.completion_tokens.labels(model_id).inc(result.completion_tokens)
         return result
 
+    def _next_batch(self) -> list[_Job] | None:
+        with self._ready:
+            while not self._queue and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            first = self._queue.popleft()
+            batch = [first]
+            for job in list(self._queue):
+                if len(batch) >= self.max_batch:
+                    break
+                if first.batches_with(job):
+                    self._queue.remove(job)
+                    batch.append(job)
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            batch = [
+                job for job in batch if job.future.set_running_or_notify_cancel() and not job.cancel.is_set()
+            ]
+            if not batch:
+                continue
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                if len(batch) == 1:
+                    job = batch[0]
+                    results = [
+                        self.engine.generate(job.model_id, job.prompt, job.params, job.on_text, job.cancel)
+                    ]
+                else:
+                    cancel = threading.Event()  # the batch stops only when every client went away
+                    results = self.engine.generate_batch(
+                        batch[0].model_id, [j.prompt for j in batch], [j.params for j in batch], cancel
+                    )
+            except Exception as exc:  # the requests fail, the worker carries on
+                log.exception("generation failed")
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            for job, result in zip(batch, results, strict=True):
+                job.future.set_result(result)
+
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+        for job in self._queue:
+            job.future.cancel()
 
 
 def openai_error(status: int, message: str, param: str | None = None) -> web.Response:
@@ -291,10 +371,10 @@ async def _observe(request: web.Request, handler: Callable[[web.Request], Awaita
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
-def make_app(engine: Engine, limits: Limits, max_queue: int = 64) -> web.Application:
+def make_app(engine: Engine, limits: Limits, max_queue: int = 64, max_batch: int = 8) -> web.Application:
     """The aiohttp application serving ``engine``; the worker thread stops with the app."""
     metrics = Metrics()
-    generator = Generator(engine, max_queue, metrics)
+    generator = Generator(engine, max_queue, metrics, max_batch)
     handlers = Handlers(engine, limits, generator)
     app = web.Application(middlewares=[_observe], client_max_size=8 * 1024 * 1024)
     app["metrics"] = metrics
