@@ -70,14 +70,16 @@ _locks_guard = threading.Lock()
 
 
 def controller() -> Controller:
+    """The process's Controller, built on first use (handler threads race for it: one wins)."""
     global _controller
-    if _controller is None:
-        _controller = Controller(
-            Kube.from_environment(os.environ.get("KUBECONFIG") or None),
-            settings_from_env(os.environ),
-            _kopf_event,
-        )
-    return _controller
+    with _locks_guard:
+        if _controller is None:
+            _controller = Controller(
+                Kube.from_environment(os.environ.get("KUBECONFIG") or None),
+                settings_from_env(os.environ),
+                _kopf_event,
+            )
+        return _controller
 
 
 def _kopf_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
