@@ -158,3 +158,26 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
         30,
         "the NodeClaim released",
     )
+
+
+def test_deleting_a_workspace_releases_its_nodeclaim(
+    kube_client, namespace, pod_executor, run_operator, data_server, nodeclaim_crd
+):
+    base_url, served = data_server
+    make_parquet(served / "train.parquet", rows=8)
+    run_operator(KAITO_TUNE_AUTO_PROVISIONING="true")
+    ws = tuning_workspace("short-lived", namespace, urls=[f"{base_url}/train.parquet"], instance_type=SKU)
+    apply(kube_client, ws)
+    wait_for(lambda: nodeclaims_of(kube_client, nodeclaim_crd, namespace, "short-lived"), 180, "a NodeClaim")
+    path = f"/apis/kaito.sh/v1beta1/namespaces/{namespace}/workspaces/short-lived"
+    kube_json(kube_client, "DELETE", path)
+
+    def gone() -> bool:
+        try:
+            kube_json(kube_client, "GET", path)
+        except Exception:
+            return True
+        return False
+
+    wait_for(gone, 60, "the Workspace deleted (the controller's finalizer done)")
+    assert nodeclaims_of(kube_client, nodeclaim_crd, namespace, "short-lived") == []
