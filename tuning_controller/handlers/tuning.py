@@ -290,11 +290,10 @@ def _reconcile(
     now = c.now_rfc3339()
     known_rev = ((ws_obj.get("status") or {}).get("tuning") or {}).get("revision")
     fresh: dict[str, Any] = {"revision": rev, "jobName": training_job_name(ws)}
-    if known_rev != rev:
+    if known_rev and known_rev != rev:  # a changed spec: forget the old results, stop the old training
         fresh.update(
             {"data": None, "adapter": None, "progress": None, "startTime": None, "completionTime": None}
         )
-    if known_rev and known_rev != rev:  # a changed spec: stop the old training at once
         old_job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
         if old_job is not None and _revision_of(old_job) != rev:
             _replace_job(
