@@ -99,7 +99,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.default_backoff = 10
     # No peering objects: one replica runs (the chart's Deployment), and no extra CRD is needed.
     settings.peering.standalone = True
-    settings.peering.clusterwide = True
     metrics.serve(ours.metrics_port)
     log.info("settings: %s", json.dumps({k: v for k, v in vars(ours).items()}, default=str))
 
