@@ -65,7 +65,6 @@ def sft_config(training_args: dict[str, Any], strategy, output_dir: str, *, has_
         use_liger_kernel=strategy.use_liger_kernel,
     )
     values.setdefault("save_total_limit", 2)
-    values.setdefault("logging_steps", 10)
     if has_eval:
         values.setdefault("eval_strategy", "epoch")
     else:

@@ -12,7 +12,7 @@ import torch
 from trainer.checkpoint import CheckpointCallback, newest_complete, stop_on_sigterm
 from trainer.model import load_model, vllm_warnings
 from trainer.output import build_metadata, write_results
-from trainer.packing import PackedRows, choose_strategy, collate, pack
+from trainer.packing import PackedRows, choose_strategy, collate, cpu_row_tokens, pack
 from trainer.progress import JsonLinesSink, ProgressCallback, TqdmSink
 from trainer.sft import PackedTrainer, sft_config
 
@@ -22,18 +22,29 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM, what the pod would report had the signal ki
 
 
 def _estimator(preset, method: str, row_tokens: int):
-    """The memory estimator's micro-batch for this GPU, or None when it cannot say."""
+    """The memory estimator's micro-batch for this GPU, or None for a model outside the catalog."""
+    from presets.catalog import UnknownName, get_model
+    from presets.memory import largest_micro_batch
+
     try:
-        from presets.catalog import get_model
-        from presets.memory import largest_micro_batch
-    except ImportError:
+        entry = get_model(preset.name)
+    except UnknownName:
         return None
     gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    entry = get_model(preset.name)
     return lambda checkpointing: largest_micro_batch(entry, method, gib, row_tokens, checkpointing)
 
 
+def _model_config(preset, config):
+    """The preset's config.json (dimensions only; no weights loaded)."""
+    from transformers import AutoConfig
+
+    section = config.section("ModelConfig")
+    kwargs = {k: section[k] for k in ("local_files_only", "trust_remote_code") if k in section}
+    return AutoConfig.from_pretrained(preset.source, revision=preset.revision, **kwargs)
+
+
 def _sinks(args) -> list:
+    """JSON lines (stdout or --progress-file), a bar on a terminal, and the Workspace status when set."""
     if args.progress_file:
         args.progress_file.parent.mkdir(parents=True, exist_ok=True)
         sinks = [JsonLinesSink(args.progress_file.open("a"))]
@@ -71,7 +82,10 @@ def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTr
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     training_args = config.section("TrainingArguments")
     estimator = _estimator(preset, method, config.max_length) if cuda else None
-    strategy = choose_strategy(training_args, config.max_length, cuda=cuda, largest_micro_batch=estimator)
+    cpu_row = None if cuda else cpu_row_tokens(_model_config(preset, config), config.max_length)
+    strategy = choose_strategy(
+        training_args, config.max_length, cuda=cuda, largest_micro_batch=estimator, cpu_row=cpu_row
+    )
     for note in strategy.notes:
         log.info("%s", note)
     if not cuda:

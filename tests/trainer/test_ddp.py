@@ -1,4 +1,6 @@
-"""Two processes under torchrun (gloo on CPU): the data is split between them and only rank 0 writes."""
+"""Two processes under torchrun (gloo on CPU): the data is split between them and only rank 0 writes.
+
+The run also uses a configured chat template, which must then ship with the adapter."""
 
 from __future__ import annotations
 
@@ -16,16 +18,29 @@ from tests.trainer.synthetic import code_word_rows, kaito_config, write_jsonl
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
+# A configured template changes the tokenizer, so the results carry the tokenizer files too.
+TEMPLATE = (
+    "{% for m in messages %}{{ '### ' + m['role'] + '\\n' + m['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### assistant\\n' }}{% endif %}"
+)
 
 
-def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_tokenizer):
+def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
+    from transformers import AutoTokenizer
+
     from trainer.config import CollatorOptions, DatasetOptions
     from trainer.data import read_rows
     from trainer.packing import pack
     from trainer.preflight import prepare
 
     write_jsonl(tmp_path / "data" / "train.jsonl", code_word_rows())
-    config = kaito_config(tmp_path / "config.yaml", num_train_epochs=EPOCHS, max_length=128, logging_steps=1)
+    config = kaito_config(
+        tmp_path / "config.yaml",
+        num_train_epochs=EPOCHS,
+        max_length=128,
+        logging_steps=1,
+        ModelConfig={"chat_template": TEMPLATE},
+    )
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer.qlora"]
     command += ["--preset", "tiny-llama", "--config", str(config), "--data", str(tmp_path / "data")]
     command += ["--output", str(tmp_path / "out")]
@@ -34,7 +49,9 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_tokenizer):
     assert result.returncode == 0, result.stderr[-4000:]
 
     rows, files = read_rows(tmp_path / "data")
-    prepared = prepare(rows, files, tiny_tokenizer, DatasetOptions(), CollatorOptions(), 128)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_preset)
+    tokenizer.chat_template = TEMPLATE
+    prepared = prepare(rows, files, tokenizer, DatasetOptions(), CollatorOptions(), 128)
     packed_rows = len(pack(prepared.train, 128))
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events].count("start") == 1  # progress from rank 0 only
@@ -44,3 +61,4 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_tokenizer):
     assert metadata["metrics"]["global_step"] == events[-1]["total_steps"]
     assert (tmp_path / "out" / ".kaito-complete").is_file()
     assert not list((tmp_path / "out").glob(".results-*"))
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == TEMPLATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.packing import choose_strategy, collate, pack
+from trainer.packing import choose_strategy, collate, cpu_row_tokens, pack
 from trainer.preflight import IGNORE, Encoded
 
 
@@ -81,3 +81,18 @@ def test_gpu_strategy_asks_the_estimator_when_unset():
     assert strategy.gradient_checkpointing is True  # 4 rows do not fit without it
     strategy = choose_strategy({}, 1024, cuda=True, largest_micro_batch=estimator)
     assert strategy.gradient_checkpointing is False and "micro-batch 2 rows" in " ".join(strategy.notes)
+
+
+def test_cpu_rows_shrink_for_small_models_and_accumulation_keeps_the_tokens():
+    from transformers import LlamaConfig
+
+    from presets.tiny import TINY_CONFIG
+
+    small = LlamaConfig(**TINY_CONFIG)
+    seven_b = LlamaConfig(
+        hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008
+    )
+    assert cpu_row_tokens(small, 1024) == 256 and cpu_row_tokens(small, 128) == 128
+    assert cpu_row_tokens(seven_b, 2048) == 2048
+    strategy = choose_strategy({"per_device_train_batch_size": 2}, 1024, cuda=False, cpu_row=256)
+    assert (strategy.row_tokens, strategy.gradient_accumulation_steps) == (256, 8)  # 2 x 1024 tokens a step
