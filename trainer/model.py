@@ -36,6 +36,9 @@ def resolve_preset(name: str) -> ResolvedPreset:
     from presets.catalog import UnknownName, get_model
 
     if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            hint = "point --preset at a directory written by save_pretrained, or use a catalog name"
+            raise PresetNotFound(Problem("--preset", "not a model directory (no config.json)", name, hint))
         return ResolvedPreset(
             name=Path(name).name, source=str(name), revision=None, target_modules="all-linear"
         )

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if is_complete(args.output) and not args.dry_run:
         log.info("%s already holds a complete adapter: nothing to do", args.output)
         return 0
-    tokenizer = load_tokenizer(preset, config)
+    try:
+        tokenizer = load_tokenizer(preset, config)
+    except (OSError, ValueError) as exc:  # not in the image/cache (no download allowed), or no tokenizer
+        return _fail([f"cannot load preset {preset.name!r} from {preset.source}: {exc}"])
     try:
         rows, files = read_rows(args.data)
         prepared = prepare(rows, files, tokenizer, config.dataset, config.collator, config.max_length)
