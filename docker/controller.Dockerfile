@@ -10,6 +10,6 @@ COPY artifacts ./artifacts
 COPY trainer ./trainer
 COPY inference ./inference
 RUN pip install .
-USER 65532:65532
+USER 1000:1000
 EXPOSE 8080 9090
 ENTRYPOINT ["python", "-m", "tuning_controller.operator"]

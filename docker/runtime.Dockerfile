@@ -14,6 +14,6 @@ COPY artifacts ./artifacts
 COPY trainer ./trainer
 COPY inference ./inference
 RUN pip install ".[train]"
-USER 65532:65532
+USER 1000:1000
 # The tuning Job runs `python -m trainer.qlora`; inference Workspaces run `python -m inference`.
 CMD ["python", "-m", "trainer.qlora", "--help"]

@@ -11,5 +11,5 @@ COPY artifacts ./artifacts
 COPY trainer ./trainer
 COPY inference ./inference
 RUN pip install .
-USER 65532:65532
+USER 1000:1000
 ENTRYPOINT ["kaito-tune"]
