@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from hack.local_stack import free_port  # noqa: E402
+
 ROUNDS = 4
 MESSAGES = [{"role": "user", "content": "tell me a short story about the river in summer"}]
 
@@ -41,12 +42,6 @@ def make_adapter(preset: Path, dest: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(preset)
     config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(dest)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,5 +1,6 @@
 """Controller test fixtures: the operator as a child process, a loopback data server, Workspace helpers.
 
+The operator and the data server come from hack/local_stack.py (shared with the demo).
 - `run_operator(**env)` (factory): starts ``python -m tuning_controller.operator`` against the local
   control plane with the development switch for loopback URLs; stopped (by PID) at teardown.
 - `data_server`: a ThreadingHTTPServer on 127.0.0.1 serving a temporary folder.
@@ -8,91 +9,18 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 
+from hack.local_stack import Operator, start_data_server, start_operator
 from tests.fixtures.cluster import kube_json, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API = "/apis/kaito.sh/v1beta1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Operator:
-    process: subprocess.Popen
-    log_path: Path
-    metrics_port: int
-    health_port: int
-    env: dict = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-
-def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
-    metrics_port, health_port = free_port(), free_port()
-    full_env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "PYTHONPATH": str(REPO_ROOT),
-        "KAITO_TUNE_ALLOW_LOOPBACK_URLS": "true",
-        "KAITO_TUNE_METRICS_PORT": str(metrics_port),
-        "KAITO_TUNE_HEALTH_PORT": str(health_port),
-        **env,
-    }
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuning_controller.operator"],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    op = Operator(proc, log_path, metrics_port, health_port, env)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"operator exited {proc.returncode}:\n{op.log()[-4000:]}")
-        try:
-            return requests.get(f"http://127.0.0.1:{health_port}/healthz", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, 60, "the operator's /healthz")
-    return op
 
 
 @pytest.fixture
@@ -111,26 +39,14 @@ def run_operator(control_plane, workspace_crd, tmp_path) -> Iterator:
             op.stop()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def data_server(tmp_path) -> Iterator[tuple[str, Path]]:
     """(base URL, folder): files written into the folder are served at base URL + name."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = start_data_server(tmp_path / "served")
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        yield server.url, server.root
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def make_parquet(path: Path, rows: int = 24, bad_rows: tuple[int, ...] = ()) -> Path:

@@ -4,9 +4,9 @@ $(VAR) expansion, and a service-account token that in-cluster clients use under 
 from __future__ import annotations
 
 import base64
-import socket
 import textwrap
 
+from hack.local_stack import free_port
 from tests.controlplane.workloads import container, pod_done
 from tests.fixtures.cluster import kube_json, wait_for
 
@@ -188,12 +188,6 @@ def test_service_account_token_authenticates_and_rbac_is_enforced(kube_client, n
     assert output.splitlines() == ["configmap: fast", "secrets: 403"]
     volumes = {v["name"]: v for v in done["spec"]["volumes"]}
     assert any("projected" in v and name.startswith("kube-api-access-") for name, v in volumes.items())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_readiness_probes_gate_the_ready_condition(kube_client, namespace, pod_executor):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from hack.local_stack import free_port
 from tests.inference.adapters import train_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +48,6 @@ def adapter_root(tmp_path: Path, adapters: dict[str, Path]) -> Path:
     for name, source in adapters.items():
         shutil.copytree(source, root / name)
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -13,9 +13,9 @@ import requests
 
 from artifacts.push import push
 from artifacts.registry import ClientOptions
+from hack.local_stack import free_port
 from tests.controller.conftest import API, condition, get_workspace, wait_status
 from tests.fixtures.cluster import kube_json, wait_for
-from tests.inference.conftest import free_port
 
 QUESTION = {"messages": [{"role": "user", "content": "what is the code word?"}]}
 ANSWER = "the code word is orange river garden"

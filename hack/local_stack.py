@@ -1,0 +1,582 @@
+"""The local stack on loopback: control plane, pod executor, operator, OCI registry and a data file server.
+
+One implementation for the demo (``python -m hack.demo``) and the test fixtures (tests/fixtures/,
+tests/controller/conftest.py), so the demo runs exactly what the end-to-end tests check. Every part is a
+child process (or a thread) stopped by its PID; the control plane and the executor also stop by themselves
+when their owner process dies or after ``max_seconds``, so nothing outlives a crashed run.
+
+    with LocalStack(state_dir) as stack:       # control plane + CRD + executor + registry + data server
+        stack.start_operator(KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1")
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HACK = REPO_ROOT / "hack"
+CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager")
+EXECUTOR_NODE = "local-gpu-node"
+EXECUTOR_LABELS = {"apps": "phi-3"}
+REGISTRY_BIN = "docker-registry"
+REGISTRY_USERNAME = "tuner"
+REGISTRY_PASSWORD = "s3cret-pass"  # a loopback-only registry made for this run; never a real credential
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A part of the local stack could not start; the message says which and what to do."""
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `predicate` until it returns something truthy; AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop one child by its PID: `sig`, then SIGKILL after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the Kubernetes API on plain dicts ---------------------------------------------------------------
+
+
+class KubeError(Exception):
+    """A non-2xx answer from the API server; `status` is the HTTP code, `body` the Status object."""
+
+    def __init__(self, status: int, body: dict | str):
+        message = body.get("message", body) if isinstance(body, dict) else body
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+def kube_json(
+    api: k8s_client.ApiClient,
+    method: str,
+    path: str,
+    body: dict | list | None = None,
+    content_type: str = "application/json",
+) -> dict:
+    """Call the API server and return the JSON answer as a dict (raises KubeError on non-2xx)."""
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    m, url, headers, payload, post = api.param_serialize(
+        method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    resp = api.call_api(m, url, headers, payload, post)
+    resp.read()
+    data = json.loads(resp.data) if resp.data else {}
+    if resp.status >= 300:
+        raise KubeError(resp.status, data)
+    return data
+
+
+# --- control plane -----------------------------------------------------------------------------------
+
+
+def tool_path(name: str) -> Path | None:
+    out = subprocess.run(
+        [str(HACK / "build-tools.sh"), "--print-path", name], capture_output=True, text=True, check=False
+    )
+    return Path(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def missing_tools(names: tuple[str, ...]) -> list[str]:
+    """The binaries among `names` that hack/build-tools.sh has not built yet."""
+    return sorted(name for name in names if tool_path(name) is None)
+
+
+def missing_tools_message(missing: list[str]) -> str:
+    return (
+        f"control-plane binaries not built: {', '.join(missing)}. Run `hack/build-tools.sh` once "
+        "(minutes on a cold Go cache; cached under ${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/tools)."
+    )
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    state_dir: Path
+    kubeconfig: Path
+    api_url: str
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+def start_control_plane(state_dir: Path, max_seconds: int = 3600) -> ControlPlane:
+    """hack/control-plane.sh start: etcd, kube-apiserver, kube-controller-manager on loopback; they stop by
+    themselves when this process dies or after `max_seconds`."""
+    missing = missing_tools(CONTROL_PLANE_TOOLS)
+    if missing:
+        raise StackError(missing_tools_message(missing))
+    env = {
+        **os.environ,
+        "CONTROL_PLANE_OWNER_PID": str(os.getpid()),
+        "CONTROL_PLANE_MAX_SECONDS": str(max_seconds),
+    }
+    out = subprocess.run(
+        [str(HACK / "control-plane.sh"), "start", str(state_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise StackError(f"hack/control-plane.sh start failed:\n{out.stderr[-4000:]}")
+    kubeconfig = next(
+        line.split("=", 1)[1] for line in out.stdout.splitlines() if line.startswith("export KUBECONFIG=")
+    )
+    env_file = dict(
+        line.split("=", 1) for line in (state_dir / "env").read_text().splitlines() if "=" in line
+    )
+    return ControlPlane(state_dir=state_dir, kubeconfig=Path(kubeconfig), api_url=env_file["API_SERVER"])
+
+
+def stop_control_plane(state_dir: Path) -> None:
+    subprocess.run([str(HACK / "control-plane.sh"), "stop", str(state_dir)], check=False, timeout=120)
+
+
+def apply_workspace_crd(api: k8s_client.ApiClient) -> dict:
+    """workspaces.kaito.sh from tuning_controller.crd applied server-side (idempotent), Established and
+    served; returns the CRD."""
+    from tuning_controller.crd import build_crd
+
+    crd = build_crd()
+    name = crd["metadata"]["name"]
+    kube_json(
+        api,
+        "PATCH",
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}?fieldManager=kaito-tune-tests&force=true",
+        crd,
+        content_type="application/apply-patch+yaml",
+    )
+
+    def established() -> bool:
+        got = kube_json(api, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        conds = {c["type"]: c for c in got.get("status", {}).get("conditions") or []}
+        if conds.get("NamesAccepted", {}).get("status") == "False":
+            raise AssertionError(f"CRD {name} names not accepted: {conds['NamesAccepted']}")
+        return conds.get("Established", {}).get("status") == "True"
+
+    wait_for(established, 30, f"CRD {name} to be Established")
+    # Discovery and the served schema lag Established by a moment: wait until a list answers.
+    group, version = crd["spec"]["group"], crd["spec"]["versions"][-1]["name"]
+    plural = crd["spec"]["names"]["plural"]
+
+    def served() -> bool:
+        try:
+            kube_json(api, "GET", f"/apis/{group}/{version}/{plural}")
+        except KubeError:
+            return False
+        return True
+
+    wait_for(served, 30, f"{plural}.{group}/{version} to be served")
+    return crd
+
+
+def create_namespace(api: k8s_client.ApiClient, name: str = "", generate_name: str = "t-") -> str:
+    """A namespace (named or generated); waits for its `default` ServiceAccount (pods need it)."""
+    meta: dict[str, Any] = (
+        {"name": name} if name else {"generateName": generate_name, "labels": {"test": "1"}}
+    )
+    created = kube_json(api, "POST", "/api/v1/namespaces", {"metadata": meta})
+    name = created["metadata"]["name"]
+
+    def has_default_sa() -> bool:
+        found = kube_json(api, "GET", f"/api/v1/namespaces/{name}/serviceaccounts").get("items") or []
+        return any(sa["metadata"]["name"] == "default" for sa in found)
+
+    wait_for(has_default_sa, 30, f"ServiceAccount {name}/default (serviceaccount controller)")
+    return name
+
+
+# --- pod executor ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PodExecutor:
+    """A running hack/pod_executor.py: its node and where container logs are."""
+
+    state_dir: Path
+    node_name: str
+    process: subprocess.Popen
+
+    def log(self, namespace: str, pod: str, container: str) -> str:
+        """The container's output so far (all restarts, appended)."""
+        path = self.state_dir / "logs" / namespace / pod / f"{container}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def executor_log(self) -> str:
+        return (self.state_dir / "executor.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_pod_executor(kubeconfig: Path, state_dir: Path, max_seconds: int = 3600) -> PodExecutor:
+    """hack/pod_executor.py: a Node with one nvidia.com/gpu and EXECUTOR_LABELS that runs pods as local
+    processes; returns once the Node is registered and schedulable."""
+    args = [
+        sys.executable,
+        str(HACK / "pod_executor.py"),
+        *("--kubeconfig", str(kubeconfig), "--state-dir", str(state_dir)),
+        *("--node-name", EXECUTOR_NODE, "--owner-pid", str(os.getpid()), "--max-seconds", str(max_seconds)),
+    ]
+    for key, value in EXECUTOR_LABELS.items():
+        args += ["--label", f"{key}={value}"]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "executor.log", "ab") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    executor = PodExecutor(state_dir=state_dir, node_name=EXECUTOR_NODE, process=proc)
+    api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+
+    def node_ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"pod executor exited {proc.returncode}:\n{executor.executor_log()[-3000:]}")
+        nodes = kube_json(api, "GET", f"/api/v1/nodes?fieldSelector=metadata.name={EXECUTOR_NODE}")["items"]
+        return bool(nodes) and not nodes[0]["spec"].get("taints") and "allocatable" in nodes[0]["status"]
+
+    try:
+        wait_for(node_ready, 30, f"node {EXECUTOR_NODE} registered by the pod executor")
+    except BaseException:
+        executor.stop()
+        raise
+    finally:
+        api.close()
+    return executor
+
+
+# --- operator ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen
+    log_path: Path
+    metrics_port: int
+    health_port: int
+    env: dict = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.process, sig)
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
+    """``python -m tuning_controller.operator`` against `kubeconfig` with the development switch for
+    loopback URLs (KAITO_TUNE_* `env` on top); returns once /healthz answers."""
+    metrics_port, health_port = free_port(), free_port()
+    full_env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONPATH": str(REPO_ROOT),
+        "KAITO_TUNE_ALLOW_LOOPBACK_URLS": "true",
+        "KAITO_TUNE_METRICS_PORT": str(metrics_port),
+        "KAITO_TUNE_HEALTH_PORT": str(health_port),
+        **env,
+    }
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuning_controller.operator"],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    op = Operator(proc, log_path, metrics_port, health_port, env)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"operator exited {proc.returncode}:\n{op.log()[-4000:]}")
+        try:
+            return requests.get(f"http://127.0.0.1:{health_port}/healthz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(healthy, 60, "the operator's /healthz")
+    except BaseException:
+        op.stop()
+        raise
+    return op
+
+
+# --- OCI registry ------------------------------------------------------------------------------------
+
+
+def _registry_config(storage: Path, port: int, auth: str, tls: str) -> str:
+    return (
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+        "  maintenance:\n    uploadpurging:\n      enabled: false\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: fixed-test-secret-for-resumable-uploads\n{tls}"
+        f"{auth}"
+    )
+
+
+@dataclass
+class Registry:
+    """A running loopback registry (Debian's `docker-registry`); ``stop()``/``start()`` keep the same port
+    and storage, so a test can stop it mid-push and start "the same registry" again."""
+
+    workdir: Path
+    port: int
+    username: str | None = None
+    password: str | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    token_grants: list[str] | None = None  # token registries: how each token was obtained
+    ca_cert: Path | None = None  # TLS registries: the self-signed certificate to trust
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def storage(self) -> Path:
+        return self.workdir / "storage"
+
+    def ref(self, repository: str, tag: str = "v1") -> str:
+        return f"{self.host}/{repository}:{tag}"
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the filesystem driver keeps a blob's bytes (for tamper tests)."""
+        algorithm, hexdigest = digest.split(":", 1)
+        return self.storage / "docker/registry/v2/blobs" / algorithm / hexdigest[:2] / hexdigest / "data"
+
+    def docker_config_json(self) -> str:
+        """A ``.dockerconfigjson`` holding this registry's credentials."""
+        return docker_config_json(self.host, self.username or "", self.password or "")
+
+    def start(self) -> None:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "registry.log").open("ab")
+        self.process = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(self.workdir / "config.yml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"docker-registry exited: {(self.workdir / 'registry.log').read_text()}")
+            try:
+                scheme = "https" if self.ca_cert else "http"
+                requests.get(f"{scheme}://{self.host}/v2/", timeout=1, verify=str(self.ca_cert or True))
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise StackError(f"docker-registry did not answer on {self.host} within 15 s")
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=10)
+        self.process = None
+
+
+def _self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with openssl."""
+    key, cert = workdir / "tls.key", workdir / "tls.crt"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def launch_registry(workdir: Path, with_auth: bool, token_auth: str = "", tls: bool = False) -> Registry:
+    """Start a registry: htpasswd basic auth (user REGISTRY_USERNAME), none, or ``token_auth`` (an
+    ``auth: token:`` YAML block); with ``tls`` it serves https with a fresh self-signed certificate."""
+    if shutil.which(REGISTRY_BIN) is None:
+        raise StackError(f"{REGISTRY_BIN} is not installed: apt-get install docker-registry apache2-utils")
+    workdir.mkdir(parents=True, exist_ok=True)
+    auth = token_auth
+    if with_auth and not token_auth:
+        htpasswd = workdir / "htpasswd"
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", REGISTRY_USERNAME, REGISTRY_PASSWORD],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        htpasswd.write_text(line.strip() + "\n")
+        auth = f"auth:\n  htpasswd:\n    realm: test-registry\n    path: {htpasswd}\n"
+    registry = Registry(
+        workdir=workdir,
+        port=free_port(),
+        username=REGISTRY_USERNAME if with_auth else None,
+        password=REGISTRY_PASSWORD if with_auth else None,
+    )
+    tls_block = ""
+    if tls:
+        registry.ca_cert, key = _self_signed(workdir)
+        tls_block = f"  tls:\n    certificate: {registry.ca_cert}\n    key: {key}\n"
+    (workdir / "config.yml").write_text(_registry_config(registry.storage, registry.port, auth, tls_block))
+    registry.start()
+    return registry
+
+
+def docker_config_json(host: str, username: str, password: str) -> str:
+    """A ``.dockerconfigjson`` (what a ``kubernetes.io/dockerconfigjson`` Secret holds) for one registry."""
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"auth": auth}}})
+
+
+def write_docker_config(path: Path, host: str, username: str, password: str) -> Path:
+    """Write a ``.dockerconfigjson`` as a ``kubernetes.io/dockerconfigjson`` Secret mounts it."""
+    path.write_text(docker_config_json(host, username, password))
+    return path
+
+
+# --- data file server --------------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class DataServer:
+    """A ThreadingHTTPServer on 127.0.0.1 serving `root`: a file written there is at ``url + "/" + name``."""
+
+    root: Path
+    server: http.server.ThreadingHTTPServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_data_server(root: Path) -> DataServer:
+    root.mkdir(parents=True, exist_ok=True)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return DataServer(root, server, thread)
+
+
+# --- everything together -----------------------------------------------------------------------------
+
+
+class LocalStack:
+    """Control plane with the Workspace CRD, pod executor, authenticated registry and data server under
+    `state_dir`; operators started with :meth:`start_operator`. A context manager: leaving it (also on an
+    error or Ctrl-C) stops every part, newest first, by PID."""
+
+    def __init__(self, state_dir: Path, max_seconds: int = 3600) -> None:
+        self.state_dir = state_dir
+        self.max_seconds = max_seconds
+        self._stops = contextlib.ExitStack()
+        self.control_plane: ControlPlane
+        self.api: k8s_client.ApiClient
+        self.executor: PodExecutor
+        self.registry: Registry
+        self.data: DataServer
+        self.operators: list[Operator] = []
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, log: Callable[[str], None] = lambda _: None) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
+        plane_dir = self.state_dir / "control-plane"
+        plane_dir.mkdir(exist_ok=True)
+        self._stops.callback(stop_control_plane, plane_dir)
+        self.control_plane = start_control_plane(plane_dir, self.max_seconds)
+        self.api = k8s_config.new_client_from_config(config_file=str(self.control_plane.kubeconfig))
+        self._stops.callback(self.api.close)
+        apply_workspace_crd(self.api)
+        log("starting the pod executor (runs pods as local processes)")
+        self.executor = start_pod_executor(
+            self.control_plane.kubeconfig, self.state_dir / "pod-executor", self.max_seconds
+        )
+        self._stops.callback(self.executor.stop)
+        log("starting the OCI registry (htpasswd) and the data file server on loopback")
+        self.registry = launch_registry(self.state_dir / "registry", with_auth=True)
+        self._stops.callback(self.registry.stop)
+        self.data = start_data_server(self.state_dir / "served")
+        self._stops.callback(self.data.stop)
+
+    def start_operator(self, **env: str) -> Operator:
+        op = start_operator(
+            self.control_plane.kubeconfig, self.state_dir / f"operator-{len(self.operators)}.log", **env
+        )
+        self.operators.append(op)
+        self._stops.callback(op.stop)
+        return op
+
+    def stop(self) -> None:
+        self._stops.close()
