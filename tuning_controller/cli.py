@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # Modules that add subcommands; each defines register(subparsers) and sets `func` on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "tuning_controller.cli_workspace",
+    "tuning_controller.cli_status",
     "artifacts.cli",
 )
 
