@@ -97,6 +97,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = ours.max_workers
     # Errors of a handler are retried with this delay unless it says otherwise.
     settings.execution.default_backoff = 10
+    # A timer (a Workspace waiting for nodes) running in a thread cannot be cancelled; when its
+    # Workspace is deleted, kopf looks again this often (default 60 s) before removing the finalizer.
+    settings.background.cancellation_polling = 1
     # No peering objects: one replica runs (the chart's Deployment), and no extra CRD is needed.
     settings.peering.standalone = True
     metrics.serve(ours.metrics_port)

@@ -36,7 +36,15 @@ FAILED = "Failed"
 INVALID = "Invalid"
 STEP_PHASES = {FETCH: FETCHING_DATA, PREFLIGHT: CHECKING_DATA, TRAIN: TRAINING, PUSH: PUSHING}
 # status.state (v1beta1's State column) per phase.
-STATES = {SUCCEEDED: "Succeeded", FAILED: "Failed", INVALID: "Failed", QUEUED: "Pending", PENDING: "Pending"}
+STATES = {
+    SUCCEEDED: "Succeeded",
+    FAILED: "Failed",
+    INVALID: "Failed",
+    QUEUED: "Pending",
+    PENDING: "Pending",
+    CHECKING_DATA: "Pending",
+    WAITING_FOR_NODES: "Pending",
+}
 
 MESSAGE_MAX = 1500
 

@@ -255,8 +255,9 @@ def _invalid(ctl: Controller, ws_obj: Mapping[str, Any], problems: list[Problem]
         c.condition(c.WORKSPACE_SUCCEEDED, False, reason, message, generation, now),
     ]
     _announce(ctl, ws_obj, st.INVALID, message)
-    write_status(ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, "Failed")
-    metrics.set_state(KIND, _key(ws_obj), st.state_for(st.INVALID))  # the reconcile raises after this
+    state = st.state_for(st.INVALID)
+    write_status(ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, state)
+    metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises after this
     return st.INVALID
 
 
@@ -383,7 +384,8 @@ def _check_data(
             c.condition(c.RESOURCE_READY, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
             c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
         ]
-        write_status(ctl, ws_obj, conds, {**fresh, "phase": st.CHECKING_DATA, "message": message}, "Pending")
+        tuning = {**fresh, "phase": st.CHECKING_DATA, "message": message}
+        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.CHECKING_DATA))
         return {}, st.CHECKING_DATA
     summary = st.data_summary(data)
     if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
@@ -392,7 +394,7 @@ def _check_data(
         _announce(ctl, ws_obj, st.FAILED, message)
         conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
         tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
-        write_status(ctl, ws_obj, conds, tuning, "Failed")
+        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.FAILED))
         return {}, st.FAILED
     return summary, ""
 
@@ -478,8 +480,9 @@ def _waiting_status(
         c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_NO_MATCHING_NODES, message, generation, now),
     ]
     tuning = {**fresh, "phase": st.WAITING_FOR_NODES, "message": message, "data": dict(summary)}
-    write_status(ctl, ws_obj, conds, tuning, "Pending")
-    metrics.set_state(KIND, _key(ws_obj), "Pending")  # the reconcile raises Waiting after this
+    state = st.state_for(st.WAITING_FOR_NODES)
+    write_status(ctl, ws_obj, conds, tuning, state)
+    metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises Waiting after this
 
 
 def _release_nodeclaim(ctl: Controller, ws: Workspace) -> None:
@@ -501,6 +504,8 @@ def is_tuning(body: Mapping[str, Any], **_: Any) -> bool:
 
 
 def _run(body: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return  # going away: owner references and the delete handler clean up
     try:
         reconcile(controller(), body, old)
     except Waiting as wait:
@@ -601,8 +606,8 @@ def _waiting_for_nodes(body: Mapping[str, Any], **_: Any) -> bool:
 def workspace_wait_for_nodes(body: kopf.Body, logger: Any, **_: Any) -> None:
     """Own nodes send no event the Workspace could follow: look again while it waits for one."""
     try:
-        reconcile(controller(), body)
-    except Waiting as wait:
+        _run(body)
+    except kopf.TemporaryError as wait:
         logger.debug("still waiting: %s", wait)
 
 
