@@ -10,6 +10,7 @@ from tests.controller.conftest import (
     apply,
     condition,
     dump,
+    events,
     get_workspace,
     jobs,
     make_parquet,
@@ -158,6 +159,8 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
         30,
         "the NodeClaim released",
     )
+    reasons = [e["reason"] for e in events(kube_client, namespace, "to-volume")]
+    assert "NodeClaimCreated" in reasons and "NodeClaimReleased" in reasons and "Succeeded" in reasons
 
 
 def test_deleting_a_workspace_releases_its_nodeclaim(

@@ -344,7 +344,7 @@ def _reconcile(
         where = f"{ws.tuning.output.image}@{digest}" if digest else "the output volume"
         tuning["message"] = f"adapter written to {where}"
     if result.phase in (st.SUCCEEDED, st.FAILED):
-        _release_nodeclaim(ctl, ws)
+        _release_nodeclaim(ctl, ws, ws_obj)
     resource = c.condition(
         c.RESOURCE_READY,
         True,
@@ -390,7 +390,7 @@ def _check_data(
     summary = st.data_summary(data)
     if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
         message = st.data_failure_message(data, summary)
-        _release_nodeclaim(ctl, ws)
+        _release_nodeclaim(ctl, ws, ws_obj)
         _announce(ctl, ws_obj, st.FAILED, message)
         conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
         tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
@@ -485,15 +485,15 @@ def _waiting_status(
     metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises Waiting after this
 
 
-def _release_nodeclaim(ctl: Controller, ws: Workspace) -> None:
+def _release_nodeclaim(ctl: Controller, ws: Workspace, ws_obj: Mapping[str, Any]) -> None:
     """Delete the Workspace's NodeClaim: the GPU node costs money once the Job is done."""
     if not ctl.settings.auto_provisioning:
         return
-    try:
-        ctl.kube.delete(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
-    except KubeError as err:
-        if err.status != 404:
-            raise
+    name = nodeclaim_name(ws)
+    if ctl.kube.delete(NODECLAIM_API_VERSION, "NodeClaim", None, name):
+        ctl.post_event(
+            ws_obj, "Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: the GPU node is released"
+        )
 
 
 # ---- kopf handlers -----------------------------------------------------------------------------
@@ -620,5 +620,5 @@ def workspace_delete(body: kopf.Body, **_: Any) -> None:
     waits for the controller to be deleted."""
     ws, _ = parse_workspace(body)
     ctl = controller()
-    _release_nodeclaim(ctl, ws)
+    _release_nodeclaim(ctl, ws, body)
     metrics.set_state(KIND, f"{ws.namespace}/{ws.name}", None)
