@@ -199,7 +199,7 @@ def _adapter_parts(
                 "volumeMounts": pull_mounts,
                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": _security(settings),
+                "securityContext": _security(),
             }
         )
     if init:  # the shared volume goes first: the per-adapter mounts nest inside it
@@ -349,7 +349,7 @@ def render_pod_template(
             mounts = [_mount("merged", MERGED_ROOT, read_only=True)]
     else:
         server = _transformers_server(ws, inference, gpus, image)
-        server["securityContext"] = _security(settings)
+        server["securityContext"] = _security()
     if node_count(ws) > 1:
         server["env"] = [*server["env"], *_multi_node_env(ws)]
     ports = [{"name": "http", "containerPort": inference.port}]
@@ -370,7 +370,7 @@ def render_pod_template(
         "volumes": volumes,
     }
     if inference.runtime == "transformers":
-        pod["securityContext"] = _pod_security(settings)
+        pod["securityContext"] = _pod_security()
     if init:
         pod["initContainers"] = init
     secrets = [*(options.image_pull_secrets if options else []), *pod_secrets]
