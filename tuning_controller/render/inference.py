@@ -370,7 +370,7 @@ def render_pod_template(
         "volumes": volumes,
     }
     if inference.runtime == "transformers":
-        pod["securityContext"] = _pod_security()
+        pod["securityContext"] = _pod_security(settings)
     if init:
         pod["initContainers"] = init
     secrets = [*(options.image_pull_secrets if options else []), *pod_secrets]
