@@ -160,7 +160,7 @@ class Engine:
                 **inputs,
                 **kwargs,
                 streamer=streamer,
-                stopping_criteria=_cancelled(cancel),
+                stopping_criteria=_stop_when(cancel.is_set if cancel is not None else lambda: False),
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new_ids = out[0, prompt_tokens:].tolist()
@@ -174,7 +174,11 @@ class Engine:
         return Generation(text, prompt_tokens, len(new_ids), finish)
 
     def generate_batch(
-        self, model_id: str, prompts: list[str], params: list[SamplingParams], cancel: threading.Event
+        self,
+        model_id: str,
+        prompts: list[str],
+        params: list[SamplingParams],
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> list[Generation]:
         """Greedy generation for several prompts in one left-padded batch (``batches_with`` holds for
         all ``params``); each row ends at its first end-of-sequence token or its own max_new_tokens."""
@@ -190,7 +194,7 @@ class Engine:
             out = model.generate(
                 **inputs,
                 **kwargs,
-                stopping_criteria=_cancelled(cancel),
+                stopping_criteria=_stop_when(cancelled),
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         eos = _eos_ids(self.tokenizer, model.generation_config)
@@ -207,14 +211,14 @@ class Engine:
         return results
 
 
-def _cancelled(cancel: threading.Event | None):
-    """A stopping criterion that ends generation once ``cancel`` is set (the client went away)."""
+def _stop_when(cancelled: Callable[[], bool]):
+    """A stopping criterion that ends generation once ``cancelled()`` (the client went away)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            stop = cancel is not None and cancel.is_set()
+            stop = cancelled()
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([Cancelled()])

@@ -10,6 +10,7 @@ accepts the knobs in ``KAITO_GENERATE_KWARGS``; other keys are rejected by name 
 ``generate`` (where KAITO fails at run time, or ignores them).
 OpenAI fields this server cannot honour (``n`` > 1, ``logprobs``, non-zero presence/frequency
 penalties, tools) are rejected; fields it has no use for (``user``, ``metadata``, ...) are ignored.
+vLLM's extensions ``top_k``, ``repetition_penalty`` and ``min_tokens`` are honoured.
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def parse_openai_chat(body: Any, model_ids: list[str], default_id: str) -> ChatR
         "top_k": _integer(body, "top_k", 0),
         "repetition_penalty": _number(body, "repetition_penalty", 0.0, 10.0, low_open=True),
         "seed": _integer(body, "seed", 0),
+        "min_new_tokens": _integer(body, "min_tokens", 0),  # vLLM's extension
     }
     sampling["do_sample"] = sampling["temperature"] > 0
     return ChatRequest(

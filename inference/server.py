@@ -139,8 +139,6 @@ class Generator:
             job.cancel.set()  # a cancelled await (client gone) stops the generation at its next token
             self.pending -= 1
             self.metrics.queued.set(self.pending)
-        self.metrics.prompt_tokens.labels(model_id).inc(result.prompt_tokens)
-        self.metrics.completion_tokens.labels(model_id).inc(result.completion_tokens)
         return result
 
     def _next_batch(self) -> list[_Job] | None:
@@ -174,9 +172,11 @@ class Generator:
                         self.engine.generate(job.model_id, job.prompt, job.params, job.on_text, job.cancel)
                     ]
                 else:
-                    cancel = threading.Event()  # the batch stops only when every client went away
                     results = self.engine.generate_batch(
-                        batch[0].model_id, [j.prompt for j in batch], [j.params for j in batch], cancel
+                        batch[0].model_id,
+                        [j.prompt for j in batch],
+                        [j.params for j in batch],
+                        lambda jobs=batch: all(j.cancel.is_set() for j in jobs),  # stop once all left
                     )
             except Exception as exc:  # the requests fail, the worker carries on
                 log.exception("generation failed")
@@ -184,6 +184,9 @@ class Generator:
                     job.future.set_exception(exc)
                 continue
             for job, result in zip(batch, results, strict=True):
+                # counted here, so tokens made for a client that left count too
+                self.metrics.prompt_tokens.labels(job.model_id).inc(result.prompt_tokens)
+                self.metrics.completion_tokens.labels(job.model_id).inc(result.completion_tokens)
                 job.future.set_result(result)
 
     def close(self) -> None:

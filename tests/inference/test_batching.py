@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 from inference.adapters import discover
 from inference.model import SamplingParams, load_engine
 from tests.inference.conftest import adapter_root
@@ -18,7 +16,7 @@ def test_a_batch_of_different_prompts_and_lengths_matches_single_requests(code_w
 
     finishes = set()
     for model_id in (engine.default_id, engine.base_id):
-        batched = engine.generate_batch(model_id, prompts, params, threading.Event())
+        batched = engine.generate_batch(model_id, prompts, params)
         single = [engine.generate(model_id, p, q) for p, q in zip(prompts, params, strict=True)]
         assert batched == single, model_id
         finishes |= {g.finish_reason for g in single}

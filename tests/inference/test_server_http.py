@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,10 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.fixtures.cluster import wait_for
 from tests.inference.conftest import adapter_root, running_server
 
 QUESTION = [{"role": "user", "content": "what is the code word?"}]
 ANSWER = "the code word is orange river garden"
+
+
+def metrics(url: str) -> str:
+    return requests.get(f"{url}/metrics", timeout=10).text
 
 
 def completion(url: str, **body) -> requests.Response:
@@ -190,3 +196,17 @@ def test_a_full_queue_answers_503_and_the_server_carries_on(code_word_adapter, t
         assert (
             completion(url, temperature=0, max_tokens=20).json()["choices"][0]["message"]["content"] == ANSWER
         )
+
+        # a streaming client that goes away stops its generation
+        body = {"model": "tiny-llama", "messages": QUESTION, "stream": True, "max_tokens": 1500}
+        body["min_tokens"] = 1500
+        with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=60) as resp:
+            lines = resp.iter_lines()
+            next(lines), next(lines)  # the role chunk and the first text
+        # the worker takes the next request only once the abandoned generation stopped (503 until the
+        # server noticed the client left)
+        wait_for(
+            lambda: completion(url, model="tiny-llama", max_tokens=5).ok, 120, "a request after the drop"
+        )
+        generated = re.search(r'completion_tokens_total\{model="tiny-llama"\} (\S+)', metrics(url))
+        assert float(generated.group(1)) < 1500 + 1000  # the long /chat above made 1500, this one far fewer
