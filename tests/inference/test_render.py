@@ -11,6 +11,7 @@ from tuning_controller.render.inference import (
     InferenceSettings,
     inference_settings_from_env,
     render_inference_objects,
+    stale_objects,
 )
 from tuning_controller.settings import Settings
 from tuning_controller.workspace import parse_workspace
@@ -174,3 +175,14 @@ def test_settings_from_env_say_what_is_wrong():
         inference_settings_from_env({"KAITO_TUNE_INFERENCE_RUNTIME": "tgi"})
     with pytest.raises(ValueError, match="PORT='http': must be an integer"):
         inference_settings_from_env({"KAITO_TUNE_INFERENCE_PORT": "http"})
+
+
+def test_a_changed_node_count_names_what_the_other_shape_left_behind():
+    single, _ = parse_workspace(load(ADAPTERS_SEED))
+    multi, _ = parse_workspace(edit(load(ADAPTERS_SEED), "resource.count", 3))
+
+    assert stale_objects(multi) == [("apps/v1", "Deployment", "workspace-phi-3-mini-adapter")]
+    assert stale_objects(single) == [
+        ("apps/v1", "StatefulSet", "workspace-phi-3-mini-adapter"),
+        ("v1", "Service", "workspace-phi-3-mini-adapter-headless"),
+    ]

@@ -111,3 +111,41 @@ def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
     wait_for(lambda: answer(url) == base, 240, "the rolled server to answer like the base model")
     final = get_workspace(kube_client, namespace, "serve")
     assert final["status"]["inference"]["adapters"] == {"code-word": "0.0"}
+
+
+def test_no_matching_node_and_an_unknown_preset_are_reported_on_the_workspace(
+    kube_client, namespace, workspace_crd, run_operator
+):
+    run_operator()
+    elsewhere = inference_workspace("elsewhere", namespace, "127.0.0.1:9/a:v1", "1.0")
+    elsewhere["resource"]["labelSelector"]["matchLabels"] = {"apps": "no-such-node"}
+    unknown = inference_workspace("unknown", namespace, "127.0.0.1:9/a:v1", "1.0")
+    unknown["inference"]["preset"]["name"] = "tiny-lama"
+    for ws in (elsewhere, unknown):
+        kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
+
+    waiting = wait_status(
+        kube_client,
+        namespace,
+        "elsewhere",
+        lambda w: condition(w, "ResourceReady").get("status") == "False",
+        60,
+        "ResourceReady False for a selector no node matches",
+    )
+    invalid = wait_status(
+        kube_client,
+        namespace,
+        "unknown",
+        lambda w: condition(w, "WorkspaceSucceeded").get("reason") == "InvalidSpec",
+        60,
+        "the unknown preset to be reported",
+    )
+
+    assert "no node matches resource.labelSelector" in condition(waiting, "ResourceReady")["message"]
+    assert waiting["status"]["inference"]["phase"] == "WaitingForNodes"
+    assert condition(waiting, "InferenceReady")["status"] == "False"
+    message = condition(invalid, "InferenceReady")["message"]
+    assert "tiny-lama" in message and "tiny-llama" in message  # the bad name and the nearest known one
+    assert invalid["status"]["state"] == "Failed"
+    deployments = kube_json(kube_client, "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
+    assert deployments["items"] == []  # neither got a server

@@ -34,6 +34,7 @@ from tuning_controller.render.inference import (
     inference_settings_from_env,
     render_inference_objects,
     selector_labels,
+    stale_objects,
 )
 from tuning_controller.render.job import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name, render_nodeclaim
@@ -120,8 +121,11 @@ def _nodes(
     return gpus, resource
 
 
-def reconcile(ctl: Controller, ws_obj: Mapping[str, Any]) -> str:
+def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False) -> str:
     """Apply the Workspace's objects and write its status; returns status.inference.phase.
+
+    ``prune`` (on spec events) also deletes what another resource.count rendered: the Deployment
+    when the Workspace became multi-node, the StatefulSet and headless Service when it went back.
 
     Raises kopf.PermanentError for an invalid spec and ``Waiting`` while no GPU node is available.
     """
@@ -149,6 +153,9 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any]) -> str:
             applied = ctl.kube.apply(obj)
             if obj["kind"] in ("Deployment", "StatefulSet"):
                 workload = applied
+        for api_version, kind, name in stale_objects(ws) if prune else []:
+            if ctl.kube.delete(api_version, kind, ws.namespace, name):
+                ctl.post_event(ws_obj, "Normal", "Replaced", f"deleted {kind} {name}: resource.count changed")
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(ws).items())
         pods = ctl.kube.list("v1", "Pod", ws.namespace, selector)
         conds, summary, state = inference_status(workload, pods, generation, now)
@@ -167,7 +174,7 @@ def is_inference(body: Mapping[str, Any], **_: Any) -> bool:
 
 def _run(body: Mapping[str, Any]) -> None:
     try:
-        reconcile(controller(), body)
+        reconcile(controller(), body, prune=True)
     except Waiting as wait:
         raise kopf.TemporaryError(str(wait), delay=wait.delay) from None
 

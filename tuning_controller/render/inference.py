@@ -434,6 +434,13 @@ def render_services(ws: Workspace, inference: InferenceSettings) -> list[dict[st
     return [main, headless]
 
 
+def stale_objects(ws: Workspace) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of objects an earlier resource.count rendered and this one does not."""
+    if node_count(ws) > 1:
+        return [("apps/v1", "Deployment", workload_name(ws))]
+    return [("apps/v1", "StatefulSet", workload_name(ws)), ("v1", "Service", headless_service_name(ws))]
+
+
 def render_inference_objects(
     ws: Workspace, settings: Settings, inference: InferenceSettings, *, gpus: int
 ) -> list[dict[str, Any]]:
