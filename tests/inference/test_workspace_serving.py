@@ -149,3 +149,33 @@ def test_no_matching_node_and_an_unknown_preset_are_reported_on_the_workspace(
     assert invalid["status"]["state"] == "Failed"
     deployments = kube_json(kube_client, "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
     assert deployments["items"] == []  # neither got a server
+
+
+def test_every_rendered_variant_is_accepted_by_the_api_server(kube_client, namespace):
+    """Server-side dry run of each shape: multi-node, image volumes, volumeSource, vLLM, pull secrets."""
+    from tests.api.builders import ADAPTERS_SEED, edit, load
+    from tuning_controller.render.inference import InferenceSettings, render_inference_objects
+    from tuning_controller.settings import Settings
+    from tuning_controller.workspace import parse_workspace
+
+    seed = edit(load(ADAPTERS_SEED), "metadata.namespace", namespace)
+    seed = edit(seed, "inference.adapters[0].source.imagePullSecrets", ["registry-login"])
+    on_disk = {"source": {"name": "on-disk", "volumeSource": {"persistentVolumeClaim": {"claimName": "a"}}}}
+    seed = edit(seed, "inference.adapters", [*seed["inference"]["adapters"], on_disk])
+    variants = {
+        "single node": (seed, InferenceSettings()),
+        "multi-node": (edit(seed, "resource.count", 2), InferenceSettings()),
+        "image volumes": (seed, InferenceSettings(adapter_image_volumes=True)),
+        "vllm": (edit(seed, "resource.count", 2), InferenceSettings(runtime="vllm")),
+    }
+    for what, (obj, inference) in variants.items():
+        ws, problems = parse_workspace(obj)
+        assert not problems, what
+        for rendered in render_inference_objects(ws, Settings(), inference, gpus=2):
+            plural = {"Service": "services", "Deployment": "deployments", "StatefulSet": "statefulsets"}
+            base = "/api/v1" if rendered["apiVersion"] == "v1" else "/apis/apps/v1"
+            path = (
+                f"{base}/namespaces/{namespace}/{plural[rendered['kind']]}?dryRun=All&fieldValidation=Strict"
+            )
+            accepted = kube_json(kube_client, "POST", path, rendered)
+            assert accepted["spec"]["selector"], (what, rendered["kind"])
