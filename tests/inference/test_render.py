@@ -56,6 +56,8 @@ def test_seed_with_adapters_becomes_service_and_deployment_with_a_pull_per_adapt
     assert server["command"][:5] == ["python", "-m", "inference", "--preset", "phi-3-mini-128k-instruct"]
     assert {"name": "KAITO_ADAPTER_STRENGTHS", "value": "phi-3-adapter=1.0"} in server["env"]
     assert server["ports"] == [{"name": "http", "containerPort": 5000}]
+    assert server["image"] == Settings().trainer_image  # it holds inference/ and the preset weights
+    assert pull["image"] == Settings().tools_image  # no torch next to the pull secret
     assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # Standard_NC6s_v3: one V100
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["httpGet"] == {"path": "/health", "port": 5000}

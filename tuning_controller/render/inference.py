@@ -66,8 +66,8 @@ class InferenceSettings:
 
     runtime: str = "transformers"
     """transformers: this project's server (strength by PEFT); vllm: vLLM with merged adapters (GPU only)."""
-    image: str = "ghcr.io/kaito-tune/trainer:0.1.0"
-    """Image with inference/ and the preset weights (the trainer image holds both)."""
+    image: str = ""
+    """Image with inference/ and the preset weights; empty: the trainer image, which holds both."""
     vllm_image: str = "vllm/vllm-openai:v0.11.0"
     adapter_image_volumes: bool = False
     """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers."""
@@ -293,10 +293,10 @@ def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict
     }
 
 
-def _merge_container(ws: Workspace, inference: InferenceSettings, mounts: list[dict]) -> dict[str, Any]:
+def _merge_container(ws: Workspace, image: str, mounts: list[dict]) -> dict[str, Any]:
     return {
         "name": MERGE,
-        "image": inference.image,
+        "image": image,
         "command": [
             "python",
             "-m",
@@ -338,13 +338,14 @@ def render_pod_template(
         raise ValueError(f"Workspace {ws.name!r} has no inference.preset to serve")
     gpus = max(1, int(gpus))
     options = spec.preset.preset_options
-    image = options.image if options and options.image else inference.image
+    runtime_image = inference.image or settings.trainer_image
+    image = options.image if options and options.image else runtime_image
     init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings, inference)
     volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     if inference.runtime == "vllm":
         server = _vllm_server(ws, inference, gpus)
         if spec.adapters:
-            init.append(_merge_container(ws, inference, mounts))
+            init.append(_merge_container(ws, runtime_image, mounts))
             volumes.append({"name": "merged", "emptyDir": {}})
             mounts = [_mount("merged", MERGED_ROOT, read_only=True)]
     else:
