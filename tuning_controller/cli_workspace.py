@@ -36,6 +36,8 @@ from tuning_controller.validation import validate_workspace
 from tuning_controller.workspace import KIND, parse_workspace
 
 DEFAULT_SEQ_LEN = 1024  # TRL SFTConfig.max_length
+# Objects a Workspace refers to, accepted beside it in one file (examples/ ships them) but not checked here.
+COMPANION_KINDS = ("Secret", "PersistentVolumeClaim")
 
 
 @dataclass
@@ -102,6 +104,8 @@ def load_documents(path: str) -> list[Document]:
                     doc.problems.append(_syntax_problem(exc, f"data[{CONFIG_KEY}]"))
         elif isinstance(body, Mapping) and ROOT in body:
             doc.kind = ROOT
+        elif isinstance(body, Mapping) and body.get("kind") in COMPANION_KINDS:
+            doc.kind = "other"  # what a Workspace names (push Secret, output PVC): the API server's to check
         else:
             doc.problems.append(
                 Problem(

@@ -31,7 +31,8 @@ def test_the_seed_examples_are_present() -> None:
 def test_example_validates_without_errors(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") == "Workspace":
-            problems = validate_workspace(doc)
+            # the demo's examples read data from the loopback server the demo starts
+            problems = validate_workspace(doc, allow_loopback_urls=path.stem.startswith("tiny-llama"))
             assert errors(problems) == [], "\n".join(map(str, problems))
 
 

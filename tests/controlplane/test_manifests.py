@@ -109,7 +109,14 @@ def test_project_charts_lint_render_and_validate(manifest_schemas):
 def test_objects_rendered_from_examples_validate(manifest_schemas, tmp_path, example):
     """Every object `kaito-tune render` prints is valid for the API server (schemas from our own)."""
     rendered = subprocess.run(
-        [sys.executable, "-m", "tuning_controller.cli", "render", str(REPO_ROOT / example)],
+        [
+            sys.executable,
+            "-m",
+            "tuning_controller.cli",
+            "render",
+            "--allow-loopback-urls",
+            str(REPO_ROOT / example),
+        ],
         capture_output=True,
         text=True,
         check=False,
