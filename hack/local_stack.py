@@ -37,7 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HACK = REPO_ROOT / "hack"
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager")
 EXECUTOR_NODE = "local-gpu-node"
-EXECUTOR_LABELS = {"apps": "phi-3"}
+# The tests select the node by the first label, examples/tuning/tiny-llama-demo.yaml by the second.
+EXECUTOR_LABELS = {"apps": "phi-3", "kaito-tune/local-node": "true"}
 REGISTRY_BIN = "docker-registry"
 REGISTRY_USERNAME = "tuner"
 REGISTRY_PASSWORD = "s3cret-pass"  # a loopback-only registry made for this run; never a real credential
@@ -527,9 +528,12 @@ class LocalStack:
     `state_dir`; operators started with :meth:`start_operator`. A context manager: leaving it (also on an
     error or Ctrl-C) stops every part, newest first, by PID."""
 
-    def __init__(self, state_dir: Path, max_seconds: int = 3600) -> None:
+    def __init__(
+        self, state_dir: Path, max_seconds: int = 3600, log: Callable[[str], None] = lambda _: None
+    ) -> None:
         self.state_dir = state_dir
         self.max_seconds = max_seconds
+        self.log = log
         self._stops = contextlib.ExitStack()
         self.control_plane: ControlPlane
         self.api: k8s_client.ApiClient
@@ -549,7 +553,8 @@ class LocalStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, log: Callable[[str], None] = lambda _: None) -> None:
+    def start(self) -> None:
+        log = self.log
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
         plane_dir = self.state_dir / "control-plane"
