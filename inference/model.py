@@ -25,6 +25,7 @@ runs it on one worker thread.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -99,6 +100,7 @@ class Engine:
     base_id: str
     adapters: list[Adapter] = field(default_factory=list)
     max_context: int = 2048
+    chat_templates: dict[str, str] = field(default_factory=dict)  # model id -> an adapter's own template
     _internal: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -131,9 +133,13 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """The chat template applied to ``messages``, ending with the assistant's turn marker."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def chat_prompt(self, messages: list[dict[str, str]], model_id: str | None = None) -> str:
+        """``model_id``'s chat template (an adapter's own, else the base model's) applied to ``messages``,
+        ending with the assistant's turn marker."""
+        template = self.chat_templates.get(model_id or self.default_id)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
 
     def generate(
         self,
@@ -329,11 +335,40 @@ def load_engine(
     base_id = preset if not Path(preset).is_dir() else resolved.name
     max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     engine = Engine(model, tokenizer, base_id, list(adapters), max_context)
+    engine.chat_templates = adapter_chat_templates(adapters, engine.combined_id)
     if adapters:
         engine.model, engine._internal = _with_adapters(model, adapters, engine.combined_id)
         engine.model.eval()
     log.info("serving %s on %s", engine.model_ids, model.device)
     return engine
+
+
+def adapter_chat_template(directory: Path) -> str | None:
+    """The chat template an adapter was trained with, when training changed it (ModelConfig.chat_template
+    makes the trainer save the tokenizer next to the adapter)."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def adapter_chat_templates(adapters: list[Adapter], combined_id: str) -> dict[str, str]:
+    """Model id -> template for adapters that carry one; the combination uses it when all agree."""
+    found = {a.name: t for a in adapters if (t := adapter_chat_template(a.path)) is not None}
+    if found and len(found) == len(adapters) and len(set(found.values())) == 1:
+        return {**found, combined_id: next(iter(found.values()))}
+    if found:
+        log.warning(
+            "adapters %s carry their own chat templates, the others do not or differ: %s uses the base "
+            "model's template",
+            sorted(found),
+            combined_id,
+        )
+    return found
 
 
 def _with_adapters(model: Any, adapters: list[Adapter], combined_id: str) -> tuple[Any, dict[str, str]]:

@@ -226,7 +226,9 @@ class Handlers:
 
     def _prepare(self, request: ChatRequest) -> tuple[str, SamplingParams]:
         prompt = (
-            request.prompt if request.prompt is not None else self.engine.chat_prompt(request.messages or [])
+            request.prompt
+            if request.prompt is not None
+            else self.engine.chat_prompt(request.messages or [], request.model_id)
         )
         return prompt, sampling_params(request, self.engine.count_tokens(prompt), self.limits)
 
