@@ -138,5 +138,8 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.emit("done" if state.global_step >= state.max_steps else "stopped", args, state)
+
+    def close(self) -> None:
+        """After the final evaluation, whose result is the last event."""
         for sink in self.sinks:
             sink.close()

@@ -129,14 +129,18 @@ def train(args, config, preset, tokenizer, prepared, method: str, files, data_sh
     resume = newest_complete(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if stop.is_set():
-        log.warning(
-            "SIGTERM: stopped at step %d after a checkpoint; a restart resumes there",
-            trainer.state.global_step,
-        )
-        return EXIT_SIGTERM
-    metrics = _metrics(trainer, result, has_eval)
+    progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if stop.is_set():
+            log.warning(
+                "SIGTERM: stopped at step %d after a checkpoint; a restart resumes there",
+                trainer.state.global_step,
+            )
+            return EXIT_SIGTERM
+        metrics = _metrics(trainer, result, has_eval)
+    finally:
+        progress.close()
     if trainer.is_world_process_zero():
         warnings = vllm_warnings(config.section("LoraConfig"))
         for warning in warnings:

@@ -44,9 +44,17 @@ def task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(task):
     tmp, config = task
-    result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "straight")
+    out = tmp / "straight"
+    result = run_trainer(
+        "--config", config, "--data", tmp / "data", "--output", out, "--progress-file", tmp / "p"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((tmp / "straight" / "metadata.json").read_text())["metrics"]
+    metrics = json.loads((out / "metadata.json").read_text())["metrics"]
+    events = [json.loads(line) for line in (tmp / "p").read_text().splitlines()]
+    assert (
+        events[-1]["event"] == "eval" and events[-1]["eval_loss"] == metrics["eval_loss"]
+    )  # final eval last
+    return metrics
 
 
 def _start(tmp, config, out):
