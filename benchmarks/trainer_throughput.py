@@ -74,29 +74,11 @@ _VOCABULARY = (
 
 def kaito_template(method: str, target_modules: list[str]) -> dict:
     """KAITO's qlora/lora-params-template, with the target modules both sides share."""
-    quant = {"load_in_4bit": False}
-    if method == "qlora":
-        quant = {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_compute_dtype": "bfloat16",
-            "bnb_4bit_use_double_quant": True,
-        }
-    return {
-        "training_config": {
-            "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
-            "QuantizationConfig": quant,
-            "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": target_modules},
-            "TrainingArguments": {
-                "output_dir": "/mnt/results",
-                "ddp_find_unused_parameters": False,
-                "save_strategy": "no",
-                "per_device_train_batch_size": 1,
-            },
-            "DataCollator": {"mlm": True},
-            "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
-        }
-    }
+    from tuning_controller.training_config import default_training_config
+
+    doc = default_training_config(method)
+    doc["training_config"]["LoraConfig"]["target_modules"] = target_modules
+    return doc
 
 
 def _sentence(rng: random.Random, words: int) -> str:

@@ -11,8 +11,8 @@ The six sections and what they become:
 
 Keys, types and KAITO's rules are checked by ``tuning_controller.training_config`` (one implementation,
 shared with the controller, which runs it when a Workspace is applied), so a typo fails before a model
-loads, with the section, the key and the close matches. ``MODEL_KEYS``, ``DatasetOptions`` and
-``CollatorOptions`` are what this trainer reads; a test keeps them equal to the controller's option sets.
+loads, with the section, the key and the close matches. ``DatasetOptions`` and ``CollatorOptions``
+are what this trainer reads; a test keeps them equal to the controller's option sets.
 """
 
 from __future__ import annotations
@@ -26,31 +26,10 @@ from typing import Any
 import yaml
 
 from tuning_controller.problems import Problem
+from tuning_controller.training_config import MODEL_CONFIG_OPTIONS
 
-SECTIONS = (
-    "ModelConfig",
-    "QuantizationConfig",
-    "LoraConfig",
-    "TrainingArguments",
-    "DatasetConfig",
-    "DataCollator",
-)
-
-# from_pretrained kwargs that make sense for a tuning run; device placement is the trainer's decision.
-MODEL_KEYS = frozenset(
-    {
-        "torch_dtype",
-        "dtype",
-        "local_files_only",
-        "device_map",
-        "trust_remote_code",
-        "revision",
-        "attn_implementation",
-        "chat_template",
-        "use_cache",
-        "low_cpu_mem_usage",
-    }
-)
+# from_pretrained kwargs a config may set (the controller's option set: one list for both sides).
+MODEL_KEYS = frozenset(MODEL_CONFIG_OPTIONS)
 
 
 @dataclass(frozen=True)

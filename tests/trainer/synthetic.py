@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from tuning_controller.training_config import default_training_config
+
 CITIES = tuple(
     [
         "Paris",
@@ -101,24 +103,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def kaito_config(path: Path, **training_arguments: Any) -> Path:
     """KAITO's qlora-params-template, with overrides to TrainingArguments (and other sections by name)."""
-    sections = {
-        "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
-        "QuantizationConfig": {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_compute_dtype": "bfloat16",
-            "bnb_4bit_use_double_quant": True,
-        },
-        "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
-        "TrainingArguments": {
-            "output_dir": "/mnt/results",
-            "ddp_find_unused_parameters": False,
-            "save_strategy": "no",
-            "per_device_train_batch_size": 1,
-        },
-        "DataCollator": {"mlm": True},
-        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
-    }
+    sections = default_training_config("qlora")["training_config"]
     for name in list(training_arguments):
         if name in sections:
             sections[name].update(training_arguments.pop(name))
