@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from presets.catalog import skus
-from tuning_controller.render.job import GPU_RESOURCE
+from tuning_controller.render.pod import GPU_RESOURCE
 from tuning_controller.workspace import LabelSelector
 
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"

@@ -19,6 +19,9 @@ CORE = [
     "tuning_controller.render.rbac",
     "tuning_controller.render.nodeclaim",
     "tuning_controller.render.configmap",
+    "tuning_controller.render.meta",
+    "tuning_controller.render.pod",
+    "tuning_controller.render.inference",
 ]
 
 

@@ -36,7 +36,7 @@ from tuning_controller.render.inference import (
     selector_labels,
     stale_objects,
 )
-from tuning_controller.render.job import WORKSPACE_LABEL
+from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name, render_nodeclaim
 from tuning_controller.settings import settings_from_env
 from tuning_controller.validation import validate_workspace

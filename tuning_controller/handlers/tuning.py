@@ -34,7 +34,6 @@ from tuning_controller.render import sku_gpus, training_config_doc
 from tuning_controller.render.configmap import CONFIG_KEY, render_training_configmap
 from tuning_controller.render.job import (
     REVISION_ANNOTATION,
-    WORKSPACE_LABEL,
     data_job_name,
     render_data_job,
     render_results_claim,
@@ -43,6 +42,7 @@ from tuning_controller.render.job import (
     training_job_name,
     uses_results_claim,
 )
+from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name, render_nodeclaim
 from tuning_controller.render.rbac import render_progress_rbac
 from tuning_controller.settings import Settings, settings_from_env

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tuning_controller.render.meta import metadata
 from tuning_controller.training_config import default_training_config
 from tuning_controller.workspace import GROUP, Workspace
 
@@ -21,35 +22,6 @@ SOURCE_ANNOTATION = f"{GROUP}/training-config-source"
 
 def training_configmap_name(ws: Workspace) -> str:
     return f"{ws.name}-training-config"
-
-
-def labels(ws: Workspace, component: str) -> dict[str, str]:
-    """app.kubernetes.io labels shared by every object rendered for a Workspace."""
-    return {
-        "app.kubernetes.io/name": "kaito-tune",
-        "app.kubernetes.io/instance": ws.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "kaito-tune",
-        "app.kubernetes.io/part-of": "kaito",
-        f"{GROUP}/workspace": ws.name,
-    }
-
-
-def owner_references(ws: Workspace) -> list[dict[str, Any]]:
-    """The Workspace as controlling owner, when it has a uid (objects read from the API server do)."""
-    uid = ws.metadata.get("uid")
-    if not uid:
-        return []
-    return [
-        {
-            "apiVersion": ws.api_version,
-            "kind": ws.kind,
-            "name": ws.name,
-            "uid": uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
 
 
 def render_training_configmap(ws: Workspace, user_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -65,18 +37,9 @@ def render_training_configmap(ws: Workspace, user_config: Mapping[str, Any] | No
         doc, source = dict(user_config), f"configmap/{ws.tuning.config}"
     else:
         doc, source = default_training_config(method), f"{method}-params-template"
-    metadata: dict[str, Any] = {
-        "name": training_configmap_name(ws),
-        "namespace": ws.namespace,
-        "labels": labels(ws, "training-config"),
-        "annotations": {SOURCE_ANNOTATION: source},
-    }
-    owners = owner_references(ws)
-    if owners:
-        metadata["ownerReferences"] = owners
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata,
+        "metadata": metadata(ws, training_configmap_name(ws), "training-config", {SOURCE_ANNOTATION: source}),
         "data": {CONFIG_KEY: yaml.safe_dump(doc, sort_keys=False)},
     }

@@ -32,16 +32,17 @@ from typing import Any
 
 from inference.adapters import STRENGTHS_ENV
 from inference.model import COMBINED_SUFFIX
-from tuning_controller.render.configmap import labels
-from tuning_controller.render.job import (
-    GPU_RESOURCE,
+from tuning_controller.render.job import child_name
+from tuning_controller.render.meta import WORKSPACE_LABEL, labels, metadata
+from tuning_controller.render.pod import (
     TERMINATION_LOG,
-    _mount,
-    _pod_security,
-    _security,
-    child_name,
-    metadata,
+    container_security,
+    docker_config_volume,
+    gpu_resources,
+    gpu_tolerations,
+    mount,
     node_affinity,
+    pod_security,
 )
 from tuning_controller.settings import Settings
 from tuning_controller.workspace import GROUP, AdapterSpec, Workspace, to_dict
@@ -122,7 +123,7 @@ def node_count(ws: Workspace) -> int:
 
 def selector_labels(ws: Workspace) -> dict[str, str]:
     """The immutable Deployment/StatefulSet selector (a subset of ``labels``)."""
-    return {f"{GROUP}/workspace": ws.name, "app.kubernetes.io/component": COMPONENT}
+    return {WORKSPACE_LABEL: ws.name, "app.kubernetes.io/component": COMPONENT}
 
 
 def adapters_hash(ws: Workspace, inference: InferenceSettings) -> str:
@@ -141,16 +142,6 @@ def _strengths(adapters: list[AdapterSpec]) -> str:
     return ",".join(f"{a.source.name}={float(a.strength)}" for a in adapters)
 
 
-def _pull_secret_volume(name: str, secret: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "secret": {
-            "secretName": secret,
-            "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
-        },
-    }
-
-
 def _adapter_parts(
     ws: Workspace, settings: Settings, inference: InferenceSettings
 ) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -167,13 +158,13 @@ def _adapter_parts(
         path = f"{ADAPTER_ROOT}/{source.name}"
         if source.volume_source is not None:
             volumes.append({"name": f"adapter-{i}", **source.volume_source})
-            mounts.append(_mount(f"adapter-{i}", path, read_only=True))
+            mounts.append(mount(f"adapter-{i}", path, read_only=True))
             continue
         if inference.adapter_image_volumes:
             volumes.append(
                 {"name": f"adapter-{i}", "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
             )
-            mounts.append(_mount(f"adapter-{i}", path, read_only=True))
+            mounts.append(mount(f"adapter-{i}", path, read_only=True))
             pod_secrets += [s for s in source.image_pull_secrets if s not in pod_secrets]
             continue
         command = [
@@ -185,12 +176,12 @@ def _adapter_parts(
             "--termination-log",
             TERMINATION_LOG,
         ]
-        pull_mounts = [_mount(PULLED_VOLUME, ADAPTER_ROOT)]
+        pull_mounts = [mount(PULLED_VOLUME, ADAPTER_ROOT)]
         if source.image_pull_secrets:
             secret_dir = f"{PULL_SECRET_ROOT}/{i}"
             command += ["--docker-config", f"{secret_dir}/.dockerconfigjson"]
-            volumes.append(_pull_secret_volume(f"adapter-{i}-pull-secret", source.image_pull_secrets[0]))
-            pull_mounts.append(_mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
+            volumes.append(docker_config_volume(f"adapter-{i}-pull-secret", source.image_pull_secrets[0]))
+            pull_mounts.append(mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
         init.append(
             {
                 "name": child_name_for_container("pull-", source.name),
@@ -199,12 +190,12 @@ def _adapter_parts(
                 "volumeMounts": pull_mounts,
                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": _security(),
+                "securityContext": container_security(),
             }
         )
     if init:  # the shared volume goes first: the per-adapter mounts nest inside it
         volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
-        mounts.insert(0, _mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
+        mounts.insert(0, mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
     return init, volumes, mounts, pod_secrets
 
 
@@ -230,10 +221,6 @@ def _probes(port: int) -> dict[str, Any]:
     return {"startupProbe": probe(10, 180), "readinessProbe": probe(5, 3), "livenessProbe": probe(10, 6)}
 
 
-def _gpu_resources(gpus: int) -> dict[str, Any]:
-    return {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}}
-
-
 def _model_env(ws: Workspace) -> list[dict[str, Any]]:
     options = ws.inference.preset.preset_options if ws.inference.preset else None
     if options is None or not options.model_access_secret:
@@ -254,7 +241,7 @@ def _transformers_server(
         command.append("--allow-download")
     if ws.inference.adapters:
         env.append({"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)})
-    return {"name": SERVER, "image": image, "command": command, "env": env, "resources": _gpu_resources(gpus)}
+    return {"name": SERVER, "image": image, "command": command, "env": env, "resources": gpu_resources(gpus)}
 
 
 def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict[str, Any]:
@@ -289,7 +276,7 @@ def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict
         "image": inference.vllm_image,
         "command": ["sh", "-c", f"exec {script}"],
         "env": _model_env(ws),
-        "resources": _gpu_resources(gpus),
+        "resources": gpu_resources(gpus),
     }
 
 
@@ -311,7 +298,7 @@ def _merge_container(ws: Workspace, image: str, mounts: list[dict]) -> dict[str,
             TERMINATION_LOG,
         ],
         "env": [{"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)}],
-        "volumeMounts": [*mounts, _mount("merged", MERGED_ROOT)],
+        "volumeMounts": [*mounts, mount("merged", MERGED_ROOT)],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -347,10 +334,10 @@ def render_pod_template(
         if spec.adapters:
             init.append(_merge_container(ws, runtime_image, mounts))
             volumes.append({"name": "merged", "emptyDir": {}})
-            mounts = [_mount("merged", MERGED_ROOT, read_only=True)]
+            mounts = [mount("merged", MERGED_ROOT, read_only=True)]
     else:
         server = _transformers_server(ws, inference, gpus, image)
-        server["securityContext"] = _security()
+        server["securityContext"] = container_security()
     if node_count(ws) > 1:
         server["env"] = [*server["env"], *_multi_node_env(ws)]
     ports = [{"name": "http", "containerPort": inference.port}]
@@ -358,7 +345,7 @@ def render_pod_template(
         ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
     server.update(
         ports=ports,
-        volumeMounts=[*mounts, _mount("dshm", "/dev/shm")],
+        volumeMounts=[*mounts, mount("dshm", "/dev/shm")],
         terminationMessagePolicy="FallbackToLogsOnError",
         **_probes(inference.port),
     )
@@ -366,12 +353,12 @@ def render_pod_template(
         del server["env"]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the server talks to nobody
-        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        "tolerations": gpu_tolerations(),
         "containers": [server],
         "volumes": volumes,
     }
     if inference.runtime == "transformers":
-        pod["securityContext"] = _pod_security(settings)
+        pod["securityContext"] = pod_security(settings)
     if init:
         pod["initContainers"] = init
     secrets = [*(options.image_pull_secrets if options else []), *pod_secrets]

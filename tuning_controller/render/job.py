@@ -21,20 +21,24 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tuning_controller.render.configmap import (
-    CONFIG_KEY,
-    labels,
-    owner_references,
-    training_configmap_name,
+from tuning_controller.render.configmap import CONFIG_KEY, training_configmap_name
+from tuning_controller.render.meta import labels, metadata
+from tuning_controller.render.pod import (
+    TERMINATION_LOG,
+    container_security,
+    docker_config_volume,
+    gpu_resources,
+    gpu_tolerations,
+    mount,
+    node_affinity,
+    pod_security,
 )
 from tuning_controller.settings import Settings
-from tuning_controller.workspace import GROUP, LabelSelector, Workspace, to_dict
+from tuning_controller.workspace import GROUP, Workspace, to_dict
 
 REVISION_ANNOTATION = f"{GROUP}/revision"
 DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
-WORKSPACE_LABEL = f"{GROUP}/workspace"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_RESOURCE = "nvidia.com/gpu"
 NAME_MAX = 63  # Job names end up in the job-name label of their pods
 
 DATA_DIR = "/mnt/data"
@@ -43,7 +47,6 @@ RESULTS_DIR = "/mnt/results"
 PUSH_SECRET_DIR = "/mnt/push-secret"
 PULL_SECRET_DIR = "/mnt/pull-secret"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-TERMINATION_LOG = "/dev/termination-log"
 
 # Container names: the status code reads termination messages by these.
 FETCH, PREFLIGHT, TRAIN, PUSH = "fetch-data", "preflight", "train", "push"
@@ -91,71 +94,13 @@ def revision(ws: Workspace, training_config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def metadata(ws: Workspace, name: str, component: str, annotations: Mapping[str, str] | None = None) -> dict:
-    meta: dict[str, Any] = {"name": name, "namespace": ws.namespace, "labels": labels(ws, component)}
-    if annotations:
-        meta["annotations"] = dict(annotations)
-    owners = owner_references(ws)
-    if owners:
-        meta["ownerReferences"] = owners
-    return meta
-
-
-def node_affinity(selector: LabelSelector | None) -> dict[str, Any] | None:
-    """Required node affinity from the Workspace's labelSelector (matchLabels and matchExpressions)."""
-    if selector is None:
-        return None
-    expressions = [
-        {"key": key, "operator": "In", "values": [value]}
-        for key, value in sorted(selector.match_labels.items())
-    ]
-    for req in selector.match_expressions:
-        expr: dict[str, Any] = {"key": req.key, "operator": req.operator}
-        if req.operator in ("In", "NotIn"):
-            expr["values"] = list(req.values)
-        expressions.append(expr)
-    if not expressions:
-        return None
-    return {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": expressions}]
-            }
-        }
-    }
-
-
-def _security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-
-
-def _pod_security(settings: Settings) -> dict[str, Any]:
-    uid = settings.run_as_user
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "fsGroup": uid,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _mount(name: str, path: str, read_only: bool = False, sub_path: str = "") -> dict[str, Any]:
-    mount: dict[str, Any] = {"name": name, "mountPath": path}
-    if read_only:
-        mount["readOnly"] = True
-    if sub_path:
-        mount["subPath"] = sub_path
-    return mount
-
-
 def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None:
     """Downloads urls or extracts a data image into the data emptyDir; None for volume input."""
     source = ws.tuning.input
     if source.volume_source is not None:
         return None
     command = ["kaito-tune", "fetch-data", "--dest", DATA_DIR, "--termination-log", TERMINATION_LOG]
-    mounts = [_mount("data", DATA_DIR)]
+    mounts = [mount("data", DATA_DIR)]
     if source.urls:
         command += ["--urls", *source.urls]
         if settings.allow_loopback_urls:
@@ -164,7 +109,7 @@ def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None
         command += ["--image", source.image]
         if source.image_pull_secrets:
             command += ["--docker-config", f"{PULL_SECRET_DIR}/.dockerconfigjson"]
-            mounts.append(_mount("pull-secret", PULL_SECRET_DIR, read_only=True))
+            mounts.append(mount("pull-secret", PULL_SECRET_DIR, read_only=True))
     return {
         "name": FETCH,
         "image": settings.tools_image,
@@ -172,7 +117,7 @@ def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(),
+        "securityContext": container_security(),
     }
 
 
@@ -182,15 +127,7 @@ def _data_volumes(ws: Workspace) -> list[dict[str, Any]]:
         return [{"name": "data", **source.volume_source}]
     volumes = [{"name": "data", "emptyDir": {}}]
     if source.image and source.image_pull_secrets:
-        volumes.append(
-            {
-                "name": "pull-secret",
-                "secret": {
-                    "secretName": source.image_pull_secrets[0],
-                    "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
-                },
-            }
-        )
+        volumes.append(docker_config_volume("pull-secret", source.image_pull_secrets[0]))
     return volumes
 
 
@@ -275,17 +212,17 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
             *_trainer_args(ws),
         ],
         "volumeMounts": [
-            _mount("data", DATA_DIR, read_only=True),
-            _mount("config", CONFIG_DIR, read_only=True),
+            mount("data", DATA_DIR, read_only=True),
+            mount("config", CONFIG_DIR, read_only=True),
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(),
+        "securityContext": container_security(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the pre-flight talks to nobody
-        "securityContext": _pod_security(settings),
+        "securityContext": pod_security(settings),
         "containers": [preflight],
         "volumes": [*_data_volumes(ws), _config_volume(ws)],
     }
@@ -387,16 +324,16 @@ def render_training_job(
             {"name": "KAITO_WORKSPACE_API_VERSION", "value": settings.workspace_api_version},
             {"name": "KAITO_PROGRESS_INTERVAL_S", "value": str(settings.progress_interval_seconds)},
         ],
-        "resources": {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}},
+        "resources": gpu_resources(gpus),
         "volumeMounts": [
-            _mount("data", DATA_DIR, read_only=True),
-            _mount("config", CONFIG_DIR, read_only=True),
-            _mount("results", RESULTS_DIR, sub_path=results_sub_path(ws, settings, rev)),
-            _mount("dshm", "/dev/shm"),
-            _mount("progress-token", TOKEN_DIR, read_only=True),
+            mount("data", DATA_DIR, read_only=True),
+            mount("config", CONFIG_DIR, read_only=True),
+            mount("results", RESULTS_DIR, sub_path=results_sub_path(ws, settings, rev)),
+            mount("dshm", "/dev/shm"),
+            mount("progress-token", TOKEN_DIR, read_only=True),
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(),
+        "securityContext": container_security(),
     }
     output = ws.tuning.output
     volumes = [
@@ -424,22 +361,14 @@ def render_training_job(
                 TERMINATION_LOG,
             ],
             "volumeMounts": [
-                _mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
-                _mount("push-secret", PUSH_SECRET_DIR, read_only=True),
+                mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
+                mount("push-secret", PUSH_SECRET_DIR, read_only=True),
             ],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": _security(),
+            "securityContext": container_security(),
         }
-        volumes.append(
-            {
-                "name": "push-secret",
-                "secret": {
-                    "secretName": output.image_push_secret,
-                    "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
-                },
-            }
-        )
+        volumes.append(docker_config_volume("push-secret", output.image_push_secret))
         init.append(train)
         containers = [push]
     else:
@@ -448,8 +377,8 @@ def render_training_job(
         "restartPolicy": "Never",
         "serviceAccountName": service_account_name(ws),
         "automountServiceAccountToken": False,  # only the train container gets the token (see volumes)
-        "securityContext": _pod_security(settings),
-        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        "securityContext": pod_security(settings),
+        "tolerations": gpu_tolerations(),
         "containers": containers,
         "volumes": volumes,
     }

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from tuning_controller.render.configmap import labels
-from tuning_controller.render.job import GPU_RESOURCE, NAME_MAX
+from tuning_controller.render.job import NAME_MAX
+from tuning_controller.render.meta import labels
+from tuning_controller.render.pod import GPU_RESOURCE
 from tuning_controller.settings import Settings
 from tuning_controller.workspace import GROUP, Workspace
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuning_controller.render.job import metadata, service_account_name
+from tuning_controller.render.job import service_account_name
+from tuning_controller.render.meta import metadata
 from tuning_controller.workspace import GROUP, Workspace
 
 

@@ -1,0 +1,83 @@
+"""Pod parts the tuning Jobs and the inference server share: security, mounts, GPU placement.
+
+Every container runs without privilege escalation and with no capabilities; pods run as the images'
+non-root user (``Settings.run_as_user``) under the runtime's default seccomp profile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuning_controller.settings import Settings
+from tuning_controller.workspace import LabelSelector
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security(settings: Settings) -> dict[str, Any]:
+    uid = settings.run_as_user
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def mount(name: str, path: str, read_only: bool = False, sub_path: str = "") -> dict[str, Any]:
+    volume_mount: dict[str, Any] = {"name": name, "mountPath": path}
+    if read_only:
+        volume_mount["readOnly"] = True
+    if sub_path:
+        volume_mount["subPath"] = sub_path
+    return volume_mount
+
+
+def gpu_resources(gpus: int) -> dict[str, Any]:
+    return {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}}
+
+
+def gpu_tolerations() -> list[dict[str, Any]]:
+    """GPU nodes (the controller's NodeClaims, AKS GPU pools) carry this taint."""
+    return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def docker_config_volume(name: str, secret: str) -> dict[str, Any]:
+    """A kubernetes.io/dockerconfigjson Secret as a volume holding only ``.dockerconfigjson``."""
+    return {
+        "name": name,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+        },
+    }
+
+
+def node_affinity(selector: LabelSelector | None) -> dict[str, Any] | None:
+    """Required node affinity from the Workspace's labelSelector (matchLabels and matchExpressions)."""
+    if selector is None:
+        return None
+    expressions = [
+        {"key": key, "operator": "In", "values": [value]}
+        for key, value in sorted(selector.match_labels.items())
+    ]
+    for req in selector.match_expressions:
+        expr: dict[str, Any] = {"key": req.key, "operator": req.operator}
+        if req.operator in ("In", "NotIn"):
+            expr["values"] = list(req.values)
+        expressions.append(expr)
+    if not expressions:
+        return None
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
