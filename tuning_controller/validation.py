@@ -43,8 +43,15 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 STRENGTH = re.compile(r"^[0-9]*\.?[0-9]+$")
 
 
-def _name_problems(path: str, value: str, *, what: str, label: bool = True) -> list[Problem]:
-    """DNS-1123 label (63) or subdomain (253) names; a name wrong only in case is a placeholder: warn."""
+def _name_problems(
+    path: str, value: str, *, what: str, label: bool = True, placeholder_ok: bool = False
+) -> list[Problem]:
+    """DNS-1123 label (63) or subdomain (253) names.
+
+    With ``placeholder_ok`` (names of Secrets the Workspace refers to, which KAITO's examples write as
+    ``ACR_REGISTRY_SECRET_HERE``) a name wrong only in case is a placeholder and gets a warning; the
+    Workspace's own names and the objects it creates must be valid, or the API server refuses them.
+    """
     pattern, limit = (DNS1123_LABEL, 63) if label else (DNS1123_SUBDOMAIN, 253)
     if pattern.match(value) and len(value) <= limit:
         return []
@@ -52,7 +59,7 @@ def _name_problems(path: str, value: str, *, what: str, label: bool = True) -> l
     rule = (
         f"a {kind}: lowercase letters, digits and '-'{'' if label else ' or .'}, at most {limit} characters"
     )
-    if pattern.match(value.lower().replace("_", "-")) and len(value) <= limit:
+    if placeholder_ok and pattern.match(value.lower().replace("_", "-")) and len(value) <= limit:
         return [
             Problem(
                 path,
@@ -220,7 +227,9 @@ def _source_problems(
     if source.image:
         problems += image_problems(f"{path}.image", source.image)
     for i, secret in enumerate(source.image_pull_secrets):
-        problems += _name_problems(f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False)
+        problems += _name_problems(
+            f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False, placeholder_ok=True
+        )
     if source.volume_source is not None and len(source.volume_source) != 1:
         problems.append(
             Problem(
@@ -252,7 +261,11 @@ def _output_problems(output: DataDestination) -> list[Problem]:
             )
     if output.image_push_secret:
         problems += _name_problems(
-            f"{path}.imagePushSecret", output.image_push_secret, what="Secret", label=False
+            f"{path}.imagePushSecret",
+            output.image_push_secret,
+            what="Secret",
+            label=False,
+            placeholder_ok=True,
         )
     if output.volume_source is not None and len(output.volume_source) != 1:
         problems.append(
@@ -332,7 +345,7 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None) -> list[Pr
                 problems += image_problems(f"{path}.image", options.image)
             for i, secret in enumerate(options.image_pull_secrets):
                 problems += _name_problems(
-                    f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False
+                    f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False, placeholder_ok=True
                 )
         if preset is not None and sku is not None:
             problems += inference_fit_problems(preset, sku)

@@ -54,6 +54,7 @@ WORKSPACE_CASES = [
     ws_case("wrong-api-version", "tuning", [("apiVersion", "kaito.sh/v1")], "apiVersion", "v1beta1"),
     ws_case("wrong-kind", "tuning", [("kind", "Workspaces")], "kind", "must be Workspace"),
     ws_case("name-not-dns1123", "tuning", [("metadata.name", "work space!")], "metadata.name", "DNS-1123"),
+    ws_case("name-uppercase", "tuning", [("metadata.name", "Tuning_WS")], "metadata.name", "DNS-1123"),
     ws_case("name-missing", "tuning", [("metadata.name", DELETE)], "metadata.name", "is required"),
     ws_case("name-too-long", "tuning", [("metadata.name", "w" * 64)], "metadata.name", "at most 63"),
     ws_case("unknown-top-level-field", "tuning", [("resourse", {})], "resourse", "did you mean 'resource'"),
