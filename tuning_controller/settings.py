@@ -8,6 +8,7 @@ the value and what is allowed, rather than surfacing later inside a Job.
     KAITO_TUNE_AUTO_PROVISIONING=true                           # Karpenter NodeClaims for instanceType
     KAITO_TUNE_ALLOW_LOOPBACK_URLS=true                         # development only
     KAITO_TUNE_RESULTS_VOLUME=pvc|emptyDir                      # where results and checkpoints live
+    KAITO_TUNE_INFERENCE_RUNTIME=transformers|vllm              # how inference Workspaces are served
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any
 
 PREFIX = "KAITO_TUNE_"
 RESULTS_VOLUMES = ("pvc", "emptyDir")
+INFERENCE_RUNTIMES = ("transformers", "vllm")
+TORCH_DIST_PORT = 29500
+"""Multi-node inference pods rendezvous on this port, so the server cannot use it."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -70,6 +74,17 @@ class Settings:
     """Threads for the synchronous handlers: reconciles of different Workspaces run in parallel. They
     mostly wait on the API server, so many threads cut latency when many Workspaces arrive at once
     (benchmarks/controller_scale.py: p50 1.6 s with 32, 0.6 s with 96 on the same machine)."""
+    inference_runtime: str = "transformers"
+    """transformers: this project's server (strength by PEFT); vllm: vLLM with merged adapters (GPU only)."""
+    inference_image: str = ""
+    """Image with inference/ and the preset weights; empty: the trainer image, which holds both."""
+    inference_vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    inference_adapter_image_volumes: bool = False
+    """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers."""
+    inference_port: int = 5000
+    """The server's container port (KAITO's); the Service maps port 80 to it."""
+    inference_max_new_tokens: int = 2048
+    """Largest completion one request may ask for (transformers runtime)."""
 
     def __post_init__(self) -> None:
         if self.results_volume not in RESULTS_VOLUMES:
@@ -79,6 +94,15 @@ class Settings:
         if not 1 <= self.progress_interval_seconds <= 30:
             raise SettingsError(
                 f"{PREFIX}PROGRESS_INTERVAL_SECONDS={self.progress_interval_seconds}: must be 1..30"
+            )
+        if self.inference_runtime not in INFERENCE_RUNTIMES:
+            allowed = ", ".join(INFERENCE_RUNTIMES)
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_RUNTIME={self.inference_runtime!r}: must be one of {allowed}"
+            )
+        if not 1 <= self.inference_port <= 65535 or self.inference_port == TORCH_DIST_PORT:
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_PORT={self.inference_port}: must be 1..65535 and not {TORCH_DIST_PORT}"
             )
         for name in ("backoff_limit", "active_deadline_seconds", "ttl_seconds_after_finished"):
             if getattr(self, name) < 0:

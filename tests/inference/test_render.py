@@ -8,21 +8,19 @@ from tests.api.builders import ADAPTERS_SEED, edit, load
 from tuning_controller.render import sku_gpus
 from tuning_controller.render.inference import (
     ADAPTERS_HASH_ANNOTATION,
-    InferenceSettings,
-    inference_settings_from_env,
     render_inference_objects,
     stale_objects,
 )
-from tuning_controller.settings import Settings
+from tuning_controller.settings import Settings, settings_from_env
 from tuning_controller.workspace import parse_workspace
 
 IMAGE = "ACR_REPO_HERE.azurecr.io/ADAPTER_HERE:0.0.1"
 
 
-def render(obj: dict, **inference) -> list[dict]:
+def render(obj: dict, **settings) -> list[dict]:
     ws, problems = parse_workspace(obj)
     assert not problems
-    return render_inference_objects(ws, Settings(), InferenceSettings(**inference), gpus=sku_gpus(ws))
+    return render_inference_objects(ws, Settings(**settings), gpus=sku_gpus(ws))
 
 
 def with_adapter(obj: dict, adapter: dict) -> dict:
@@ -119,7 +117,7 @@ def test_image_volumes_and_volume_sources_need_no_pull():
         {"source": {"name": "on-disk", "volumeSource": {"persistentVolumeClaim": {"claimName": "adapters"}}}},
     )
 
-    spec = pod(render(seed, adapter_image_volumes=True))["spec"]
+    spec = pod(render(seed, inference_adapter_image_volumes=True))["spec"]
 
     assert "initContainers" not in spec
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -154,7 +152,8 @@ def test_multi_node_is_a_statefulset_with_a_headless_rendezvous_service():
 
 
 def test_vllm_serves_merged_adapters_by_name():
-    objects = render(edit(load(ADAPTERS_SEED), "inference.adapters[0].strength", "0.5"), runtime="vllm")
+    half = edit(load(ADAPTERS_SEED), "inference.adapters[0].strength", "0.5")
+    objects = render(half, inference_runtime="vllm")
 
     spec = pod(objects)["spec"]
     assert [c["name"] for c in spec["initContainers"]] == ["pull-phi-3-adapter", "merge-adapters"]
@@ -169,14 +168,14 @@ def test_vllm_serves_merged_adapters_by_name():
 
 
 def test_settings_from_env_say_what_is_wrong():
-    settings = inference_settings_from_env(
+    settings = settings_from_env(
         {"KAITO_TUNE_INFERENCE_RUNTIME": "vllm", "KAITO_TUNE_INFERENCE_ADAPTER_IMAGE_VOLUMES": "true"}
     )
-    assert (settings.runtime, settings.adapter_image_volumes) == ("vllm", True)
+    assert (settings.inference_runtime, settings.inference_adapter_image_volumes) == ("vllm", True)
     with pytest.raises(ValueError, match="RUNTIME='tgi': must be one of transformers, vllm"):
-        inference_settings_from_env({"KAITO_TUNE_INFERENCE_RUNTIME": "tgi"})
+        settings_from_env({"KAITO_TUNE_INFERENCE_RUNTIME": "tgi"})
     with pytest.raises(ValueError, match="PORT='http': must be an integer"):
-        inference_settings_from_env({"KAITO_TUNE_INFERENCE_PORT": "http"})
+        settings_from_env({"KAITO_TUNE_INFERENCE_PORT": "http"})
 
 
 def test_a_changed_node_count_names_what_the_other_shape_left_behind():

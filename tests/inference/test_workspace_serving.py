@@ -154,7 +154,7 @@ def test_no_matching_node_and_an_unknown_preset_are_reported_on_the_workspace(
 def test_every_rendered_variant_is_accepted_by_the_api_server(kube_client, namespace):
     """Server-side dry run of each shape: multi-node, image volumes, volumeSource, vLLM, pull secrets."""
     from tests.api.builders import ADAPTERS_SEED, edit, load
-    from tuning_controller.render.inference import InferenceSettings, render_inference_objects
+    from tuning_controller.render.inference import render_inference_objects
     from tuning_controller.settings import Settings
     from tuning_controller.workspace import parse_workspace
 
@@ -163,15 +163,15 @@ def test_every_rendered_variant_is_accepted_by_the_api_server(kube_client, names
     on_disk = {"source": {"name": "on-disk", "volumeSource": {"persistentVolumeClaim": {"claimName": "a"}}}}
     seed = edit(seed, "inference.adapters", [*seed["inference"]["adapters"], on_disk])
     variants = {
-        "single node": (seed, InferenceSettings()),
-        "multi-node": (edit(seed, "resource.count", 2), InferenceSettings()),
-        "image volumes": (seed, InferenceSettings(adapter_image_volumes=True)),
-        "vllm": (edit(seed, "resource.count", 2), InferenceSettings(runtime="vllm")),
+        "single node": (seed, Settings()),
+        "multi-node": (edit(seed, "resource.count", 2), Settings()),
+        "image volumes": (seed, Settings(inference_adapter_image_volumes=True)),
+        "vllm": (edit(seed, "resource.count", 2), Settings(inference_runtime="vllm")),
     }
-    for what, (obj, inference) in variants.items():
+    for what, (obj, settings) in variants.items():
         ws, problems = parse_workspace(obj)
         assert not problems, what
-        for rendered in render_inference_objects(ws, Settings(), inference, gpus=2):
+        for rendered in render_inference_objects(ws, settings, gpus=2):
             plural = {"Service": "services", "Deployment": "deployments", "StatefulSet": "statefulsets"}
             base = "/api/v1" if rendered["apiVersion"] == "v1" else "/apis/apps/v1"
             path = (

@@ -13,7 +13,6 @@ without polling. The tuning handlers' controller (client, settings, events) is s
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Mapping
@@ -30,8 +29,6 @@ from tuning_controller.nodes import choose_node, nodeclaim_state
 from tuning_controller.problems import errors
 from tuning_controller.render import sku_gpus
 from tuning_controller.render.inference import (
-    InferenceSettings,
-    inference_settings_from_env,
     render_inference_objects,
     selector_labels,
     stale_objects,
@@ -47,11 +44,6 @@ MANAGED = {"app.kubernetes.io/managed-by": "kaito-tune", WORKSPACE_LABEL: kopf.P
 NODE_RETRY_S = 30
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-
-
-@functools.cache
-def inference_settings() -> InferenceSettings:
-    return inference_settings_from_env(os.environ)
 
 
 def _lock(key: str) -> threading.Lock:
@@ -149,7 +141,7 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
         ws, _ = parse_workspace(ws_obj)
         gpus, resource = _nodes(ctl, ws_obj, ws, generation, now)
         workload: dict[str, Any] | None = None
-        for obj in render_inference_objects(ws, ctl.settings, inference_settings(), gpus=gpus):
+        for obj in render_inference_objects(ws, ctl.settings, gpus=gpus):
             applied = ctl.kube.apply(obj)
             if obj["kind"] in ("Deployment", "StatefulSet"):
                 workload = applied

@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from inference.adapters import STRENGTHS_ENV
@@ -44,7 +42,7 @@ from tuning_controller.render.pod import (
     node_affinity,
     pod_security,
 )
-from tuning_controller.settings import Settings
+from tuning_controller.settings import TORCH_DIST_PORT, Settings
 from tuning_controller.workspace import GROUP, AdapterSpec, Workspace, to_dict
 
 COMPONENT = "inference"
@@ -56,56 +54,6 @@ MERGED_ROOT = "/mnt/merged"
 PULLED_VOLUME = "adapters"
 PULL_SECRET_ROOT = "/mnt/pull-secrets"
 SERVICE_PORT = 80
-TORCH_DIST_PORT = 29500
-RUNTIMES = ("transformers", "vllm")
-INFERENCE_PREFIX = "KAITO_TUNE_INFERENCE_"
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How inference Workspaces are served; each field is ``KAITO_TUNE_INFERENCE_<FIELD>`` in the env."""
-
-    runtime: str = "transformers"
-    """transformers: this project's server (strength by PEFT); vllm: vLLM with merged adapters (GPU only)."""
-    image: str = ""
-    """Image with inference/ and the preset weights; empty: the trainer image, which holds both."""
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
-    adapter_image_volumes: bool = False
-    """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers."""
-    port: int = 5000
-    """The server's container port (KAITO's); the Service maps port 80 to it."""
-    max_new_tokens: int = 2048
-    """Largest completion one request may ask for (transformers runtime)."""
-
-    def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ValueError(
-                f"{INFERENCE_PREFIX}RUNTIME={self.runtime!r}: must be one of {', '.join(RUNTIMES)}"
-            )
-        if not 1 <= self.port <= 65535 or self.port == TORCH_DIST_PORT:
-            raise ValueError(
-                f"{INFERENCE_PREFIX}PORT={self.port}: must be 1..65535 and not {TORCH_DIST_PORT}"
-            )
-
-
-def inference_settings_from_env(env: Mapping[str, str]) -> InferenceSettings:
-    """InferenceSettings from ``KAITO_TUNE_INFERENCE_*``; unset ones keep their defaults."""
-    values: dict[str, Any] = {}
-    for f in fields(InferenceSettings):
-        raw = env.get(INFERENCE_PREFIX + f.name.upper())
-        if raw is None:
-            continue
-        default = getattr(InferenceSettings(), f.name)
-        if isinstance(default, bool):
-            values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            try:
-                values[f.name] = int(raw)
-            except ValueError:
-                raise ValueError(f"{INFERENCE_PREFIX}{f.name.upper()}={raw!r}: must be an integer") from None
-        else:
-            values[f.name] = raw
-    return replace(InferenceSettings(), **values)
 
 
 def workload_name(ws: Workspace) -> str:
@@ -126,13 +74,13 @@ def selector_labels(ws: Workspace) -> dict[str, str]:
     return {WORKSPACE_LABEL: ws.name, "app.kubernetes.io/component": COMPONENT}
 
 
-def adapters_hash(ws: Workspace, inference: InferenceSettings) -> str:
+def adapters_hash(ws: Workspace, settings: Settings) -> str:
     spec = ws.inference
     decided = {
         "preset": to_dict(spec.preset) if spec and spec.preset else None,
         "adapters": [to_dict(a) for a in (spec.adapters if spec else [])],
-        "runtime": inference.runtime,
-        "imageVolumes": inference.adapter_image_volumes,
+        "runtime": settings.inference_runtime,
+        "imageVolumes": settings.inference_adapter_image_volumes,
     }
     return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -142,9 +90,7 @@ def _strengths(adapters: list[AdapterSpec]) -> str:
     return ",".join(f"{a.source.name}={float(a.strength)}" for a in adapters)
 
 
-def _adapter_parts(
-    ws: Workspace, settings: Settings, inference: InferenceSettings
-) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """(pull init containers, volumes, server mounts, extra pod imagePullSecrets) for the adapters.
 
     Pulled adapters share one emptyDir mounted at /mnt/adapter: the pull stages next to its
@@ -160,7 +106,7 @@ def _adapter_parts(
             volumes.append({"name": f"adapter-{i}", **source.volume_source})
             mounts.append(mount(f"adapter-{i}", path, read_only=True))
             continue
-        if inference.adapter_image_volumes:
+        if settings.inference_adapter_image_volumes:
             volumes.append(
                 {"name": f"adapter-{i}", "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
             )
@@ -229,12 +175,15 @@ def _model_env(ws: Workspace) -> list[dict[str, Any]]:
     return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
 
 
-def _transformers_server(
-    ws: Workspace, inference: InferenceSettings, gpus: int, image: str
-) -> dict[str, Any]:
+def _transformers_server(ws: Workspace, settings: Settings, gpus: int, image: str) -> dict[str, Any]:
     preset = ws.inference.preset.name
     command = ["python", "-m", "inference", "--preset", preset, "--adapter-root", ADAPTER_ROOT]
-    command += ["--port", str(inference.port), "--max-new-tokens", str(inference.max_new_tokens)]
+    command += [
+        "--port",
+        str(settings.inference_port),
+        "--max-new-tokens",
+        str(settings.inference_max_new_tokens),
+    ]
     command += ["--termination-log", TERMINATION_LOG]
     env = _model_env(ws)
     if env:
@@ -244,7 +193,7 @@ def _transformers_server(
     return {"name": SERVER, "image": image, "command": command, "env": env, "resources": gpu_resources(gpus)}
 
 
-def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict[str, Any]:
+def _vllm_server(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]:
     from presets.catalog import get_model
 
     preset = get_model(ws.inference.preset.name)
@@ -261,7 +210,7 @@ def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict
         "--host",
         "0.0.0.0",
         "--port",
-        str(inference.port),
+        str(settings.inference_port),
         "--tensor-parallel-size",
         str(gpus),
     ]
@@ -273,7 +222,7 @@ def _vllm_server(ws: Workspace, inference: InferenceSettings, gpus: int) -> dict
         script += f' --max-lora-rank "$(cat {MERGED_ROOT}/max-lora-rank)"'
     return {
         "name": SERVER,
-        "image": inference.vllm_image,
+        "image": settings.inference_vllm_image,
         "command": ["sh", "-c", f"exec {script}"],
         "env": _model_env(ws),
         "resources": gpu_resources(gpus),
@@ -316,38 +265,36 @@ def _multi_node_env(ws: Workspace) -> list[dict[str, Any]]:
     ]
 
 
-def render_pod_template(
-    ws: Workspace, settings: Settings, inference: InferenceSettings, gpus: int
-) -> dict[str, Any]:
+def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]:
     """The server pod: adapter pulls (and the vLLM merge) as init containers, then the server."""
     spec = ws.inference
     if spec is None or spec.preset is None:
         raise ValueError(f"Workspace {ws.name!r} has no inference.preset to serve")
     gpus = max(1, int(gpus))
     options = spec.preset.preset_options
-    runtime_image = inference.image or settings.trainer_image
+    runtime_image = settings.inference_image or settings.trainer_image
     image = options.image if options and options.image else runtime_image
-    init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings, inference)
+    init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings)
     volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-    if inference.runtime == "vllm":
-        server = _vllm_server(ws, inference, gpus)
+    if settings.inference_runtime == "vllm":
+        server = _vllm_server(ws, settings, gpus)
         if spec.adapters:
             init.append(_merge_container(ws, runtime_image, mounts))
             volumes.append({"name": "merged", "emptyDir": {}})
             mounts = [mount("merged", MERGED_ROOT, read_only=True)]
     else:
-        server = _transformers_server(ws, inference, gpus, image)
+        server = _transformers_server(ws, settings, gpus, image)
         server["securityContext"] = container_security()
     if node_count(ws) > 1:
         server["env"] = [*server["env"], *_multi_node_env(ws)]
-    ports = [{"name": "http", "containerPort": inference.port}]
+    ports = [{"name": "http", "containerPort": settings.inference_port}]
     if node_count(ws) > 1:
         ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
     server.update(
         ports=ports,
         volumeMounts=[*mounts, mount("dshm", "/dev/shm")],
         terminationMessagePolicy="FallbackToLogsOnError",
-        **_probes(inference.port),
+        **_probes(settings.inference_port),
     )
     if not server["env"]:
         del server["env"]
@@ -357,7 +304,7 @@ def render_pod_template(
         "containers": [server],
         "volumes": volumes,
     }
-    if inference.runtime == "transformers":
+    if settings.inference_runtime == "transformers":
         pod["securityContext"] = pod_security(settings)
     if init:
         pod["initContainers"] = init
@@ -367,15 +314,13 @@ def render_pod_template(
     affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
     if affinity:
         pod["affinity"] = affinity
-    annotations = {ADAPTERS_HASH_ANNOTATION: adapters_hash(ws, inference)}
+    annotations = {ADAPTERS_HASH_ANNOTATION: adapters_hash(ws, settings)}
     return {"metadata": {"labels": labels(ws, COMPONENT), "annotations": annotations}, "spec": pod}
 
 
-def render_workload(
-    ws: Workspace, settings: Settings, inference: InferenceSettings, gpus: int
-) -> dict[str, Any]:
+def render_workload(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]:
     """A Deployment with one replica, or a StatefulSet of resource.count pods for multi-node serving."""
-    template = render_pod_template(ws, settings, inference, gpus)
+    template = render_pod_template(ws, settings, gpus)
     selector = {"matchLabels": selector_labels(ws)}
     meta = metadata(ws, workload_name(ws), COMPONENT)
     if node_count(ws) == 1:
@@ -391,7 +336,7 @@ def render_workload(
     return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": spec}
 
 
-def render_services(ws: Workspace, inference: InferenceSettings) -> list[dict[str, Any]]:
+def render_services(ws: Workspace) -> list[dict[str, Any]]:
     """The Service (port 80 -> server) and, multi-node, the headless Service for rendezvous."""
     selector = selector_labels(ws)
     if node_count(ws) > 1:
@@ -429,8 +374,6 @@ def stale_objects(ws: Workspace) -> list[tuple[str, str, str]]:
     return [("apps/v1", "StatefulSet", workload_name(ws)), ("v1", "Service", headless_service_name(ws))]
 
 
-def render_inference_objects(
-    ws: Workspace, settings: Settings, inference: InferenceSettings, *, gpus: int
-) -> list[dict[str, Any]]:
+def render_inference_objects(ws: Workspace, settings: Settings, *, gpus: int) -> list[dict[str, Any]]:
     """Every object of an inference Workspace, in apply order (Services first, then the workload)."""
-    return [*render_services(ws, inference), render_workload(ws, settings, inference, gpus)]
+    return [*render_services(ws), render_workload(ws, settings, gpus)]
