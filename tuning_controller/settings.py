@@ -3,7 +3,7 @@
 Every variable is ``KAITO_TUNE_<NAME>``; a bad value stops the controller at start with the variable,
 the value and what is allowed, rather than surfacing later inside a Job.
 
-    KAITO_TUNE_TRAINER_IMAGE=ghcr.io/kaito-tune/trainer:0.1.0   # trainer, pre-flight
+    KAITO_TUNE_TRAINER_IMAGE=ghcr.io/kaito-tune/runtime:0.1.0   # trainer, pre-flight, inference server
     KAITO_TUNE_TOOLS_IMAGE=ghcr.io/kaito-tune/tools:0.1.0       # fetch-data, push (no torch)
     KAITO_TUNE_AUTO_PROVISIONING=true                           # Karpenter NodeClaims for instanceType
     KAITO_TUNE_ALLOW_LOOPBACK_URLS=true                         # development only
@@ -34,8 +34,9 @@ class SettingsError(ValueError):
 class Settings:
     """What the controller needs beyond the Workspace; one field per environment variable."""
 
-    trainer_image: str = "ghcr.io/kaito-tune/trainer:0.1.0"
-    """Image with trainer/ and the preset models (runs the pre-flight and the training)."""
+    trainer_image: str = "ghcr.io/kaito-tune/runtime:0.1.0"
+    """The runtime image (docker/runtime.Dockerfile): trainer/, inference/ and the preset models. Runs the
+    pre-flight, the training and (unless inference_image says otherwise) the inference server."""
     tools_image: str = "ghcr.io/kaito-tune/tools:0.1.0"
     """Image with artifacts/ only (fetch-data, push): small, and no torch next to the push secret."""
     workspace_api_version: str = "kaito.sh/v1beta1"
@@ -77,7 +78,8 @@ class Settings:
     inference_runtime: str = "transformers"
     """transformers: this project's server (strength by PEFT); vllm: vLLM with merged adapters (GPU only)."""
     inference_image: str = ""
-    """Image with inference/ and the preset weights; empty: the trainer image, which holds both."""
+    """Image of the inference server; empty: trainer_image, the runtime image that holds it, so the one
+    KAITO_TUNE_TRAINER_IMAGE the chart sets serves both."""
     inference_vllm_image: str = "vllm/vllm-openai:v0.11.0"
     inference_adapter_image_volumes: bool = False
     """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers."""
