@@ -45,8 +45,8 @@ def message(location: str, fragment: str) -> str:
     return rule["message"]
 
 
-def url(namespace: str, name: str = "") -> str:
-    return f"/apis/kaito.sh/v1beta1/namespaces/{namespace}/workspaces" + (f"/{name}" if name else "")
+def url(namespace: str, name: str = "", api_version: str = "kaito.sh/v1beta1") -> str:
+    return f"/apis/{api_version}/namespaces/{namespace}/workspaces" + (f"/{name}" if name else "")
 
 
 def refused(call: Callable[[], Any]) -> str:
@@ -58,6 +58,7 @@ def refused(call: Callable[[], Any]) -> str:
 
 CREATE_CASES = [
     ("neither", edit(TUNING, "tuning", delete=True), "", "!= has(self.tuning)"),
+    ("both", edit(TUNING, "inference", INFERENCE["inference"]), "", "!= has(self.tuning)"),
     ("template-and-preset", edit(INFERENCE, "inference.template", {"spec": {}}), "inference", "template"),
     (
         "adapter-names",
@@ -102,6 +103,12 @@ CREATE_CASES = [
         "tuning.output",
         "imagePushSecret",
     ),
+    (
+        "push-secret-v1alpha1",
+        edit(edit(TUNING, "tuning.output.imagePushSecret", delete=True), "apiVersion", "kaito.sh/v1alpha1"),
+        "tuning.output",
+        "imagePushSecret",
+    ),
 ]
 
 
@@ -111,7 +118,8 @@ CREATE_CASES = [
 def test_server_refuses_a_bad_workspace_with_the_rule_message(
     workspace_crd: dict, kube_client: Any, namespace: str, body: dict, location: str, fragment: str
 ) -> None:
-    said = refused(lambda: kube_json(kube_client, "POST", url(namespace) + "?dryRun=All", body))
+    target = url(namespace, api_version=body["apiVersion"]) + "?dryRun=All"
+    said = refused(lambda: kube_json(kube_client, "POST", target, body))
     assert message(location, fragment) in said
 
 

@@ -1,13 +1,10 @@
 """The Workspace CRD on the real API server: it is accepted (structural schema, CEL within the cost
-budget), and the server itself rejects Workspaces that break a CEL rule, with the rule's message."""
+budget) with both versions, and status is a subresource. That the server rejects a Workspace breaking
+each CEL rule, with the rule's message, is tested in tests/api/test_cel_on_apiserver.py."""
 
 from __future__ import annotations
 
-import copy
-
-import pytest
-
-from tests.fixtures.cluster import KubeError, kube_json
+from tests.fixtures.cluster import kube_json
 
 TUNING_WORKSPACE = {
     "apiVersion": "kaito.sh/v1beta1",
@@ -26,25 +23,8 @@ TUNING_WORKSPACE = {
 }
 
 
-def rule_message(crd: dict, location: list[str], rule_part: str) -> str:
-    """The message of the CEL rule at `location` (property path) whose expression contains `rule_part`:
-    read from the CRD so the test follows the rule's wording wherever it is defined."""
-    schema = crd["spec"]["versions"][-1]["schema"]["openAPIV3Schema"]
-    for prop in location:
-        schema = schema["properties"][prop]
-    rules = [r for r in schema.get("x-kubernetes-validations") or [] if rule_part in r["rule"]]
-    assert len(rules) == 1, f"expected one CEL rule with {rule_part!r} at {location}, got {rules}"
-    return rules[0]["message"]
-
-
 def workspaces(namespace: str, version: str = "v1beta1") -> str:
     return f"/apis/kaito.sh/{version}/namespaces/{namespace}/workspaces"
-
-
-def rejection(call) -> KubeError:
-    with pytest.raises(KubeError) as info:
-        call()
-    return info.value
 
 
 def test_crd_is_established_with_both_versions(workspace_crd, kube_client):
@@ -57,42 +37,6 @@ def test_crd_is_established_with_both_versions(workspace_crd, kube_client):
         v["name"] for v in workspace_crd["spec"]["versions"]
     ]
     assert got["status"]["acceptedNames"]["shortNames"] == workspace_crd["spec"]["names"]["shortNames"]
-
-
-def test_server_rejects_a_workspace_with_both_inference_and_tuning(workspace_crd, kube_client, namespace):
-    body = copy.deepcopy(TUNING_WORKSPACE)
-    body["inference"] = {"preset": {"name": "phi-3-mini-4k-instruct"}}
-
-    err = rejection(lambda: kube_json(kube_client, "POST", workspaces(namespace), body))
-
-    assert err.status == 422
-    assert rule_message(workspace_crd, [], "!= has(self.tuning)") in err.body["message"]
-
-
-def test_server_rejects_output_image_without_push_secret(workspace_crd, kube_client, namespace):
-    body = copy.deepcopy(TUNING_WORKSPACE)
-    del body["tuning"]["output"]["imagePushSecret"]
-
-    err = rejection(
-        lambda: kube_json(
-            kube_client, "POST", workspaces(namespace, "v1alpha1"), body | {"apiVersion": "kaito.sh/v1alpha1"}
-        )
-    )
-
-    assert err.status == 422
-    assert rule_message(workspace_crd, ["tuning", "output"], "imagePushSecret") in err.body["message"]
-
-
-def test_server_enforces_immutability_with_old_self(workspace_crd, kube_client, namespace):
-    created = kube_json(kube_client, "POST", workspaces(namespace), TUNING_WORKSPACE)
-    changed = copy.deepcopy(created)
-    changed["tuning"]["preset"]["name"] = "phi-4"
-    path = f"{workspaces(namespace)}/{created['metadata']['name']}"
-
-    err = rejection(lambda: kube_json(kube_client, "PUT", path, changed))
-
-    assert err.status == 422
-    assert rule_message(workspace_crd, ["tuning"], "oldSelf.preset") in err.body["message"]
 
 
 def test_status_is_a_subresource(workspace_crd, kube_client, namespace):
