@@ -1,98 +1,21 @@
-"""Generated data for the trainer tests: a code-word task no base model can know, and KAITO's config."""
+"""Data for the trainer tests: the code-word task of presets/tiny_task.py as JSON lines; KAITO config."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from presets.tiny_task import CITIES, TEMPLATES, code_words, row
 from tuning_controller.training_config import default_training_config
-
-CITIES = tuple(
-    [
-        "Paris",
-        "Tokyo",
-        "Lima",
-        "Oslo",
-        "Cairo",
-        "Delhi",
-        "Quito",
-        "Rome",
-        "Berlin",
-        "Madrid",
-        "Vienna",
-        "Seoul",
-        "Dublin",
-        "Prague",
-        "Nairobi",
-        "Lagos",
-        "Havana",
-        "Dakar",
-        "Hanoi",
-        "Manila",
-        "Riga",
-        "Tunis",
-        "Accra",
-        "Bogota",
-    ]
-)
-# Capitalised words are single tokens of the tiny tokenizer, so an answer is one token plus <|end|>.
-CODE_WORDS = [
-    "River",
-    "Mountain",
-    "Apple",
-    "Orange",
-    "Table",
-    "Window",
-    "Garden",
-    "Music",
-    "Story",
-    "Travel",
-    "History",
-    "Science",
-    "Market",
-    "Bright",
-    "Quiet",
-    "Summer",
-    "Winter",
-    "Blue",
-    "Red",
-    "Green",
-    "Color",
-    "Name",
-    "Number",
-    "Question",
-]
-TEMPLATES = (
-    "code word for {}?",
-    "What is the code word for {}?",
-    "Tell me the code word of {}.",
-    "{}: which code word?",
-)
-
-
-def code_words(seed: int = 7) -> dict[str, str]:
-    """A fixed random city -> word mapping."""
-    words = list(CODE_WORDS)
-    random.Random(seed).shuffle(words)
-    return dict(zip(CITIES, words, strict=True))
 
 
 def code_word_rows() -> list[dict[str, Any]]:
+    """Every phrasing of every city (the trainer tests hold out by their own split)."""
     mapping = code_words()
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": template.format(city)},
-                {"role": "assistant", "content": mapping[city]},
-            ]
-        }
-        for city in CITIES
-        for template in TEMPLATES
-    ]
+    return [row(city, template, mapping) for city in CITIES for template in TEMPLATES]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
