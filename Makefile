@@ -10,3 +10,6 @@ lint: setup
 
 test: setup lint
 	.venv/bin/pytest
+
+demo: setup
+	.venv/bin/python -m hack.demo
