@@ -90,7 +90,7 @@ def test_status_write_rereads_and_retries_on_conflict(kube_client, namespace, co
         ctl = Controller(kube, Settings(), lambda *a: None)
         cond = c.condition(c.JOB_STARTED, False, "Testing", "written despite conflicts", 1)
         for i in range(5):
-            write_status(ctl, stale, [cond], {"phase": f"P{i}"}, "Pending")
+            write_status(ctl, stale, [cond], {"phase": f"P{i}"}, "Pending", key="tuning")
     finally:
         stop.set()
         thread.join()

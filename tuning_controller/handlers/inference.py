@@ -22,9 +22,9 @@ import kopf
 
 from tuning_controller import conditions as c
 from tuning_controller import metrics
-from tuning_controller.handlers.tuning import Controller, Waiting, controller
+from tuning_controller.handlers.tuning import Controller, Waiting, controller, write_status
 from tuning_controller.inference_status import inference_status
-from tuning_controller.kube import KubeError, retry_on_conflict
+from tuning_controller.kube import KubeError
 from tuning_controller.nodes import choose_node, nodeclaim_state
 from tuning_controller.problems import errors
 from tuning_controller.render import sku_gpus
@@ -51,40 +51,6 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def write_status(
-    ctl: Controller, ws_obj: Mapping[str, Any], conds: list[dict], inference: Mapping[str, Any], state: str
-) -> None:
-    """Set conditions, status.inference and status.state; conditional on resourceVersion, skipped when
-    nothing would change."""
-    meta = ws_obj["metadata"]
-    api_version = ctl.settings.workspace_api_version
-    current: Mapping[str, Any] | None = ws_obj
-
-    def attempt() -> None:
-        nonlocal current
-        obj = current or ctl.kube.get(api_version, "Workspace", meta["namespace"], meta["name"])
-        current = None
-        if obj is None:
-            return
-        status = obj.get("status") or {}
-        merged = c.set_conditions(status.get("conditions"), conds)
-        if (
-            c.same_conditions(status.get("conditions"), merged)
-            and status.get("inference") == dict(inference)
-            and status.get("state") == state
-        ):
-            return
-        patch = {
-            "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-            "status": {"conditions": merged, "inference": dict(inference), "state": state},
-        }
-        ctl.kube.merge_patch(
-            api_version, "Workspace", meta["namespace"], meta["name"], patch, subresource="status"
-        )
-
-    retry_on_conflict(attempt)
-
-
 def _nodes(
     ctl: Controller, ws_obj: Mapping[str, Any], ws: Workspace, generation: int, now: str
 ) -> tuple[int, dict[str, Any]]:
@@ -108,7 +74,9 @@ def _nodes(
             c.condition(c.INFERENCE_READY, False, reason, message, generation, now),
             c.condition(c.WORKSPACE_SUCCEEDED, False, reason, message, generation, now),
         ]
-        write_status(ctl, ws_obj, waiting, {"phase": "WaitingForNodes", "message": message}, "Pending")
+        write_status(
+            ctl, ws_obj, waiting, {"phase": "WaitingForNodes", "message": message}, "Pending", key=KIND
+        )
         raise Waiting(message, NODE_RETRY_S)
     return gpus, resource
 
@@ -133,9 +101,8 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
                 c.condition(t, False, c.REASON_INVALID_SPEC, message, generation, now)
                 for t in (c.RESOURCE_READY, c.INFERENCE_READY, c.WORKSPACE_SUCCEEDED)
             ]
-            write_status(
-                ctl, ws_obj, conds, {"phase": "Invalid", "message": message[: c.MESSAGE_MAX]}, "Failed"
-            )
+            invalid = {"phase": "Invalid", "message": message[: c.MESSAGE_MAX]}
+            write_status(ctl, ws_obj, conds, invalid, "Failed", key=KIND)
             metrics.set_state(KIND, key, "Failed")
             raise kopf.PermanentError(message)
         ws, _ = parse_workspace(ws_obj)
@@ -152,7 +119,7 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
         pods = ctl.kube.list("v1", "Pod", ws.namespace, selector)
         conds, summary, state = inference_status(workload, pods, generation, now)
         summary["adapters"] = {a.source.name: a.strength for a in ws.inference.adapters}
-        write_status(ctl, ws_obj, [resource, *conds], summary, state)
+        write_status(ctl, ws_obj, [resource, *conds], summary, state, key=KIND)
         metrics.set_state(KIND, key, state)
         return summary["phase"]
 

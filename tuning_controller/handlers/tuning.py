@@ -181,11 +181,14 @@ def write_status(
     ctl: Controller,
     ws_obj: Mapping[str, Any],
     new_conditions: list[dict[str, Any]],
-    tuning: Mapping[str, Any],
+    section: Mapping[str, Any],
     state: str,
+    *,
+    key: str,
 ) -> dict[str, Any]:
-    """Merge ``tuning`` into status.tuning and set the conditions; conditional on resourceVersion,
-    re-read and re-applied on conflict, skipped when nothing would change. Returns the Workspace."""
+    """Merge ``section`` into status.<key> (``tuning`` or ``inference``) and set the conditions and
+    status.state; conditional on resourceVersion, re-read and re-applied on conflict, skipped when
+    nothing would change. Returns the Workspace."""
     meta = ws_obj["metadata"]
     api_version = ctl.settings.workspace_api_version
     current: Mapping[str, Any] | None = ws_obj
@@ -198,8 +201,8 @@ def write_status(
             return {}
         status = obj.get("status") or {}
         merged_conditions = c.set_conditions(status.get("conditions"), new_conditions)
-        old_tuning = status.get("tuning") or {}
-        changed = {k: v for k, v in tuning.items() if old_tuning.get(k) != v}
+        old_section = status.get(key) or {}
+        changed = {k: v for k, v in section.items() if old_section.get(k) != v}
         if (
             not changed
             and c.same_conditions(status.get("conditions"), merged_conditions)
@@ -208,7 +211,7 @@ def write_status(
             return dict(obj)
         patch = {
             "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-            "status": {"conditions": merged_conditions, "tuning": changed, "state": state},
+            "status": {"conditions": merged_conditions, key: changed, "state": state},
         }
         return ctl.kube.merge_patch(
             api_version, "Workspace", meta["namespace"], meta["name"], patch, subresource="status"
@@ -256,7 +259,9 @@ def _invalid(ctl: Controller, ws_obj: Mapping[str, Any], problems: list[Problem]
     ]
     _announce(ctl, ws_obj, st.INVALID, message)
     state = st.state_for(st.INVALID)
-    write_status(ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, state)
+    write_status(
+        ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, state, key="tuning"
+    )
     metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises after this
     return st.INVALID
 
@@ -355,7 +360,7 @@ def _reconcile(
     )
     conds = [*gpus_conds, resource, *st.training_conditions(result, generation, now)]
     _announce(ctl, ws_obj, phase, tuning["message"])
-    write_status(ctl, ws_obj, conds, tuning, st.state_for(phase))
+    write_status(ctl, ws_obj, conds, tuning, st.state_for(phase), key=KIND)
     return phase
 
 
@@ -385,7 +390,7 @@ def _check_data(
             c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message, generation, now),
         ]
         tuning = {**fresh, "phase": st.CHECKING_DATA, "message": message}
-        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.CHECKING_DATA))
+        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.CHECKING_DATA), key=KIND)
         return {}, st.CHECKING_DATA
     summary = st.data_summary(data)
     if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
@@ -394,7 +399,7 @@ def _check_data(
         _announce(ctl, ws_obj, st.FAILED, message)
         conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
         tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
-        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.FAILED))
+        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.FAILED), key=KIND)
         return {}, st.FAILED
     return summary, ""
 
@@ -481,7 +486,7 @@ def _waiting_status(
     ]
     tuning = {**fresh, "phase": st.WAITING_FOR_NODES, "message": message, "data": dict(summary)}
     state = st.state_for(st.WAITING_FOR_NODES)
-    write_status(ctl, ws_obj, conds, tuning, state)
+    write_status(ctl, ws_obj, conds, tuning, state, key=KIND)
     metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises Waiting after this
 
 
