@@ -190,15 +190,10 @@ def _render(args: argparse.Namespace) -> int:
         if doc.kind != KIND:
             continue
         ws, _ = parse_workspace(doc.body)
-        if ws.tuning is not None:
-            user_config = configmaps.get(ws.tuning.config) if ws.tuning.config else None
-            rendered = render_workspace_objects(ws, settings, user_config)
-            objects += rendered if args.all_objects else rendered[:1]  # [0]: the training config
+        user_config = configmaps.get(ws.tuning.config) if ws.tuning and ws.tuning.config else None
+        objects += render_workspace_objects(ws, settings, user_config)
     if not objects:
-        print(
-            f"{args.file}: no tuning Workspace to render (inference rendering lands with the server)",
-            file=sys.stderr,
-        )
+        print(f"{args.file}: no Workspace to render", file=sys.stderr)
     sys.stdout.write(dump_yaml(objects))
     return 0
 
@@ -343,16 +338,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=_validate)
 
     render = subparsers.add_parser(
-        "render", help="print the objects the controller would create (YAML stream)"
+        "render",
+        help="print every object the controller would create (YAML stream)",
+        description="Every object the controller creates for each Workspace in FILE, tuning (training "
+        "config, data Job, RBAC, results claim, NodeClaim, training Job) or inference (NodeClaim, "
+        "Services, Deployment/StatefulSet); settings from the controller's KAITO_TUNE_* variables.",
     )
     render.add_argument("file", metavar="FILE")
     render.add_argument("--allow-loopback-urls", action="store_true", help="development only")
-    render.add_argument(
-        "--all-objects",
-        action="store_true",
-        help="every object the controller creates (data Job, RBAC, claim, NodeClaim, training Job), "
-        "not only the training-config ConfigMap; settings from KAITO_TUNE_* variables",
-    )
     render.set_defaults(func=_render)
 
     crd = subparsers.add_parser("crd", help="print the workspaces.kaito.sh CustomResourceDefinition")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.api.builders import EXAMPLES, TUNING_SEED, edit, load
+from tests.api.builders import ADAPTERS_SEED, EXAMPLES, TUNING_SEED, edit, load
 from tuning_controller.cli import main
 from tuning_controller.training_config import default_training_config
 
@@ -108,14 +108,34 @@ def test_unknown_document_kind_is_an_error(tmp_path: Path, capsys: pytest.Captur
     assert "is not a Workspace" in out
 
 
+def training_configmap(out: str) -> dict[str, Any]:
+    (obj,) = [o for o in yaml.safe_load_all(out) if o["kind"] == "ConfigMap"]
+    return obj
+
+
 def test_render_prints_the_training_configmap(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "render", str(TUNING_SEED))
     assert code == 0
-    (obj,) = list(yaml.safe_load_all(out))
+    obj = training_configmap(out)
     assert obj["kind"] == "ConfigMap"
     assert obj["metadata"]["name"] == "workspace-phi-3-mini-training-config"
     assert obj["metadata"]["annotations"]["kaito.sh/training-config-source"] == "qlora-params-template"
     assert yaml.safe_load(obj["data"]["training_config.yaml"]) == default_training_config("qlora")
+
+
+def test_render_prints_every_object_of_tuning_and_inference_workspaces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tuning, serving = load(TUNING_SEED), load(ADAPTERS_SEED)
+    code, out, _ = run(capsys, "render", write(tmp_path, "both.yaml", tuning, serving))
+    assert code == 0
+    objects = list(yaml.safe_load_all(out))
+    kinds = [(o["kind"], o["metadata"]["labels"]["kaito.sh/workspace"]) for o in objects]
+    job_kinds = ["ConfigMap", "Job", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Job"]
+    assert kinds == [(k, tuning["metadata"]["name"]) for k in job_kinds] + [
+        ("Service", serving["metadata"]["name"]),
+        ("Deployment", serving["metadata"]["name"]),
+    ]
 
 
 def test_render_uses_the_named_configmap_and_refuses_invalid_input(
@@ -125,7 +145,7 @@ def test_render_uses_the_named_configmap_and_refuses_invalid_input(
     ws = edit(load(TUNING_SEED), "tuning.config", "own")
     code, out, _ = run(capsys, "render", write(tmp_path, "ok.yaml", ws, configmap("own", own)))
     assert code == 0
-    (obj,) = list(yaml.safe_load_all(out))
+    obj = training_configmap(out)
     assert yaml.safe_load(obj["data"]["training_config.yaml"])["training_config"]["LoraConfig"]["r"] == 16
     assert obj["metadata"]["annotations"]["kaito.sh/training-config-source"] == "configmap/own"
     code, out, err = run(capsys, "render", write(tmp_path, "bad.yaml", edit(ws, "tuning.method", "dora")))

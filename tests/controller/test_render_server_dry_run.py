@@ -1,4 +1,4 @@
-"""Every object `kaito-tune render --all-objects` prints is accepted by the real API server (dry run)."""
+"""Every object `kaito-tune render` prints is accepted by the real API server (dry run)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ EXAMPLE = REPO_ROOT / "examples" / "tuning" / "kaito_workspace_tuning_phi_3.yaml
 def test_rendered_objects_pass_server_side_dry_run(kube_client, namespace, nodeclaim_crd):
     env = {**os.environ, "KAITO_TUNE_AUTO_PROVISIONING": "true", "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "tuning_controller.cli", "render", "--all-objects", str(EXAMPLE)],
+        [sys.executable, "-m", "tuning_controller.cli", "render", str(EXAMPLE)],
         capture_output=True,
         text=True,
         env=env,

@@ -42,11 +42,13 @@ def render_workspace_objects(
     data_sha256: str = PENDING_DATA_SHA,
     gpus: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object the controller creates for a tuning Workspace, in creation order.
+    """Every object the controller creates for a Workspace, tuning or inference, in creation order.
 
-    The training Job's data sha256 comes from the pre-flight at run time; without it a placeholder shows.
+    ``gpus`` per pod defaults to the instanceType's (own nodes report theirs at run time). A tuning Job's
+    data sha256 comes from the pre-flight at run time; without it a placeholder shows.
     """
     from tuning_controller.render.configmap import render_training_configmap
+    from tuning_controller.render.inference import render_inference_objects
     from tuning_controller.render.job import (
         render_data_job,
         render_results_claim,
@@ -57,14 +59,17 @@ def render_workspace_objects(
     from tuning_controller.render.nodeclaim import render_nodeclaim
     from tuning_controller.render.rbac import render_progress_rbac
 
+    gpus = gpus if gpus else sku_gpus(ws)
+    provisions = settings.auto_provisioning and ws.resource is not None and bool(ws.resource.instance_type)
+    if ws.tuning is None:
+        nodeclaim = [render_nodeclaim(ws, settings)] if provisions else []
+        return [*nodeclaim, *render_inference_objects(ws, settings, gpus=gpus)]
     rev = revision(ws, training_config_doc(ws, user_config))
     objects = [render_training_configmap(ws, user_config), render_data_job(ws, settings, rev)]
-    if settings.auto_provisioning and ws.resource is not None and ws.resource.instance_type:
+    if provisions:
         objects.append(render_nodeclaim(ws, settings))
     objects += render_progress_rbac(ws)
     if uses_results_claim(ws, settings):
         objects.append(render_results_claim(ws, settings))
-    objects.append(
-        render_training_job(ws, settings, rev, data_sha256=data_sha256, gpus=gpus if gpus else sku_gpus(ws))
-    )
+    objects.append(render_training_job(ws, settings, rev, data_sha256=data_sha256, gpus=gpus))
     return objects
