@@ -4,23 +4,10 @@ each CEL rule, with the rule's message, is tested in tests/api/test_cel_on_apise
 
 from __future__ import annotations
 
+from tests.api.builders import TUNING_SEED, edit, load
 from tests.fixtures.cluster import kube_json
 
-TUNING_WORKSPACE = {
-    "apiVersion": "kaito.sh/v1beta1",
-    "kind": "Workspace",
-    "metadata": {"name": "tune-phi-3"},
-    "resource": {
-        "instanceType": "Standard_NC24ads_A100_v4",
-        "labelSelector": {"matchLabels": {"apps": "phi-3"}},
-    },
-    "tuning": {
-        "preset": {"name": "phi-3-mini-4k-instruct"},
-        "method": "qlora",
-        "input": {"urls": ["https://example.com/data/train.parquet"]},
-        "output": {"image": "registry.example.com/adapters/phi-3:0.0.1", "imagePushSecret": "push-secret"},
-    },
-}
+TUNING_WORKSPACE = edit(load(TUNING_SEED), "apiVersion", "kaito.sh/v1beta1")  # KAITO's tuning example
 
 
 def workspaces(namespace: str, version: str = "v1beta1") -> str:
