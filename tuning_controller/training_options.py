@@ -53,8 +53,14 @@ _SIMPLE = {
 }
 
 
+# One order for type names: typing caches Unions by equality, so Union[str, list] may come back as
+# Union[list, str] depending on which one some imported module built first.
+_TYPE_ORDER = ("bool", "int", "float", "str", "list", "dict", "object", "null")
+
+
 def _type_info(tp: Any) -> tuple[list[str], list[Any] | None]:
-    """Flatten an annotation into simple type names and, for Literal/Enum members, the allowed values."""
+    """Flatten an annotation into simple type names (in _TYPE_ORDER) and, for Literal/Enum members, the
+    allowed values."""
     names: list[str] = []
     choices: list[Any] = []
     origin = typing.get_origin(tp)
@@ -80,7 +86,7 @@ def _type_info(tp: Any) -> tuple[list[str], list[Any] | None]:
         names.append(_SIMPLE[tp])
     else:
         names.append("object")
-    return names, (choices or None)
+    return sorted(names, key=_TYPE_ORDER.index), (choices or None)
 
 
 def _json_default(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import typing
 
 from trainer import config as trainer_config
 from tuning_controller import training_options
@@ -51,3 +52,11 @@ def test_project_sections_match_what_the_trainer_reads() -> None:
         assert sets["DatasetConfig"][field.name]["default"] == field.default, field.name
     for field in dataclasses.fields(trainer_config.CollatorOptions):
         assert sets["DataCollator"][field.name]["default"] == field.default, field.name
+
+
+def test_type_names_do_not_depend_on_which_union_was_built_first() -> None:
+    """typing caches Unions by equality: Union[str, list] can come back as Union[list, str] when some
+    imported module built that one first (seen in CI); the snapshot must not depend on import order."""
+    first = training_options._type_info(typing.Optional[typing.Union[list[str], str]])  # noqa: UP007
+    second = training_options._type_info(typing.Optional[typing.Union[str, list[str]]])  # noqa: UP007
+    assert first == second == (["str", "list", "null"], None)
