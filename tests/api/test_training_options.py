@@ -57,6 +57,6 @@ def test_project_sections_match_what_the_trainer_reads() -> None:
 def test_type_names_do_not_depend_on_which_union_was_built_first() -> None:
     """typing caches Unions by equality: Union[str, list] can come back as Union[list, str] when some
     imported module built that one first (seen in CI); the snapshot must not depend on import order."""
-    first = training_options._type_info(typing.Optional[typing.Union[list[str], str]])  # noqa: UP007
-    second = training_options._type_info(typing.Optional[typing.Union[str, list[str]]])  # noqa: UP007
+    first = training_options._type_info(typing.Optional[typing.Union[list[str], str]])  # noqa: UP007, UP045
+    second = training_options._type_info(typing.Optional[typing.Union[str, list[str]]])  # noqa: UP007, UP045
     assert first == second == (["str", "list", "null"], None)
