@@ -67,6 +67,9 @@ class Controller:
 _controller: Controller | None = None
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+# uids of Workspaces whose delete handler ran: a reconcile that read the Workspace just before the
+# deletion and waited for its lock must not create a NodeClaim again after the release.
+_deleted: set[str] = set()
 
 
 def controller() -> Controller:
@@ -232,13 +235,23 @@ def _announce(ctl: Controller, ws_obj: Mapping[str, Any], phase: str, message: s
 # ---- the reconcile -----------------------------------------------------------------------------
 
 
-def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> str:
-    """Bring the Workspace's objects and status in line with its spec; returns status.tuning.phase.
+def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> str | None:
+    """Bring the Workspace's objects and status in line with its spec; returns status.tuning.phase
+    (None when the Workspace's delete handler already ran).
 
     Raises kopf.PermanentError for an invalid spec and ``Waiting`` while no GPU node is available.
     """
     key = _key(ws_obj)
-    with _lock(key), metrics.reconciling(KIND) as outcome:
+    with _lock(key):
+        if ws_obj["metadata"].get("uid") in _deleted:
+            return None
+        return _locked_reconcile(ctl, ws_obj, old, key)
+
+
+def _locked_reconcile(
+    ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any] | None, key: str
+) -> str:
+    with metrics.reconciling(KIND) as outcome:
         log.debug("reconcile %s", key)
         phase = _reconcile(ctl, ws_obj, old, outcome)
         metrics.set_state(KIND, key, st.state_for(phase))
@@ -625,5 +638,8 @@ def workspace_delete(body: kopf.Body, **_: Any) -> None:
     waits for the controller to be deleted."""
     ws, _ = parse_workspace(body)
     ctl = controller()
-    _release_nodeclaim(ctl, ws, body)
-    metrics.set_state(KIND, f"{ws.namespace}/{ws.name}", None)
+    key = _key(body)
+    with _lock(key):  # after any reconcile in flight, and before any queued one (which then stops)
+        _deleted.add(body["metadata"]["uid"])
+        _release_nodeclaim(ctl, ws, body)
+    metrics.set_state(KIND, key, None)
