@@ -56,18 +56,11 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def load_handlers() -> list[str]:
-    """Import every handler module that exists (the inference one lands separately)."""
-    loaded = []
+def load_handlers() -> None:
+    """Import the handler modules: importing registers their kopf handlers. Called after the settings
+    check, because a handler decorator reads the settings."""
     for name in HANDLER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        loaded.append(name)
-    return loaded
+        importlib.import_module(name)
 
 
 @kopf.on.startup()
@@ -123,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    loaded = load_handlers()
-    log.info("handlers: %s", ", ".join(loaded))
+    load_handlers()
+    log.info("handlers: %s", ", ".join(HANDLER_MODULES))
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
