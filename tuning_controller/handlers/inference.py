@@ -34,14 +34,18 @@ from tuning_controller.render.inference import (
     stale_objects,
 )
 from tuning_controller.render.meta import WORKSPACE_LABEL
-from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name, render_nodeclaim
+from tuning_controller.render.nodeclaim import (
+    NODECLAIM_API_VERSION,
+    nodeclaim_name,
+    provisions_node,
+    render_nodeclaim,
+)
 from tuning_controller.settings import settings_from_env
 from tuning_controller.validation import validate_workspace
 from tuning_controller.workspace import GROUP, Workspace, parse_workspace
 
 KIND = "inference"
 MANAGED = {"app.kubernetes.io/managed-by": "kaito-tune", WORKSPACE_LABEL: kopf.PRESENT}
-NODE_RETRY_S = 30
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -56,7 +60,7 @@ def _nodes(
 ) -> tuple[int, dict[str, Any]]:
     """(GPUs per server pod, ResourceReady); ``Waiting`` (status written) while no node is there."""
     settings = ctl.settings
-    if settings.auto_provisioning and ws.resource is not None and ws.resource.instance_type:
+    if provisions_node(ws, settings):
         claim = ctl.kube.get(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
         if claim is None:
             claim = ctl.kube.apply(render_nodeclaim(ws, settings))
@@ -77,7 +81,7 @@ def _nodes(
         write_status(
             ctl, ws_obj, waiting, {"phase": "WaitingForNodes", "message": message}, "Pending", key=KIND
         )
-        raise Waiting(message, NODE_RETRY_S)
+        raise Waiting(message, settings.node_retry_seconds)
     return gpus, resource
 
 

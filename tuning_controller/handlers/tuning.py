@@ -43,7 +43,12 @@ from tuning_controller.render.job import (
     uses_results_claim,
 )
 from tuning_controller.render.meta import WORKSPACE_LABEL
-from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name, render_nodeclaim
+from tuning_controller.render.nodeclaim import (
+    NODECLAIM_API_VERSION,
+    nodeclaim_name,
+    provisions_node,
+    render_nodeclaim,
+)
 from tuning_controller.render.rbac import render_progress_rbac
 from tuning_controller.settings import Settings, settings_from_env
 from tuning_controller.training_config import ROOT
@@ -459,7 +464,7 @@ def _gpu_nodes(
 ) -> tuple[int, list[dict[str, Any]]]:
     """GPUs for the training pod, or ``Waiting`` (status written) while none are available."""
     settings = ctl.settings
-    if settings.auto_provisioning and ws.resource is not None and ws.resource.instance_type:
+    if provisions_node(ws, settings):
         claim = ctl.kube.get(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
         if claim is None:
             claim = _create_or_get(ctl, render_nodeclaim(ws, settings))

@@ -56,11 +56,11 @@ def render_workspace_objects(
         revision,
         uses_results_claim,
     )
-    from tuning_controller.render.nodeclaim import render_nodeclaim
+    from tuning_controller.render.nodeclaim import provisions_node, render_nodeclaim
     from tuning_controller.render.rbac import render_progress_rbac
 
     gpus = gpus if gpus else sku_gpus(ws)
-    provisions = settings.auto_provisioning and ws.resource is not None and bool(ws.resource.instance_type)
+    provisions = provisions_node(ws, settings)
     if ws.tuning is None:
         nodeclaim = [render_nodeclaim(ws, settings)] if provisions else []
         return [*nodeclaim, *render_inference_objects(ws, settings, gpus=gpus)]

@@ -31,7 +31,7 @@ from typing import Any
 from inference.adapters import STRENGTHS_ENV
 from inference.model import COMBINED_SUFFIX
 from tuning_controller.render.job import child_name
-from tuning_controller.render.meta import WORKSPACE_LABEL, labels, metadata
+from tuning_controller.render.meta import WORKSPACE_LABEL, bounded_name, labels, metadata
 from tuning_controller.render.pod import (
     TERMINATION_LOG,
     container_security,
@@ -130,7 +130,7 @@ def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[
             pull_mounts.append(mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
         init.append(
             {
-                "name": child_name_for_container("pull-", source.name),
+                "name": bounded_name(f"pull-{source.name}"),
                 "image": settings.tools_image,
                 "command": command,
                 "volumeMounts": pull_mounts,
@@ -143,14 +143,6 @@ def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[
         volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
         mounts.insert(0, mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
     return init, volumes, mounts, pod_secrets
-
-
-def child_name_for_container(prefix: str, name: str) -> str:
-    """A container name (DNS label, at most 63 characters) from an adapter name."""
-    full = f"{prefix}{name}"
-    if len(full) <= 63:
-        return full
-    return f"{full[:54]}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
 def _probes(port: int) -> dict[str, Any]:
@@ -342,29 +334,23 @@ def render_services(ws: Workspace) -> list[dict[str, Any]]:
     if node_count(ws) > 1:
         selector = {**selector, "apps.kubernetes.io/pod-index": "0"}  # only the leader answers
     main = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(ws, workload_name(ws), COMPONENT),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector,
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
+        "type": "ClusterIP",
+        "selector": selector,
+        "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
     }
     if node_count(ws) == 1:
-        return [main]
+        return [_service(ws, workload_name(ws), main)]
     headless = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(ws, headless_service_name(ws), COMPONENT),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,  # workers must find the leader before anyone is ready
-            "selector": selector_labels(ws),
-            "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
-        },
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,  # workers must find the leader before anyone is ready
+        "selector": selector_labels(ws),
+        "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
     }
-    return [main, headless]
+    return [_service(ws, workload_name(ws), main), _service(ws, headless_service_name(ws), headless)]
+
+
+def _service(ws: Workspace, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata(ws, name, COMPONENT), "spec": spec}
 
 
 def stale_objects(ws: Workspace) -> list[tuple[str, str, str]]:

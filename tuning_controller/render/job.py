@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuning_controller.render.configmap import CONFIG_KEY, training_configmap_name
-from tuning_controller.render.meta import labels, metadata
+from tuning_controller.render.meta import bounded_name, labels, metadata
 from tuning_controller.render.pod import (
     TERMINATION_LOG,
     container_security,
@@ -39,7 +39,6 @@ from tuning_controller.workspace import GROUP, Workspace, to_dict
 REVISION_ANNOTATION = f"{GROUP}/revision"
 DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-NAME_MAX = 63  # Job names end up in the job-name label of their pods
 
 DATA_DIR = "/mnt/data"
 CONFIG_DIR = "/mnt/config"
@@ -56,11 +55,7 @@ TRAINER_UNUSABLE_EXIT = 1
 
 def child_name(ws: Workspace, suffix: str = "") -> str:
     """``<ws><suffix>``, shortened with a hash when it would exceed 63 characters."""
-    name = f"{ws.name}{suffix}"
-    if len(name) <= NAME_MAX:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{ws.name[: NAME_MAX - len(suffix) - 9]}-{digest}{suffix}"
+    return bounded_name(ws.name, suffix)
 
 
 def data_job_name(ws: Workspace) -> str:

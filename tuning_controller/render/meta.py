@@ -6,12 +6,24 @@ reference makes Kubernetes delete the namespaced objects with their Workspace.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from tuning_controller.workspace import GROUP, Workspace
 
 WORKSPACE_LABEL = f"{GROUP}/workspace"
+NAME_MAX = 63  # DNS label: Job names end up in their pods' job-name label, container names are labels
+
+
+def bounded_name(name: str, suffix: str = "") -> str:
+    """``<name><suffix>``, with ``name`` cut and a hash of the whole added when it would exceed 63
+    characters (distinct long names stay distinct; the suffix stays readable)."""
+    full = f"{name}{suffix}"
+    if len(full) <= NAME_MAX:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{name[: NAME_MAX - len(suffix) - 9]}-{digest}{suffix}"
 
 
 def labels(ws: Workspace, component: str) -> dict[str, str]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from tuning_controller.render.job import NAME_MAX
-from tuning_controller.render.meta import labels
+from tuning_controller.render.meta import NAME_MAX, labels
 from tuning_controller.render.pod import GPU_RESOURCE
 from tuning_controller.settings import Settings
 from tuning_controller.workspace import GROUP, Workspace
@@ -24,6 +23,11 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 def nodeclaim_name(ws: Workspace) -> str:
     digest = hashlib.sha256(f"{ws.namespace}/{ws.name}".encode()).hexdigest()[:8]
     return f"{ws.name[: NAME_MAX - 9]}-{digest}"
+
+
+def provisions_node(ws: Workspace, settings: Settings) -> bool:
+    """Whether the controller brings up the Workspace's node (else it looks for a matching own node)."""
+    return settings.auto_provisioning and ws.resource is not None and bool(ws.resource.instance_type)
 
 
 def render_nodeclaim(ws: Workspace, settings: Settings) -> dict[str, Any]:
