@@ -243,8 +243,11 @@ class Kube:
         return False
 
 
-def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 6, backoff_s: float = 0.05) -> T:
-    """Run ``fn`` (a read-modify-write) again on 409 Conflict, backing off; other errors pass through.
+def retry_on_conflict(
+    fn: Callable[[], T], *, attempts: int = 6, backoff_s: float = 0.05, max_backoff_s: float = 1.0
+) -> T:
+    """Run ``fn`` (a read-modify-write) again on 409 Conflict, backing off (doubling, at most
+    ``max_backoff_s`` a wait); other errors pass through.
 
     ``fn`` must re-read what it modifies on every call: a retry with the stale object would fail again.
     """
@@ -254,5 +257,5 @@ def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 6, backoff_s: floa
         except KubeError as err:
             if not err.conflict or err.already_exists or attempt == attempts - 1:
                 raise
-            time.sleep(backoff_s * (2**attempt))
+            time.sleep(min(backoff_s * (2**attempt), max_backoff_s))
     raise AssertionError("unreachable")
