@@ -15,7 +15,6 @@ from kubernetes import client as k8s_client
 from hack.local_stack import kube_json, start_data_server, start_operator, tool_path, wait_for
 from tests.controller.conftest import (
     apply,
-    condition,
     dump,
     jobs,
     make_parquet,
@@ -23,6 +22,7 @@ from tests.controller.conftest import (
 )
 from tests.fixtures.cluster import REPO_ROOT
 from tuning_controller.kube import Kube
+from tuning_controller.render.job import QUEUE_LABEL
 
 CHART = REPO_ROOT / "charts" / "kaito-tune"
 RELEASE = "kaito-tune"
@@ -110,29 +110,40 @@ def test_chart_role_reaches_no_secrets(kube_client, namespace, installed_chart):
 def test_operator_under_the_chart_role_runs_a_tuning_workspace_to_its_training_job(
     kube_client, control_plane, namespace, installed_chart, pod_executor, tmp_path
 ):
+    """Queued through Kueue's label, with the test admitting the data Job as Kueue would: the training Job
+    is then created suspended, so no pod takes the executor's GPU from the tests that follow."""
     env = {e["name"]: e["value"] for e in installed_chart["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KAITO_TUNE_RESULTS_VOLUME"] == "pvc"
     kubeconfig = tmp_path / "chart-sa.kubeconfig"
     service_account_kubeconfig(kube_client, control_plane.kubeconfig, namespace, kubeconfig)
     del env["KAITO_TUNE_METRICS_PORT"]  # the test picks free ports
+    env["KAITO_TUNE_ALLOW_LOOPBACK_URLS"] = "true"  # the data server is on loopback
     server = start_data_server(tmp_path / "served")
     make_parquet(server.root / "train.parquet", rows=8)
-    operator = start_operator(
-        kubeconfig, tmp_path / "operator.log", **{**env, "KAITO_TUNE_ALLOW_LOOPBACK_URLS": "true"}
+    operator = start_operator(kubeconfig, tmp_path / "operator.log", **env)
+    ws = tuning_workspace(
+        "charted", namespace, urls=[f"{server.url}/train.parquet"], labels={QUEUE_LABEL: "gpus"}
     )
     try:
-        apply(kube_client, tuning_workspace("charted", namespace, urls=[f"{server.url}/train.parquet"]))
-
-        def training_job():
-            names = {j["metadata"]["name"] for j in jobs(kube_client, namespace)}
-            return "charted" in names
-
-        wait_for(training_job, 120, "the training Job, created under the chart's role")
-        ws = kube_json(
-            kube_client, "GET", f"/apis/kaito.sh/v1beta1/namespaces/{namespace}/workspaces/charted"
+        apply(kube_client, ws)
+        job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+        wait_for(lambda: "charted-data" in job_names(kube_client, namespace), 60, "the data Job")
+        kube_json(
+            kube_client,
+            "PATCH",
+            f"{job_path}/charted-data",
+            {"spec": {"suspend": False}},
+            "application/merge-patch+json",
         )
-        assert condition(ws, "JobStarted").get("status") == "True", dump(kube_client, namespace, "charted")
+        wait_for(lambda: "charted" in job_names(kube_client, namespace), 120, "the training Job")
+        training = kube_json(kube_client, "GET", f"{job_path}/charted")
+        assert training["spec"]["suspend"] is True, dump(kube_client, namespace, "charted")
         assert "forbidden" not in operator.log().lower(), operator.log()[-3000:]
     finally:
         operator.stop()
         server.stop()
+        kube_json(kube_client, "DELETE", f"/apis/kaito.sh/v1beta1/namespaces/{namespace}/workspaces/charted")
+
+
+def job_names(api, namespace: str) -> set[str]:
+    return {j["metadata"]["name"] for j in jobs(api, namespace)}
