@@ -40,6 +40,9 @@ EXECUTOR_NODE = "local-gpu-node"
 # The tests select the node by the first label, examples/tuning/tiny-llama-demo.yaml by the second.
 EXECUTOR_LABELS = {"apps": "phi-3", "kaito-tune/local-node": "true"}
 REGISTRY_BIN = "docker-registry"
+# A registry outlives an aborted session (pytest killed with -9) by at most this: coreutils' timeout
+# runs it, and passes our SIGTERM on when it is stopped by PID.
+REGISTRY_MAX_SECONDS = 4 * 3600
 REGISTRY_USERNAME = "tuner"
 REGISTRY_PASSWORD = "s3cret-pass"  # a loopback-only registry made for this run; never a real credential
 T = TypeVar("T")
@@ -402,7 +405,14 @@ class Registry:
         self.storage.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "registry.log").open("ab")
         self.process = subprocess.Popen(
-            [REGISTRY_BIN, "serve", str(self.workdir / "config.yml")],
+            [
+                "timeout",
+                "--kill-after=10",
+                str(REGISTRY_MAX_SECONDS),
+                REGISTRY_BIN,
+                "serve",
+                str(self.workdir / "config.yml"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
