@@ -122,7 +122,10 @@ start_watchdog() {
       if [[ -n "$3" ]] && ! kill -0 "$3" 2>/dev/null; then break; fi
       sleep 2
     done
-    exec "$0" stop "$1" --from-watchdog
+    [[ -d "$1/pids" ]] && exec "$0" stop "$1" --from-watchdog
+    # The state folder is gone (pytest rotates its temporary folders): find the servers by the
+    # folder in their command lines, the same test stop_one makes before it signals a PID.
+    pkill -TERM -f -- "$1/" ; sleep 10 ; pkill -KILL -f -- "$1/"
   ' "$HACK_DIR/control-plane.sh" "$PWD" "$max" "$owner" </dev/null >>logs/watchdog.log 2>&1 &
   echo $! >pids/watchdog.pid
 }
