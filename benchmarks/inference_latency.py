@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from hack.local_stack import free_port  # noqa: E402
+from hack.local_stack import running_inference_server  # noqa: E402
 
 ROUNDS = 4
 MESSAGES = [{"role": "user", "content": "tell me a short story about the river in summer"}]
@@ -107,28 +105,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "adapters"
         make_adapter(preset, root / "bench")
-        port = free_port()
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 -- closed after the server stops
-        command = [sys.executable, "-m", "inference", "--preset", "tiny-llama", "--adapter-root", str(root)]
-        command += ["--host", "127.0.0.1", "--port", str(port), "--max-queue", "256"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(
-                        f"server exited {server.returncode}: {(Path(tmp) / 'server.log').read_text()}"
-                    )
-                try:
-                    if requests.get(f"{url}/health", timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start in 180 s")
-                time.sleep(0.3)
+        with running_inference_server(root, Path(tmp) / "server.log", "--max-queue", "256") as url:
             run_clients(url, "tiny-llama+adapters", 2, 4, args.max_tokens)  # warm-up
             # Rounds interleave the four measurements, so load from other processes on a shared
             # machine falls on all of them alike rather than on whichever ran at the wrong moment.
@@ -143,10 +120,6 @@ def main() -> int:
                 for key, model, clients in configs:
                     runs[key].append(run_clients(url, model, clients, per_round, args.max_tokens))
             results = {key: summarize(value) for key, value in runs.items()}
-        finally:
-            os.kill(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-            log.close()
         # Measured once the server has stopped, so the two processes never share the CPUs.
         generate = in_process_engine(root)
         floor = [generate(args.max_tokens) for _ in range(per_round + 1)][1:]

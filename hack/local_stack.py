@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -352,6 +352,41 @@ def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
         op.stop()
         raise
     return op
+
+
+# --- inference server --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_inference_server(
+    adapter_root: Path, log_path: Path, *args: str, preset: str = "tiny-llama", timeout: float = 180
+) -> Iterator[str]:
+    """``python -m inference`` on a free loopback port; yields its URL once /health answers and stops it
+    by PID afterwards. Strengths come from `args` only (an inherited KAITO_ADAPTER_STRENGTHS is dropped)."""
+    port = free_port()
+    command = [sys.executable, "-m", "inference", "--preset", preset, "--adapter-root", str(adapter_root)]
+    command += ["--host", "127.0.0.1", "--port", str(port), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("KAITO_ADAPTER_STRENGTHS", None)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise StackError(
+                f"the inference server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+        try:
+            return requests.get(f"{url}/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, f"the inference server's /health (log: {log_path})", interval=0.3)
+        yield url
+    finally:
+        stop_process(proc, timeout=15)
 
 
 # --- OCI registry ------------------------------------------------------------------------------------

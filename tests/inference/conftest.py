@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
-from hack.local_stack import free_port
+from hack.local_stack import running_inference_server
 from tests.inference.adapters import train_adapter
-
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP_S = 180
 
 
 @pytest.fixture(scope="session")
@@ -50,40 +40,9 @@ def adapter_root(tmp_path: Path, adapters: dict[str, Path]) -> Path:
     return root
 
 
-@contextmanager
-def running_server(root: Path, *args: str, preset: str = "tiny-llama") -> Iterator[str]:
-    """``python -m inference`` on a free loopback port until /health answers; stopped by PID afterwards."""
-    port = free_port()
-    log = root.parent / f"server-{port}.log"
-    command = [sys.executable, "-m", "inference", "--preset", preset, "--adapter-root", str(root)]
-    command += ["--host", "127.0.0.1", "--port", str(port), *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("KAITO_ADAPTER_STRENGTHS", None)
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in {STARTUP_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+def running_server(root: Path, *args: str, preset: str = "tiny-llama"):
+    """The inference server on `root` (an ``/mnt/adapter`` layout), logging beside it."""
+    return running_inference_server(root, root.parent / "server.log", *args, preset=preset)
 
 
 @pytest.fixture(scope="module")
