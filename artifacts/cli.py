@@ -17,6 +17,7 @@ from pathlib import Path
 from artifacts import mediatypes
 from artifacts.errors import ArtifactError, InvalidInputError
 from artifacts.fetch import FetchOptions, fetch_urls
+from artifacts.hosts import parse_network
 from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import GIB, MIB, ClientOptions
@@ -47,7 +48,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--plain-http",
         action="store_true",
-        help="use plain http (a loopback registry without TLS gets it anyway)",
+        help="use plain http: a registry without TLS, like docker's insecure-registries (a loopback "
+        "registry without TLS gets it anyway)",
     )
     group.add_argument(
         "--retries", type=int, default=5, help="retries on 5xx and connection errors (default 5)"
@@ -93,6 +95,13 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             return 1
 
     return wrapper
+
+
+def _network(text: str) -> str:
+    try:
+        return parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _annotations(pairs: list[str]) -> dict[str, str]:
@@ -149,7 +158,7 @@ def _fetch_data(args: argparse.Namespace) -> int:
     options = FetchOptions(
         max_bytes=int(args.max_size_gib * GIB),
         retries=args.retries,
-        allow_loopback=args.dev_allow_loopback,
+        allowed_networks=tuple(args.allow_network),
         ca_bundle=args.ca_bundle,
     )
     written = fetch_urls(args.urls, dest, options)
@@ -191,7 +200,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", help="data image whose /data is extracted")
     parser.add_argument("--dest", required=True, metavar="DIR")
     parser.add_argument(
-        "--dev-allow-loopback", action="store_true", help="development only: allow loopback URL hosts"
+        "--allow-network",
+        action="append",
+        default=[],
+        type=_network,
+        metavar="CIDR",
+        help="allow URL hosts in this network despite the host policy (repeatable): an in-cluster or "
+        "air-gapped data server, or 127.0.0.0/8 for local development",
     )
     _add_common(parser)
     parser.set_defaults(func=_guarded(_fetch_data))

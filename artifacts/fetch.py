@@ -3,7 +3,9 @@
 Each URL's host is checked with :func:`artifacts.hosts.host_refusal`, and so is every address it
 resolves to and every redirect hop, so neither DNS nor a redirect can lead to a private or metadata
 address (a resolver that answers differently between our check and the connection could still; the
-cluster's egress policy is the backstop). ``allow_loopback`` is for local development and tests only.
+cluster's egress policy is the backstop). ``allowed_networks`` (the controller's admin setting
+KAITO_TUNE_ALLOWED_URL_NETWORKS, passed as ``--allow-network``) opens networks of in-cluster or air-gapped
+data servers, or loopback for local development and tests.
 Files are written as ``.<name>.partial`` and renamed when complete, so a half-written file is never
 mistaken for data.
 """
@@ -33,17 +35,21 @@ class FetchOptions:
     retries: int = 5
     backoff_s: float = 0.5
     timeout_s: float = 60.0
-    allow_loopback: bool = False  # development only: lets tests serve data from 127.0.0.1
+    # CIDRs allowed despite the host policy (in-cluster/air-gapped data servers, local development)
+    allowed_networks: tuple[str, ...] = ()
     ca_bundle: str | None = None
 
 
-def check_url(url: str, allow_loopback: bool = False) -> None:
-    """Refuse non-http(s) URLs and hosts (or their addresses) that the SSRF policy forbids."""
+def check_url(url: str, allowed_networks: Sequence[str] = ()) -> None:
+    """Refuse non-http(s) URLs and hosts (or their addresses) that the SSRF policy forbids.
+
+    Both the literal host and every address it resolves to must be public or inside ``allowed_networks``.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"URL {url!r} must use http or https, not {parts.scheme or 'no scheme'!r}")
     host = parts.hostname or ""
-    reason = host_refusal(host, allow_loopback=allow_loopback)
+    reason = host_refusal(host, allowed_networks=allowed_networks)
     if reason:
         raise BlockedHostError(f"URL {url!r} refused: {reason}; data URLs must be public hosts")
     try:
@@ -51,7 +57,7 @@ def check_url(url: str, allow_loopback: bool = False) -> None:
     except socket.gaierror as exc:
         raise FetchError(f"URL {url!r}: host {host!r} does not resolve ({exc.strerror})") from None
     for info in infos:
-        reason = address_refusal(str(info[4][0]), allow_loopback=allow_loopback)
+        reason = address_refusal(str(info[4][0]), allowed_networks=allowed_networks)
         if reason:
             raise BlockedHostError(f"URL {url!r} refused: {host} resolves to {reason}")
 
@@ -78,7 +84,7 @@ class _Downloader:
     def _get(self, url: str, offset: int) -> requests.Response:
         """GET following redirects by hand, checking every hop against the host policy."""
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(url, self.options.allow_loopback)
+            check_url(url, self.options.allowed_networks)
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             response = self.session.get(
                 url, headers=headers, stream=True, allow_redirects=False, timeout=(10, self.options.timeout_s)
@@ -146,7 +152,7 @@ def fetch_urls(urls: Sequence[str], dest: Path, options: FetchOptions | None = N
     """Download every URL into ``dest`` (created if missing); all hosts are checked before any download."""
     options = options or FetchOptions()
     for url in urls:
-        check_url(url, options.allow_loopback)
+        check_url(url, options.allowed_networks)
     dest.mkdir(parents=True, exist_ok=True)
     downloader, taken, written = _Downloader(options), set(), []
     for index, url in enumerate(urls):

@@ -17,13 +17,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from artifacts.hosts import parse_network
 from presets.catalog import GpuSku, UnknownName, get_model, get_sku, models, skus
 from presets.memory import estimate
 from tuning_controller.crd import build_crd
@@ -132,9 +133,12 @@ def _configmaps(docs: list[Document]) -> dict[str, Any]:
 
 
 def check_documents(
-    docs: list[Document], method: str | None, allow_loopback: bool
+    docs: list[Document], method: str | None, allowed_networks: Sequence[str] = ()
 ) -> list[tuple[Document, Problem]]:
-    """Validate every document; ConfigMaps referenced by a Workspace get its method, preset and SKU."""
+    """Validate every document; ConfigMaps referenced by a Workspace get its method, preset and SKU.
+
+    ``allowed_networks``: input URL hosts allowed despite the SSRF policy (the controller's
+    KAITO_TUNE_ALLOWED_URL_NETWORKS)."""
     configmaps = _configmaps(docs)
     referenced = _referenced_configmaps(docs)
     found: list[tuple[Document, Problem]] = []
@@ -146,7 +150,7 @@ def check_documents(
                 configmaps.get(ws.tuning.config) if ws.tuning is not None and ws.tuning.config else None
             )
             problems += validate_workspace(
-                doc.body, allow_loopback_urls=allow_loopback, training_config=user_config
+                doc.body, allowed_url_networks=allowed_networks, training_config=user_config
             )
         elif doc.kind == "ConfigMap" and doc.config is not None and doc.name not in referenced:
             path = f"data[{CONFIG_KEY}].{ROOT}"
@@ -159,7 +163,7 @@ def check_documents(
 
 def _validate(args: argparse.Namespace) -> int:
     docs = [doc for path in args.files for doc in load_documents(path)]
-    found = check_documents(docs, args.method, args.allow_loopback_urls)
+    found = check_documents(docs, args.method, args.allow_url_network)
     for doc, problem in found:
         print(f"{doc.label}: {problem}")
     problems = [p for _, p in found]
@@ -176,9 +180,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     # The controller's settings (images, auto-provisioning, ...) from the same KAITO_TUNE_* variables.
-    settings = replace(settings_from_env(os.environ), allow_loopback_urls=args.allow_loopback_urls)
+    # --allow-url-network adds to KAITO_TUNE_ALLOWED_URL_NETWORKS.
+    env = settings_from_env(os.environ)
+    networks = tuple(dict.fromkeys([*env.allowed_url_networks, *args.allow_url_network]))
+    settings = replace(env, allowed_url_networks=networks)
     docs = load_documents(args.file)
-    found = check_documents(docs, None, args.allow_loopback_urls)
+    found = check_documents(docs, None, settings.allowed_url_networks)
     failed = [(d, p) for d, p in found if p.severity is Severity.ERROR]
     if failed:
         for doc, problem in failed:
@@ -324,6 +331,26 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network(text: str) -> str:
+    try:
+        return parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_allow_url_network(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-url-network",
+        action="append",
+        default=[],
+        type=_network,
+        metavar="CIDR",
+        help="accept input URL hosts in this network despite the SSRF policy (repeatable), as the "
+        "controller's KAITO_TUNE_ALLOWED_URL_NETWORKS does: an in-cluster or air-gapped data server, "
+        "or 127.0.0.0/8 for local development",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
         "validate",
@@ -332,9 +359,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.add_argument("--method", choices=("lora", "qlora"), help="method for bare training configs")
-    validate.add_argument(
-        "--allow-loopback-urls", action="store_true", help="development only: accept loopback input URLs"
-    )
+    _add_allow_url_network(validate)
     validate.set_defaults(func=_validate)
 
     render = subparsers.add_parser(
@@ -345,7 +370,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Services, Deployment/StatefulSet); settings from the controller's KAITO_TUNE_* variables.",
     )
     render.add_argument("file", metavar="FILE")
-    render.add_argument("--allow-loopback-urls", action="store_true", help="development only")
+    _add_allow_url_network(render)
     render.set_defaults(func=_render)
 
     crd = subparsers.add_parser("crd", help="print the workspaces.kaito.sh CustomResourceDefinition")

@@ -6,16 +6,22 @@ the value and what is allowed, rather than surfacing later inside a Job.
     KAITO_TUNE_TRAINER_IMAGE=ghcr.io/kaito-tune/runtime:0.1.0   # trainer, pre-flight, inference server
     KAITO_TUNE_TOOLS_IMAGE=ghcr.io/kaito-tune/tools:0.1.0       # fetch-data, push (no torch)
     KAITO_TUNE_AUTO_PROVISIONING=true                           # Karpenter NodeClaims for instanceType
-    KAITO_TUNE_ALLOW_LOOPBACK_URLS=true                         # development only
+    KAITO_TUNE_ALLOWED_URL_NETWORKS=10.250.0.1/32,127.0.0.0/8   # input URL hosts allowed despite the policy
+    KAITO_TUNE_INSECURE_REGISTRIES=10.250.0.1:5000              # registries spoken to over plain http
     KAITO_TUNE_RESULTS_VOLUME=pvc|emptyDir                      # where results and checkpoints live
     KAITO_TUNE_INFERENCE_RUNTIME=transformers|vllm              # how inference Workspaces are served
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from artifacts.errors import InvalidInputError
+from artifacts.hosts import parse_network
+from artifacts.reference import Reference
 
 PREFIX = "KAITO_TUNE_"
 RESULTS_VOLUMES = ("pvc", "emptyDir")
@@ -24,6 +30,8 @@ TORCH_DIST_PORT = 29500
 """Multi-node inference pods rendezvous on this port, so the server cannot use it."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+# host[:port] of a registry: a DNS name, an IPv4 address or a bracketed IPv6 address; no scheme, no path.
+_REGISTRY = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:(?P<port>[0-9]{1,5}))?")
 
 
 class SettingsError(ValueError):
@@ -49,8 +57,15 @@ class Settings:
     """The NodeClaim's nodeClassRef (KAITO's defaults on AKS)."""
     node_disk_size: str = "300Gi"
     """NodeClaim storage request: room for the model image and checkpoints."""
-    allow_loopback_urls: bool = False
-    """Development only: accept http(s)://127.0.0.1 inputs (a local file server in tests)."""
+    allowed_url_networks: tuple[str, ...] = ()
+    """Networks (CIDRs or single addresses, comma-separated in the variable) whose hosts tuning-input
+    URLs may name despite the SSRF policy: an in-cluster or air-gapped data server on a private address,
+    or 127.0.0.0/8 for local development. An admin setting of the controller, never per Workspace; cloud
+    metadata names stay refused, and link-local addresses unless a listed network is link-local."""
+    insecure_registries: tuple[str, ...] = ()
+    """Registries (``host[:port]``, comma-separated in the variable) that serve plain http, like docker's
+    insecure-registries: the fetch-data, push and adapter pull containers get ``--plain-http`` for an
+    image on one of them (exact match of the reference's registry)."""
     results_volume: str = "pvc"
     """pvc: results and checkpoints on a per-Workspace claim, so a retried pod resumes; emptyDir: lost."""
     results_size: str = "50Gi"
@@ -89,6 +104,29 @@ class Settings:
     """Largest completion one request may ask for (transformers runtime)."""
 
     def __post_init__(self) -> None:
+        # The two lists are stored canonical (networks as CIDRs, registries in lower case).
+        raw = ",".join(self.allowed_url_networks)
+        networks = []
+        for text in self.allowed_url_networks:
+            try:
+                networks.append(parse_network(text))
+            except ValueError:
+                raise SettingsError(
+                    f"{PREFIX}ALLOWED_URL_NETWORKS={raw!r}: {text!r} is not an IP network; must be "
+                    "comma-separated CIDRs or addresses, e.g. 10.250.0.0/24,127.0.0.1"
+                ) from None
+        object.__setattr__(self, "allowed_url_networks", tuple(networks))
+        raw = ",".join(self.insecure_registries)
+        registries = tuple(r.strip().lower() for r in self.insecure_registries)
+        for registry in registries:
+            match = _REGISTRY.fullmatch(registry)
+            if not match or (match["port"] and not 1 <= int(match["port"]) <= 65535):
+                raise SettingsError(
+                    f"{PREFIX}INSECURE_REGISTRIES={raw!r}: {registry!r} is not a registry; must be "
+                    "comma-separated host or host:port (no scheme, no path), "
+                    "e.g. 10.250.0.1:5000,registry.local"
+                )
+        object.__setattr__(self, "insecure_registries", registries)
         if self.results_volume not in RESULTS_VOLUMES:
             raise SettingsError(
                 f"{PREFIX}RESULTS_VOLUME={self.results_volume!r}: must be one of {', '.join(RESULTS_VOLUMES)}"
@@ -110,9 +148,20 @@ class Settings:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()}={getattr(self, name)}: must be >= 0")
 
+    def is_insecure_registry(self, image: str) -> bool:
+        """Whether ``image``'s registry (``host[:port]`` exactly as the reference names it) is listed in
+        insecure_registries, so the containers that pull or push it need ``--plain-http``."""
+        try:
+            registry = Reference.parse(image).registry.lower()
+        except InvalidInputError:
+            return False
+        return registry in self.insecure_registries
+
 
 def _convert(name: str, raw: str, default: Any) -> Any:
     key = PREFIX + name.upper()
+    if isinstance(default, tuple):  # comma-separated; empty items (and an empty variable) are dropped
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     if isinstance(default, bool):
         word = raw.strip().lower()
         if word in _TRUE or word in _FALSE:

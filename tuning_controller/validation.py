@@ -11,7 +11,7 @@ in a condition). The CRD's CEL rules repeat the static subset so the API server 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,8 +100,9 @@ def image_problems(path: str, image: str) -> list[Problem]:
     return []
 
 
-def url_problems(path: str, url: str, *, allow_loopback: bool) -> list[Problem]:
-    """https (or http, warned) URLs to public hosts only, without credentials (they would sit in the spec)."""
+def url_problems(path: str, url: str, *, allowed_networks: Sequence[str] = ()) -> list[Problem]:
+    """https (or http, warned) URLs to public hosts (or hosts in the admin's ``allowed_networks``) only,
+    without credentials (they would sit in the spec)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return [
@@ -112,11 +113,15 @@ def url_problems(path: str, url: str, *, allow_loopback: bool) -> list[Problem]:
         problems.append(
             Problem(path, "must not carry credentials", "<redacted>", "use input.image with imagePullSecrets")
         )
-    refusal = host_refusal(parts.hostname or "", allow_loopback=allow_loopback)
+    refusal = host_refusal(parts.hostname or "", allowed_networks=allowed_networks)
     if refusal:
         problems.append(
             Problem(
-                path, f"is refused: {refusal}", url, "data URLs must point at public hosts (SSRF protection)"
+                path,
+                f"is refused: {refusal}",
+                url,
+                "data URLs must point at public hosts (SSRF protection) or, for an in-cluster data server, "
+                "the cluster admin allows its network with KAITO_TUNE_ALLOWED_URL_NETWORKS",
             )
         )
     elif parts.scheme == "http":
@@ -196,7 +201,7 @@ def _resource_problems(resource: ResourceSpec | None, ws: Workspace) -> tuple[Gp
 
 
 def _source_problems(
-    path: str, source: DataSource, *, allow_loopback: bool, for_adapter: bool
+    path: str, source: DataSource, *, allowed_networks: Sequence[str], for_adapter: bool
 ) -> list[Problem]:
     problems: list[Problem] = []
     given = [
@@ -223,7 +228,7 @@ def _source_problems(
             )
         )
     for i, url in enumerate(source.urls):
-        problems += url_problems(f"{path}.urls[{i}]", url, allow_loopback=allow_loopback)
+        problems += url_problems(f"{path}.urls[{i}]", url, allowed_networks=allowed_networks)
     if source.image:
         problems += image_problems(f"{path}.image", source.image)
     for i, secret in enumerate(source.image_pull_secrets):
@@ -278,7 +283,7 @@ def _tuning_problems(
     tuning: TuningSpec,
     sku: GpuSku | None,
     *,
-    allow_loopback: bool,
+    allowed_networks: Sequence[str],
     training_config: Mapping[str, Any] | None,
 ) -> list[Problem]:
     problems: list[Problem] = []
@@ -310,7 +315,7 @@ def _tuning_problems(
             )
     if tuning.input is not None:
         problems += _source_problems(
-            "tuning.input", tuning.input, allow_loopback=allow_loopback, for_adapter=False
+            "tuning.input", tuning.input, allowed_networks=allowed_networks, for_adapter=False
         )
     if tuning.output is not None:
         problems += _output_problems(tuning.output)
@@ -376,7 +381,7 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None) -> list[Pr
                         )
                     )
                 seen.setdefault(source.name, i)
-            problems += _source_problems(f"{path}.source", source, allow_loopback=False, for_adapter=True)
+            problems += _source_problems(f"{path}.source", source, allowed_networks=(), for_adapter=True)
         if not STRENGTH.match(adapter.strength) or not 0.0 <= float(adapter.strength) <= 1.0:
             problems.append(
                 Problem(
@@ -452,14 +457,16 @@ def validate_workspace(
     obj: Mapping[str, Any],
     old: Mapping[str, Any] | None = None,
     *,
-    allow_loopback_urls: bool = False,
+    allowed_url_networks: Sequence[str] = (),
     training_config: Mapping[str, Any] | None = None,
 ) -> list[Problem]:
     """Every problem (errors and warnings) of a Workspace object; ``old`` adds the update rules.
 
     ``training_config`` is the parsed ``training_config.yaml`` of the ConfigMap named by tuning.config
     when the caller has it; without a tuning.config, KAITO's template for the method is checked.
-    ``allow_loopback_urls`` is for local development only.
+    ``allowed_url_networks`` are the networks the cluster admin allows input URL hosts in despite the
+    SSRF policy (the controller's KAITO_TUNE_ALLOWED_URL_NETWORKS; in-cluster or air-gapped data servers,
+    local development); never taken from the Workspace.
     """
     if not isinstance(obj, Mapping):
         return [Problem("<root>", "a Workspace must be a mapping", obj)]
@@ -493,7 +500,7 @@ def validate_workspace(
     problems += found
     if ws.tuning is not None:
         problems += _tuning_problems(
-            ws.tuning, sku, allow_loopback=allow_loopback_urls, training_config=training_config
+            ws.tuning, sku, allowed_networks=allowed_url_networks, training_config=training_config
         )
     if ws.inference is not None:
         problems += _inference_problems(ws.inference, sku)

@@ -38,7 +38,7 @@ def test_unknown_fields_are_all_reported_with_the_nearest_name(tuning_ws: dict[s
 def test_loopback_urls_are_allowed_only_when_asked(tuning_ws: dict[str, Any]) -> None:
     ws = edit(tuning_ws, "tuning.input.urls", ["http://127.0.0.1:8080/train.jsonl"])
     assert [p.path for p in errors(validate_workspace(ws))] == ["tuning.input.urls[0]"]
-    assert errors(validate_workspace(ws, allow_loopback_urls=True)) == []
+    assert errors(validate_workspace(ws, allowed_url_networks=("127.0.0.0/8",))) == []
 
 
 def test_method_in_upper_case_is_accepted_like_kaito_with_a_warning(tuning_ws: dict[str, Any]) -> None:

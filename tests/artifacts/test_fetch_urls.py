@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
-from artifacts.fetch import FetchOptions, fetch_urls
-from artifacts.hosts import host_refusal
+from artifacts.fetch import FetchOptions, check_url, fetch_urls
+from artifacts.hosts import address_refusal, host_refusal, parse_network
 from tuning_controller.cli import main
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
@@ -48,10 +48,86 @@ def test_public_hosts_are_allowed(host: str) -> None:
     assert host_refusal(host) is None
 
 
-def test_loopback_is_allowed_only_with_the_dev_switch() -> None:
-    assert host_refusal("127.0.0.1", allow_loopback=True) is None
-    assert host_refusal("localhost", allow_loopback=True) is None
-    assert host_refusal("169.254.169.254", allow_loopback=True) is not None
+def test_loopback_is_allowed_only_when_its_network_is() -> None:
+    assert host_refusal("127.0.0.1", allowed_networks=("127.0.0.0/8",)) is None
+    assert host_refusal("localhost", allowed_networks=("127.0.0.0/8",)) is None
+    assert host_refusal("169.254.169.254", allowed_networks=("127.0.0.0/8",)) is not None
+
+
+@pytest.mark.parametrize(
+    ("host", "networks"),
+    [
+        ("10.250.0.1", ("10.250.0.1/32",)),
+        ("10.250.0.1", ("10.250.0.1",)),  # a single address
+        ("10.250.0.7", ("127.0.0.0/8", "10.250.0.0/24")),
+        ("10.250.0.7", ("10.250.0.9/24",)),  # host bits are ignored
+        ("::ffff:10.250.0.1", ("10.250.0.0/24",)),
+        ("[fd00::5]", ("fd00::/8",)),
+        ("localhost", ("127.0.0.1/32",)),
+        ("api.localhost", ("127.0.0.0/8",)),
+        ("169.254.169.254", ("169.254.169.254/32",)),  # link-local only when listed itself
+    ],
+)
+def test_hosts_inside_an_allowed_network_pass(host: str, networks: tuple[str, ...]) -> None:
+    assert host_refusal(host) is not None
+    assert host_refusal(host, allowed_networks=networks) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "networks"),
+    [
+        ("10.250.0.2", ("10.250.0.1/32",)),
+        ("10.250.1.1", ("10.250.0.0/24",)),
+        ("127.0.0.1", ("10.250.0.0/24",)),
+        ("localhost", ("10.0.0.0/8",)),
+        ("::1", ("127.0.0.0/8",)),
+        ("169.254.169.254", ("127.0.0.0/8",)),
+        ("169.254.169.254", ("0.0.0.0/0",)),  # a wide network does not open link-local
+        ("fe80::1", ("::/0",)),
+        ("metadata.google.internal", ("0.0.0.0/0",)),  # metadata names stay refused always
+        ("0177.0.0.1", ("127.0.0.0/8",)),  # non-canonical literals too
+        ("100.64.0.1", ("10.0.0.0/8",)),
+    ],
+)
+def test_hosts_outside_the_allowed_networks_are_refused_as_before(
+    host: str, networks: tuple[str, ...]
+) -> None:
+    refusal = host_refusal(host)
+    assert refusal is not None
+    assert host_refusal(host, allowed_networks=networks) == refusal
+
+
+@pytest.mark.parametrize(
+    ("text", "network"),
+    [("10.250.0.1", "10.250.0.1/32"), (" 10.1.2.3/8 ", "10.0.0.0/8"), ("::1", "::1/128")],
+)
+def test_networks_are_parsed_to_canonical_cidrs(text: str, network: str) -> None:
+    assert parse_network(text) == network
+
+
+@pytest.mark.parametrize("text", ["", "localhost", "10.250.0.0/33", "10.250.0", "http://10.250.0.1/"])
+def test_bad_networks_say_what_is_allowed(text: str) -> None:
+    with pytest.raises(ValueError, match="is not an IP network: write a CIDR"):
+        parse_network(text)
+
+
+def test_every_resolved_address_is_checked_against_the_allowed_networks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The literal host and each address it resolves to must be public or inside an allowed network."""
+    answers = {"data.internal": ["10.250.0.1"], "mixed.internal": ["10.250.0.1", "10.9.9.9"]}
+    monkeypatch.setattr(
+        "artifacts.fetch.socket.getaddrinfo",
+        lambda host, port: [(2, 1, 6, "", (address, port)) for address in answers[host]],
+    )
+    with pytest.raises(
+        BlockedHostError, match=r"data\.internal resolves to 10\.250\.0\.1 is a private address"
+    ):
+        check_url("http://data.internal/train.parquet")
+    check_url("http://data.internal/train.parquet", ("10.250.0.0/24",))
+    with pytest.raises(BlockedHostError, match=r"resolves to 10\.9\.9\.9 is a private address"):
+        check_url("http://mixed.internal/train.parquet", ("10.250.0.0/24",))
+    assert address_refusal("10.9.9.9", allowed_networks=("10.250.0.0/24",)) == "10.9.9.9 is a private address"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,7 +180,7 @@ def data_server(requests_seen: list[tuple[str, str | None]]) -> Iterator[str]:
     thread.join(timeout=5)
 
 
-FAST = FetchOptions(allow_loopback=True, backoff_s=0.05)
+FAST = FetchOptions(allowed_networks=("127.0.0.0/8",), backoff_s=0.05)
 
 
 def test_downloads_retry_5xx_and_resume_a_dropped_connection(
@@ -123,9 +199,10 @@ def test_downloads_retry_5xx_and_resume_a_dropped_connection(
     assert ("/drops.jsonl", f"bytes={len(PAYLOAD) // 2}-") in requests_seen  # resumed, not restarted
 
 
-def test_loopback_urls_are_refused_without_the_dev_switch(data_server: str, tmp_path: Path) -> None:
-    with pytest.raises(BlockedHostError, match="loopback"):
-        fetch_urls([f"{data_server}/a.jsonl"], tmp_path / "data")
+def test_loopback_urls_are_refused_unless_their_network_is_allowed(data_server: str, tmp_path: Path) -> None:
+    for options in (None, FetchOptions(allowed_networks=("10.250.0.0/24",))):
+        with pytest.raises(BlockedHostError, match="loopback"):
+            fetch_urls([f"{data_server}/a.jsonl"], tmp_path / "data", options)
     assert not (tmp_path / "data").exists()  # nothing is fetched when any URL is refused
 
 
@@ -137,7 +214,9 @@ def test_a_redirect_to_the_metadata_service_is_refused(data_server: str, tmp_pat
 def test_size_cap_stops_a_download_and_leaves_no_partial_file(data_server: str, tmp_path: Path) -> None:
     with pytest.raises(SizeLimitError):
         fetch_urls(
-            [f"{data_server}/a.jsonl"], tmp_path / "data", FetchOptions(allow_loopback=True, max_bytes=1000)
+            [f"{data_server}/a.jsonl"],
+            tmp_path / "data",
+            FetchOptions(allowed_networks=("127.0.0.0/8",), max_bytes=1000),
         )
     assert list((tmp_path / "data").iterdir()) == []
 
@@ -154,7 +233,22 @@ def test_cli_fetch_data_downloads_urls(data_server: str, tmp_path: Path) -> None
         f"{data_server}/train.jsonl",
         "--dest",
         str(tmp_path / "d"),
-        "--dev-allow-loopback",
+        "--allow-network",
+        "10.250.0.0/24",
+        "--allow-network",
+        "127.0.0.1",
     ]
     assert main(argv) == 0
     assert (tmp_path / "d" / "train.jsonl").read_bytes() == PAYLOAD
+
+
+def test_cli_fetch_data_refuses_loopback_without_its_network_and_a_bad_network(
+    data_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["fetch-data", "--urls", f"{data_server}/train.jsonl", "--dest", str(tmp_path / "d")]
+    assert main([*argv, "--allow-network", "10.250.0.0/24"]) == 1
+    assert "is a loopback address" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--allow-network", "10.250.0.0/33"])
+    assert exit_.value.code == 2
+    assert "'10.250.0.0/33' is not an IP network" in capsys.readouterr().err

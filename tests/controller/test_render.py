@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tuning_controller.render import render_workspace_objects, training_config_doc
 from tuning_controller.render.job import (
     render_data_job,
@@ -126,12 +128,12 @@ def test_volume_input_is_mounted_without_fetch():
 
 def test_data_job_is_cpu_only_and_fails_at_once_on_bad_data():
     ws = parsed(workspace())
-    job = render_data_job(ws, Settings(allow_loopback_urls=True), rev(ws))
+    job = render_data_job(ws, Settings(allowed_url_networks=("127.0.0.0/8",)), rev(ws))
     spec = job["spec"]["template"]["spec"]
     assert job["metadata"]["name"] == "ws-data"
     assert all("nvidia.com/gpu" not in str(c.get("resources")) for c in containers(job).values())
     assert spec["automountServiceAccountToken"] is False and "tolerations" not in spec
-    assert "--dev-allow-loopback" in containers(job)["fetch-data"]["command"]
+    assert "--allow-network 127.0.0.0/8" in " ".join(containers(job)["fetch-data"]["command"])
     preflight = containers(job)["preflight"]["command"]
     assert preflight[:6] == [
         "python",
@@ -148,7 +150,7 @@ def test_data_job_is_cpu_only_and_fails_at_once_on_bad_data():
         "values": [1],
     }
     without = render_data_job(ws, Settings(), rev(ws))
-    assert "--dev-allow-loopback" not in containers(without)["fetch-data"]["command"]
+    assert "--allow-network" not in containers(without)["fetch-data"]["command"]
 
 
 def test_revision_changes_with_config_input_and_method_only():
@@ -260,3 +262,89 @@ def test_results_on_the_claim_are_kept_per_revision():
     assert len(paths) == 2  # a changed config never finds the old adapter complete
     emptydir = render_training_job(ws, Settings(results_volume="emptyDir"), rev(ws), data_sha256=SHA, gpus=1)
     assert "subPath" not in str(containers(emptydir)["train"]["volumeMounts"])
+
+
+def test_allowed_url_networks_and_insecure_registries_from_env():
+    s = settings_from_env(
+        {
+            "KAITO_TUNE_ALLOWED_URL_NETWORKS": "127.0.0.0/8, 10.250.0.1,,fd00::/8",
+            "KAITO_TUNE_INSECURE_REGISTRIES": "10.250.0.1:5000,Registry.Local,[fd00::1]:5000",
+        }
+    )
+    assert s.allowed_url_networks == ("127.0.0.0/8", "10.250.0.1/32", "fd00::/8")
+    assert s.insecure_registries == ("10.250.0.1:5000", "registry.local", "[fd00::1]:5000")
+    empty = settings_from_env({"KAITO_TUNE_ALLOWED_URL_NETWORKS": "", "KAITO_TUNE_INSECURE_REGISTRIES": ""})
+    assert (empty.allowed_url_networks, empty.insecure_registries) == ((), ())
+    assert (Settings().allowed_url_networks, Settings().insecure_registries) == ((), ())
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"KAITO_TUNE_ALLOWED_URL_NETWORKS": "10.250.0.0/33"}, "'10.250.0.0/33' is not an IP network"),
+        ({"KAITO_TUNE_ALLOWED_URL_NETWORKS": "127.0.0.0/8,localhost"}, "'localhost' is not an IP network"),
+        ({"KAITO_TUNE_ALLOWED_URL_NETWORKS": "true"}, "must be comma-separated CIDRs or addresses"),
+        ({"KAITO_TUNE_INSECURE_REGISTRIES": "http://10.250.0.1:5000"}, "'http://10.250.0.1:5000' is not"),
+        ({"KAITO_TUNE_INSECURE_REGISTRIES": "10.250.0.1:5000/v2"}, "no scheme, no path"),
+        ({"KAITO_TUNE_INSECURE_REGISTRIES": "registry.local:99999"}, "host or host:port"),
+        ({"KAITO_TUNE_INSECURE_REGISTRIES": "registry.local:"}, "host or host:port"),
+    ],
+)
+def test_bad_network_and_registry_lists_name_the_variable_and_value(env, needle):
+    ((name, value),) = env.items()
+    with pytest.raises(SettingsError) as error:
+        settings_from_env(env)
+    assert f"{name}={value!r}" in str(error.value) and needle in str(error.value)
+
+
+def test_fetch_data_gets_one_allow_network_per_allowed_network():
+    ws = parsed(workspace(input={"urls": ["http://10.250.0.1:8000/train.parquet"]}))
+    settings = Settings(allowed_url_networks=("10.250.0.1", "127.0.0.0/8"))
+    for job in (
+        render_data_job(ws, settings, rev(ws)),
+        render_training_job(ws, settings, rev(ws), data_sha256=SHA, gpus=1),
+    ):
+        command = containers(job)["fetch-data"]["command"]
+        pairs = [command[i : i + 2] for i, arg in enumerate(command) if arg == "--allow-network"]
+        assert pairs == [["--allow-network", "10.250.0.1/32"], ["--allow-network", "127.0.0.0/8"]]
+
+
+DATA_IMAGE = "10.250.0.1:5000/data/train:v1"
+ADAPTER_IMAGE = "10.250.0.1:5000/adapters/a:v1"
+
+
+@pytest.mark.parametrize(
+    ("insecure", "input_image", "output_image", "plain_fetch", "plain_push"),
+    [
+        ((), DATA_IMAGE, ADAPTER_IMAGE, False, False),
+        (("10.250.0.1:5000",), DATA_IMAGE, ADAPTER_IMAGE, True, True),
+        (("10.250.0.1",), DATA_IMAGE, ADAPTER_IMAGE, False, False),  # the port is part of the match
+        (("10.250.0.1:5001",), DATA_IMAGE, ADAPTER_IMAGE, False, False),
+        (("10.250.0.1",), "10.250.0.1/data/train:v1", ADAPTER_IMAGE, True, False),
+        (("registry.example.com",), DATA_IMAGE, "registry.example.com/adapters/a:v1", False, True),
+        (("REGISTRY.example.com",), DATA_IMAGE, "Registry.Example.com/adapters/a:v1", False, True),
+        (("10.250.0.1:5000", "registry.example.com"), "data.example.com/d:v1", ADAPTER_IMAGE, False, True),
+    ],
+)
+def test_plain_http_exactly_for_insecure_registries(
+    insecure, input_image, output_image, plain_fetch, plain_push
+):
+    ws = parsed(
+        workspace(
+            input={"image": input_image},
+            output={"image": output_image, "imagePushSecret": "push"},
+        )
+    )
+    settings = Settings(insecure_registries=insecure)
+    data = containers(render_data_job(ws, settings, rev(ws)))
+    training = containers(render_training_job(ws, settings, rev(ws), data_sha256=SHA, gpus=1))
+    assert ("--plain-http" in data["fetch-data"]["command"]) is plain_fetch
+    assert ("--plain-http" in training["fetch-data"]["command"]) is plain_fetch
+    assert ("--plain-http" in training["push"]["command"]) is plain_push
+    assert "--plain-http" not in training["train"]["command"]
+
+
+def test_url_input_never_gets_plain_http():
+    ws = parsed(workspace(input={"urls": ["http://10.250.0.1:5000/train.parquet"]}))
+    settings = Settings(insecure_registries=("10.250.0.1:5000",), allowed_url_networks=("10.250.0.1",))
+    assert "--plain-http" not in containers(render_data_job(ws, settings, rev(ws)))["fetch-data"]["command"]

@@ -187,3 +187,30 @@ def test_a_changed_node_count_names_what_the_other_shape_left_behind():
         ("apps/v1", "StatefulSet", "workspace-phi-3-mini-adapter"),
         ("v1", "Service", "workspace-phi-3-mini-adapter-headless"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("insecure", "plain"),
+    [
+        ((), set()),
+        (("10.250.0.1:5000",), {"pull-local"}),
+        (("10.250.0.1",), set()),  # exact host:port: the port is part of the match
+        (("10.250.0.1:5000", "r.io"), {"pull-local", "pull-second"}),
+    ],
+)
+def test_adapter_pulls_use_plain_http_exactly_for_insecure_registries(insecure, plain):
+    seed = with_adapter(
+        load(ADAPTERS_SEED),
+        {"source": {"name": "local", "image": "10.250.0.1:5000/adapters/local:v1"}, "strength": "0.5"},
+    )
+    seed = with_adapter(seed, {"source": {"name": "second", "image": "r.io/b:1"}, "strength": "0.2"})
+    for runtime in ("transformers", "vllm"):
+        pulls = {
+            c["name"]: c["command"]
+            for c in pod(render(seed, insecure_registries=insecure, inference_runtime=runtime))["spec"][
+                "initContainers"
+            ]
+            if c["name"].startswith("pull-")
+        }
+        assert sorted(pulls) == ["pull-local", "pull-phi-3-adapter", "pull-second"]
+        assert {name for name, command in pulls.items() if "--plain-http" in command} == plain

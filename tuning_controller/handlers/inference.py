@@ -98,7 +98,7 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
     generation = int(meta.get("generation") or 0)
     with _lock(key), metrics.reconciling(KIND):
         now = c.now_rfc3339()
-        problems = errors(validate_workspace(ws_obj, allow_loopback_urls=ctl.settings.allow_loopback_urls))
+        problems = errors(validate_workspace(ws_obj, allowed_url_networks=ctl.settings.allowed_url_networks))
         if problems:
             message = "; ".join(str(p) for p in problems)
             conds = [

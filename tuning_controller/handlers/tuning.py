@@ -292,8 +292,10 @@ def _reconcile(
     ws, _ = parse_workspace(ws_obj)
     namespace = ws.namespace
     if old is not None:  # the API server's CEL rules refuse these first; this is the second line
-        alone = {str(p) for p in validate_workspace(ws_obj, allow_loopback_urls=settings.allow_loopback_urls)}
-        with_old = validate_workspace(ws_obj, old, allow_loopback_urls=settings.allow_loopback_urls)
+        alone = {
+            str(p) for p in validate_workspace(ws_obj, allowed_url_networks=settings.allowed_url_networks)
+        }
+        with_old = validate_workspace(ws_obj, old, allowed_url_networks=settings.allowed_url_networks)
         immutable = [p for p in errors(with_old) if str(p) not in alone]
         if immutable:
             outcome["result"] = "invalid"
@@ -302,7 +304,7 @@ def _reconcile(
     user_config, config_problems = read_user_config(ctl, ws)
     problems = config_problems + errors(
         validate_workspace(
-            ws_obj, allow_loopback_urls=settings.allow_loopback_urls, training_config=user_config
+            ws_obj, allowed_url_networks=settings.allowed_url_networks, training_config=user_config
         )
     )
     if problems:

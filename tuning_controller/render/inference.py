@@ -122,6 +122,8 @@ def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[
             "--termination-log",
             TERMINATION_LOG,
         ]
+        if settings.is_insecure_registry(source.image):
+            command.append("--plain-http")
         pull_mounts = [mount(PULLED_VOLUME, ADAPTER_ROOT)]
         if source.image_pull_secrets:
             secret_dir = f"{PULL_SECRET_ROOT}/{i}"

@@ -98,10 +98,12 @@ def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None
     mounts = [mount("data", DATA_DIR)]
     if source.urls:
         command += ["--urls", *source.urls]
-        if settings.allow_loopback_urls:
-            command.append("--dev-allow-loopback")
+        for network in settings.allowed_url_networks:
+            command += ["--allow-network", network]
     else:
         command += ["--image", source.image]
+        if settings.is_insecure_registry(source.image):
+            command.append("--plain-http")
         if source.image_pull_secrets:
             command += ["--docker-config", f"{PULL_SECRET_DIR}/.dockerconfigjson"]
             mounts.append(mount("pull-secret", PULL_SECRET_DIR, read_only=True))
@@ -354,6 +356,7 @@ def render_training_job(
                 TERMINATION_LOG,
                 "--termination-log",
                 TERMINATION_LOG,
+                *(["--plain-http"] if settings.is_insecure_registry(output.image) else []),
             ],
             "volumeMounts": [
                 mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
