@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build (or reuse) the pinned tools the tests need: etcd, kube-apiserver, kube-controller-manager,
-# helm and kubeconform, compiled from Go modules with this machine's Go toolchain.
+# Build (or reuse) the pinned tools the local cluster and the tests need, compiled from Go modules with
+# this machine's Go toolchain: the control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler), the node (kubelet, kube-proxy, containerd with its runc shim and ctr, CoreDNS,
+# local-path-provisioner) and the chart tools (helm, kubeconform).
 #
 # Binaries are cached OUTSIDE the repository, one folder per tool and version:
 #   ${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/tools/<name>-<version>/<name>
@@ -20,6 +22,14 @@ K8S_VERSION="v1.36.3"
 ETCD_VERSION="v3.6.8"
 HELM_VERSION="v3.22.0"
 KUBECONFORM_VERSION="v0.7.0"
+CONTAINERD_VERSION="v2.4.2"
+COREDNS_VERSION="v1.14.7"
+LOCAL_PATH_VERSION="v0.0.30"
+# Commands built from the k8s.io/kubernetes scaffold; each reports its real version (kubectl version,
+# charts' kubeVersion checks), which the stock ldflags leave at v0.0.0-master.
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+# Bumped when the recipe changes in a way the version does not show (it is part of the cache key).
+K8S_RECIPE="r2"
 
 CACHE_ROOT="${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}"
 TOOLS_DIR="$CACHE_ROOT/tools"
@@ -27,15 +37,23 @@ TOOLS_DIR="$CACHE_ROOT/tools"
 tool_version() {
   case "$1" in
     etcd) echo "$ETCD_VERSION" ;;
-    kube-apiserver | kube-controller-manager) echo "$K8S_VERSION" ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl)
+      echo "$K8S_VERSION-$K8S_RECIPE"
+      ;;
+    containerd | containerd-shim-runc-v2 | ctr) echo "$CONTAINERD_VERSION" ;;
+    coredns) echo "$COREDNS_VERSION" ;;
+    local-path-provisioner) echo "$LOCAL_PATH_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     kubeconform) echo "$KUBECONFORM_VERSION" ;;
     *)
-      echo "unknown tool '$1': expected one of etcd, kube-apiserver, kube-controller-manager, helm, kubeconform" >&2
+      echo "unknown tool '$1': expected one of ${ALL_TOOLS[*]}" >&2
       return 2
       ;;
   esac
 }
+
+ALL_TOOLS=(etcd "${K8S_COMMANDS[@]}" containerd containerd-shim-runc-v2 ctr coredns local-path-provisioner
+  helm kubeconform)
 
 tool_path() {
   local version
@@ -52,7 +70,7 @@ LDFLAGS="-s -w"
 # Module scaffold that imports k8s.io/kubernetes as a library: require it and replace every staging
 # module (./staging/src/k8s.io/X in its go.mod) with the published k8s.io/X v0.Y.Z.
 k8s_scaffold() {
-  local dir="$CACHE_ROOT/scaffold/k8s-$K8S_VERSION"
+  local dir="$CACHE_ROOT/scaffold/k8s-$K8S_VERSION-$(echo "${K8S_COMMANDS[*]}" | sha256sum | cut -c1-8)"
   if [[ -f "$dir/go.sum" && -f "$dir/.complete" ]]; then
     echo "$dir"
     return
@@ -77,15 +95,14 @@ k8s_scaffold() {
     echo ")"
   } >"$dir/go.mod"
   mkdir -p "$dir/etcd"
-  cat >"$dir/tools.go" <<'EOF'
+  cat >"$dir/tools.go" <<EOF
 //go:build tools
 
 // Package tools pins the commands this module builds.
 package tools
 
 import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+$(printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "${K8S_COMMANDS[@]}")
 )
 EOF
   cat >"$dir/etcd/main.go" <<'EOF'
@@ -105,9 +122,21 @@ EOF
   echo "$dir"
 }
 
+# -X values that make a Kubernetes binary report its release (both version packages it links).
+k8s_version_ldflags() {
+  local minor="${K8S_VERSION#v1.}"
+  minor="${minor%%.*}"
+  local pkg flags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
 build_k8s_tools() {
   local need=()
-  for t in etcd kube-apiserver kube-controller-manager; do
+  for t in etcd "${K8S_COMMANDS[@]}"; do
     [[ -x "$(tool_path "$t")" ]] || need+=("$t")
   done
   ((${#need[@]})) || return 0
@@ -115,29 +144,31 @@ build_k8s_tools() {
   dir="$(k8s_scaffold)"
   out="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
   for t in "${need[@]}"; do
-    local pkg
+    local pkg ldflags="$LDFLAGS"
     case "$t" in
       etcd) pkg="./etcd" ;;
-      *) pkg="k8s.io/kubernetes/cmd/$t" ;;
+      *) pkg="k8s.io/kubernetes/cmd/$t" ldflags+="$(k8s_version_ldflags)" ;;
     esac
     log "building $t $(tool_version "$t") (cold builds take many minutes)"
     local start=$SECONDS
-    (cd "$dir" && go build -ldflags="$LDFLAGS" -o "$out/$t" "$pkg")
+    (cd "$dir" && go build -ldflags="$ldflags" -o "$out/$t" "$pkg")
     install_tool "$t" "$out/$t"
     log "built $t in $((SECONDS - start))s"
   done
   rm -rf "$out"
 }
 
-# go install needs the module without replace directives; helm and kubeconform have none.
+# go install needs the module without replace directives; none of these has any.
+# build_go_install NAME PACKAGE [GO INSTALL FLAGS...]
 build_go_install() {
   local name="$1" pkg="$2"
+  shift 2
   [[ -x "$(tool_path "$name")" ]] && return 0
   local out start=$SECONDS
   out="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
   log "building $name $(tool_version "$name")"
-  GOBIN="$out" go install -ldflags="$LDFLAGS" "$pkg@$(tool_version "$name")"
-  install_tool "$name" "$out/$name"
+  GOBIN="$out" go install -ldflags="$LDFLAGS" "$@" "$pkg@$(tool_version "$name")"
+  install_tool "$name" "$out/$(basename "$pkg")"
   rm -rf "$out"
   log "built $name in $((SECONDS - start))s"
 }
@@ -172,7 +203,13 @@ started=$SECONDS
 build_k8s_tools
 build_go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform
 build_go_install helm helm.sh/helm/v3/cmd/helm
-for t in etcd kube-apiserver kube-controller-manager helm kubeconform; do
+# containerd: no btrfs, devmapper or zfs snapshotters (cgo-free; the node uses overlayfs).
+for cmd in containerd containerd-shim-runc-v2 ctr; do
+  build_go_install "$cmd" "github.com/containerd/containerd/v2/cmd/$cmd" -tags "no_btrfs no_devmapper no_zfs"
+done
+build_go_install coredns github.com/coredns/coredns
+build_go_install local-path-provisioner github.com/rancher/local-path-provisioner
+for t in "${ALL_TOOLS[@]}"; do
   echo "$t $(tool_version "$t") $(tool_path "$t")"
 done
 log "done in $((SECONDS - started))s"
