@@ -1,12 +1,13 @@
-"""The one-command demo (`make demo`): a tuning Workspace end to end on this machine, no cluster, no GPU.
+"""The one-command demo (`make demo`): a tuning Workspace end to end on this machine, no cloud, no GPU.
 
-What runs is what a cluster runs: the Workspace CRD on a real kube-apiserver (hack/control-plane.sh), the
-operator (``python -m tuning_controller.operator``), and the Jobs and Deployments it renders, executed by
-hack/pod_executor.py as local processes (data check, fetch, train, push; adapter pull, inference server).
+What runs is what a cluster runs: a real local cluster (hack/control-plane.sh --node: kube-apiserver,
+kubelet, containerd, kube-proxy, CoreDNS), the chart's operator as a Deployment in the controller image,
+and the Jobs and Deployments it renders, in real containers from the project's images (data check, fetch,
+train, push in the runtime and tools images; adapter pull and the inference server).
 
-1. generate the code-word data (presets/tiny_task.py), serve it on loopback;
+1. generate the code-word data (presets/tiny_task.py), serve it on the node's address;
 2. apply examples/tuning/tiny-llama-demo.yaml (only the data and registry hosts replaced) and follow the
-   training with `kaito-tune status --watch`'s progress bar; the adapter is pushed to a loopback registry;
+   training with `kaito-tune status --watch`'s progress bar; the adapter is pushed to a local registry;
 3. apply examples/inference/tiny-llama-with-adapter.yaml and ask held-out questions through
    /v1/chat/completions and /chat, next to the expected answer and the base model's;
 4. print a summary (adapter digest, logs, kubeconfig, commands) and stop everything (also on Ctrl-C).
@@ -30,7 +31,7 @@ from typing import Any
 import requests
 import yaml
 
-from hack.local_stack import REPO_ROOT, LocalStack, free_port, kube_json, wait_for
+from hack.local_stack import RELEASE, REPO_ROOT, LocalStack, kube_json, tool_path, wait_for
 from presets.tiny_task import split_rows, write_parquet
 from tuning_controller.cli_status import status_lines, watch
 
@@ -137,13 +138,10 @@ def serving(url: str) -> bool:
 def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> dict[str, Any]:
     """The whole demo; returns what it found (adapter reference, answers) for the caller and the test."""
     started = time.monotonic()
-    inference_port = free_port()
     with LocalStack(state_dir, max_seconds=3600, log=say) as stack:
         api, registry, data = stack.api, stack.registry, stack.data
-        say(f"starting the operator (logs: {state_dir}/operator-0.log)")
-        stack.start_operator(
-            KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1", KAITO_TUNE_INFERENCE_PORT=str(inference_port)
-        )
+        say("installing the chart: the operator runs as its Deployment on the node")
+        stack.install_operator(progressIntervalSeconds=1)
         train, held_out = split_rows()
         write_parquet(data.root / DATA_FILE, train)
         say(
@@ -167,9 +165,7 @@ def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> d
         code, ws = watch(workspace_reader(api, tuning_name), out=sys.stdout, max_seconds=TRAINING_TIMEOUT_S)
         print("\n".join(status_lines(ws)))
         if code != 0:
-            raise DemoError(
-                f"the tuning Workspace did not succeed; logs under {stack.executor.state_dir}/logs"
-            )
+            raise DemoError(f"the tuning Workspace did not succeed; pod logs: {logs_command(stack)}")
         adapter = ws["status"]["tuning"]["adapter"]
         reference = f"{adapter['image'].rsplit(':', 1)[0]}@{adapter['digest']}"
         say(f"adapter pushed: {reference}")
@@ -178,15 +174,19 @@ def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> d
         create(api, serve)
         adapter_name = serve["inference"]["adapters"][0]["source"]["name"]
         base_model = serve["inference"]["preset"]["name"]
-        url = f"http://127.0.0.1:{inference_port}"
         say(f"applied {INFERENCE_EXAMPLE.relative_to(REPO_ROOT)}: pulling the adapter, starting the server")
         read = workspace_reader(api, serve["metadata"]["name"])
         wait_for(
-            lambda: condition_status(read(), "InferenceReady") == "True" and serving(url),
+            lambda: condition_status(read(), "InferenceReady") == "True",
             SERVING_TIMEOUT_S,
-            f"InferenceReady and {url}/health (logs under {stack.executor.state_dir}/logs)",
+            f"InferenceReady (pod logs: {logs_command(stack)})",
             interval=1,
         )
+        service = kube_json(
+            api, "GET", f"/api/v1/namespaces/{NAMESPACE}/services/{serve['metadata']['name']}"
+        )
+        url = f"http://{service['spec']['clusterIP']}"  # kube-proxy routes it to the server pod
+        wait_for(lambda: serving(url), 60, f"{url}/health", interval=1)
         answers = []
         for row in held_out:
             question, expected = row["messages"][0]["content"], row["messages"][1]["content"]
@@ -211,12 +211,17 @@ def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> d
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        say("stopping the operator, executor, registry and control plane")
+        say("stopping the operator, registry and cluster")
     return result
 
 
 class DemoError(RuntimeError):
     """The demo could not finish; the message says where to look."""
+
+
+def logs_command(stack: LocalStack) -> str:
+    kubectl = tool_path("kubectl")
+    return f"{kubectl} --kubeconfig {stack.control_plane.kubeconfig} logs -n {NAMESPACE} POD -c CONTAINER"
 
 
 def print_answers(answers: list[Answer]) -> None:
@@ -242,15 +247,15 @@ def print_summary(
     result: dict,
     keep: bool,
 ) -> None:
-    kubeconfig = stack.control_plane.kubeconfig
+    kubeconfig, kubectl = stack.control_plane.kubeconfig, tool_path("kubectl")
     body = json.dumps({"model": adapter, "messages": [{"role": "user", "content": "code word for Paris?"}]})
     lines = [
         f"adapter         {reference}",
         f"registry        {stack.registry.host} (user {stack.registry.username}, {stack.registry.storage})",
         f"kubeconfig      export KUBECONFIG={kubeconfig}",
-        f"operator log    {stack.operators[0].log_path}",
-        f"pod logs        {stack.executor.state_dir}/logs/{NAMESPACE}/<pod>/<container>.log",
-        f"control plane   {stack.control_plane.logs_dir}",
+        f"operator log    {kubectl} --kubeconfig {kubeconfig} logs -n kaito-tune deploy/{RELEASE}",
+        f"pod logs        {logs_command(stack)}",
+        f"cluster logs    {stack.control_plane.logs_dir} (kubelet, containerd, kube-apiserver, ...)",
         f"status          .venv/bin/kaito-tune status {tuning} -n {NAMESPACE} --kubeconfig {kubeconfig}",
         f"                .venv/bin/kaito-tune status {serve} -n {NAMESPACE} --kubeconfig {kubeconfig}",
         f"chat            curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",

@@ -1,11 +1,12 @@
-"""The local stack on loopback: control plane, pod executor, operator, OCI registry and a data file server.
+"""The local stack: a real cluster (control plane and node), the operator, an OCI registry and a data server.
 
 One implementation for the demo (``python -m hack.demo``) and the test fixtures (tests/fixtures/,
 tests/controller/conftest.py), so the demo runs exactly what the end-to-end tests check. Every part is a
-child process (or a thread) stopped by its PID; the control plane and the executor also stop by themselves
-when their owner process dies or after ``max_seconds``, so nothing outlives a crashed run.
+child process (or a thread) stopped by its PID; the cluster also stops by itself when its owner process
+dies or after ``max_seconds``, so nothing outlives a crashed run. What pods must reach (the registry, the
+data server) listens on the node's address, which this machine reaches too.
 
-    with LocalStack(state_dir) as stack:       # control plane + CRD + executor + registry + data server
+    with LocalStack(state_dir) as stack:       # cluster + CRD + registry + data server
         stack.start_operator(KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1")
 """
 
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,16 +32,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HACK = REPO_ROOT / "hack"
-CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager")
-EXECUTOR_NODE = "local-gpu-node"
-# The tests select the node by the first label, examples/tuning/tiny-llama-demo.yaml by the second.
-EXECUTOR_LABELS = {"apps": "phi-3", "kaito-tune/local-node": "true"}
+CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+NODE_TOOLS = (
+    *CONTROL_PLANE_TOOLS,
+    *("kubelet", "kube-proxy", "kubectl", "containerd", "containerd-shim-runc-v2", "ctr"),
+    *("coredns", "local-path-provisioner"),
+)
+# hack/node.sh labels the node so: the tests select it by the first, examples/tuning/tiny-llama-demo.yaml
+# by the second.
+NODE_LABELS = {"apps": "phi-3", "kaito-tune/local-node": "true"}
 REGISTRY_BIN = "docker-registry"
+# Where input URLs may point in development: loopback and the local node (hack/node.sh NODE_IP).
+LOCAL_URL_NETWORKS = "127.0.0.0/8,10.250.0.1/32"
 # A registry outlives an aborted session (pytest killed with -9) by at most this: coreutils' timeout
 # runs it, and passes our SIGTERM on when it is stopped by PID.
 REGISTRY_MAX_SECONDS = 4 * 3600
@@ -139,20 +149,33 @@ def missing_tools_message(missing: list[str]) -> str:
 
 
 @dataclass(frozen=True)
+class Node:
+    """The local cluster's real node (hack/node.sh): kubelet, containerd and runc on `ip`, which pods and
+    this machine both reach; `image_registry` serves the project's images to it."""
+
+    name: str
+    ip: str
+    image_registry: str
+    ready_seconds: float
+
+
+@dataclass(frozen=True)
 class ControlPlane:
     state_dir: Path
     kubeconfig: Path
     api_url: str
+    node: Node | None = None
 
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
 
-def start_control_plane(state_dir: Path, max_seconds: int = 3600) -> ControlPlane:
-    """hack/control-plane.sh start: etcd, kube-apiserver, kube-controller-manager on loopback; they stop by
-    themselves when this process dies or after `max_seconds`."""
-    missing = missing_tools(CONTROL_PLANE_TOOLS)
+def start_control_plane(state_dir: Path, max_seconds: int = 3600, node: bool = False) -> ControlPlane:
+    """hack/control-plane.sh start: etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with
+    `node` also the real node and its add-ons; they stop by themselves when this process dies or after
+    `max_seconds`."""
+    missing = missing_tools(NODE_TOOLS if node else CONTROL_PLANE_TOOLS)
     if missing:
         raise StackError(missing_tools_message(missing))
     env = {
@@ -161,11 +184,11 @@ def start_control_plane(state_dir: Path, max_seconds: int = 3600) -> ControlPlan
         "CONTROL_PLANE_MAX_SECONDS": str(max_seconds),
     }
     out = subprocess.run(
-        [str(HACK / "control-plane.sh"), "start", str(state_dir)],
+        [str(HACK / "control-plane.sh"), "start", str(state_dir), *(["--node"] if node else [])],
         capture_output=True,
         text=True,
         env=env,
-        timeout=240,
+        timeout=900,  # a cold node pulls the runtime image (gigabytes) once
         check=False,
     )
     if out.returncode != 0:
@@ -176,11 +199,36 @@ def start_control_plane(state_dir: Path, max_seconds: int = 3600) -> ControlPlan
     env_file = dict(
         line.split("=", 1) for line in (state_dir / "env").read_text().splitlines() if "=" in line
     )
-    return ControlPlane(state_dir=state_dir, kubeconfig=Path(kubeconfig), api_url=env_file["API_SERVER"])
+    the_node = None
+    if node:
+        the_node = Node(
+            name=env_file["NODE_NAME"],
+            ip=env_file["NODE_IP"],
+            image_registry=env_file["IMAGE_REGISTRY"],
+            ready_seconds=float(env_file["NODE_READY_S"]),
+        )
+    return ControlPlane(
+        state_dir=state_dir, kubeconfig=Path(kubeconfig), api_url=env_file["API_SERVER"], node=the_node
+    )
 
 
 def stop_control_plane(state_dir: Path) -> None:
-    subprocess.run([str(HACK / "control-plane.sh"), "stop", str(state_dir)], check=False, timeout=120)
+    subprocess.run([str(HACK / "control-plane.sh"), "stop", str(state_dir)], check=False, timeout=180)
+
+
+def pod_log(
+    api: k8s_client.ApiClient, namespace: str, pod: str, container: str, previous: bool = False
+) -> str:
+    """A container's log as kubelet keeps it (the API server fetches it from the node)."""
+    query = f"container={container}" + ("&previous=true" if previous else "")
+    m, url, headers, payload, post = api.param_serialize(
+        "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/log?{query}", auth_settings=["BearerToken"]
+    )
+    resp = api.call_api(m, url, headers, payload, post)
+    resp.read()
+    if resp.status >= 300:
+        raise KubeError(resp.status, resp.data.decode(errors="replace"))
+    return resp.data.decode(errors="replace")
 
 
 def apply_workspace_crd(api: k8s_client.ApiClient) -> dict:
@@ -237,62 +285,6 @@ def create_namespace(api: k8s_client.ApiClient, name: str = "", generate_name: s
     return name
 
 
-# --- pod executor ------------------------------------------------------------------------------------
-
-
-@dataclass
-class PodExecutor:
-    """A running hack/pod_executor.py: its node and where container logs are."""
-
-    state_dir: Path
-    node_name: str
-    process: subprocess.Popen
-
-    def log(self, namespace: str, pod: str, container: str) -> str:
-        """The container's output so far (all restarts, appended)."""
-        path = self.state_dir / "logs" / namespace / pod / f"{container}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def executor_log(self) -> str:
-        return (self.state_dir / "executor.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-def start_pod_executor(kubeconfig: Path, state_dir: Path, max_seconds: int = 3600) -> PodExecutor:
-    """hack/pod_executor.py: a Node with one nvidia.com/gpu and EXECUTOR_LABELS that runs pods as local
-    processes; returns once the Node is registered and schedulable."""
-    args = [
-        sys.executable,
-        str(HACK / "pod_executor.py"),
-        *("--kubeconfig", str(kubeconfig), "--state-dir", str(state_dir)),
-        *("--node-name", EXECUTOR_NODE, "--owner-pid", str(os.getpid()), "--max-seconds", str(max_seconds)),
-    ]
-    for key, value in EXECUTOR_LABELS.items():
-        args += ["--label", f"{key}={value}"]
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "executor.log", "ab") as log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    executor = PodExecutor(state_dir=state_dir, node_name=EXECUTOR_NODE, process=proc)
-    api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
-
-    def node_ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"pod executor exited {proc.returncode}:\n{executor.executor_log()[-3000:]}")
-        nodes = kube_json(api, "GET", f"/api/v1/nodes?fieldSelector=metadata.name={EXECUTOR_NODE}")["items"]
-        return bool(nodes) and not nodes[0]["spec"].get("taints") and "allocatable" in nodes[0]["status"]
-
-    try:
-        wait_for(node_ready, 30, f"node {EXECUTOR_NODE} registered by the pod executor")
-    except BaseException:
-        executor.stop()
-        raise
-    finally:
-        api.close()
-    return executor
-
-
 # --- operator ----------------------------------------------------------------------------------------
 
 
@@ -315,14 +307,14 @@ class Operator:
 
 
 def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
-    """``python -m tuning_controller.operator`` against `kubeconfig` with the development switch for
-    loopback URLs (KAITO_TUNE_* `env` on top); returns once /healthz answers."""
+    """``python -m tuning_controller.operator`` against `kubeconfig`, allowing input URLs on loopback and
+    the local node (KAITO_TUNE_* `env` on top); returns once /healthz answers."""
     metrics_port, health_port = free_port(), free_port()
     full_env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "PYTHONPATH": str(REPO_ROOT),
-        "KAITO_TUNE_ALLOW_LOOPBACK_URLS": "true",
+        "KAITO_TUNE_ALLOWED_URL_NETWORKS": LOCAL_URL_NETWORKS,
         "KAITO_TUNE_METRICS_PORT": str(metrics_port),
         "KAITO_TUNE_HEALTH_PORT": str(health_port),
         **env,
@@ -352,6 +344,111 @@ def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
         op.stop()
         raise
     return op
+
+
+# --- the operator as the chart installs it -------------------------------------------------------------
+
+CHART = REPO_ROOT / "charts" / "kaito-tune"
+RELEASE = "kaito-tune"
+
+
+def render_chart(namespace: str, values: dict[str, Any] | None = None) -> list[dict]:
+    """``helm template`` of charts/kaito-tune (CRDs included) with `values` on top of values.yaml."""
+    helm = tool_path("helm")
+    if helm is None:
+        raise StackError(missing_tools_message(["helm"]))
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as extra:
+        yaml.safe_dump(values or {}, extra)
+        extra.flush()
+        out = subprocess.run(
+            [
+                str(helm),
+                "template",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                namespace,
+                "--include-crds",
+                "-f",
+                extra.name,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@dataclass
+class ChartOperator:
+    """The operator running as the chart's Deployment, in the controller image on the node; `objects` are
+    what the chart created (uninstall deletes them, the CRD aside)."""
+
+    api: k8s_client.ApiClient
+    namespace: str
+    objects: list[dict]
+
+    def pod(self) -> dict:
+        selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=controller"
+        pods = kube_json(
+            self.api, "GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}"
+        )
+        running = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+        if not running:
+            raise StackError(f"no operator pod in {self.namespace}")
+        return running[0]
+
+    def log(self) -> str:
+        return pod_log(self.api, self.namespace, self.pod()["metadata"]["name"], "controller")
+
+    def uninstall(self) -> None:
+        """Delete what the chart created (not the CRD: Workspaces outlive the operator) and wait until
+        the operator's pod is gone, so that no second operator reconciles afterwards."""
+        from tuning_controller.kube import Kube, object_path
+        from tuning_controller.kube import KubeError as ApiError
+
+        kube = Kube(self.api, field_manager="kaito-tune-local")
+        for obj in reversed(self.objects):
+            if obj["kind"] != "CustomResourceDefinition":
+                with contextlib.suppress(ApiError):  # already gone
+                    kube.request("DELETE", object_path(obj))
+
+        def gone() -> bool:
+            try:
+                self.pod()
+            except StackError:
+                return True
+            return False
+
+        wait_for(gone, 60, f"the operator pod in {self.namespace} to be deleted")
+
+
+def install_chart(
+    api: k8s_client.ApiClient, namespace: str, values: dict[str, Any], timeout: float = 300
+) -> ChartOperator:
+    """Apply the rendered chart (what `helm install` creates) and wait until the operator's Deployment is
+    available: its pod pulled the controller image on the node and answers /healthz."""
+    from tuning_controller.kube import Kube
+
+    with contextlib.suppress(KubeError):
+        kube_json(api, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    kube = Kube(api, field_manager="kaito-tune-local")
+    objects = render_chart(namespace, values)
+    for obj in objects:
+        kube.apply(obj)
+    operator = ChartOperator(api, namespace, objects)
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{RELEASE}"
+    try:
+        wait_for(
+            lambda: (kube_json(api, "GET", path).get("status") or {}).get("availableReplicas"),
+            timeout,
+            f"the operator Deployment {namespace}/{RELEASE} to be available",
+            interval=0.5,
+        )
+    except AssertionError:
+        operator.uninstall()
+        raise
+    return operator
 
 
 # --- inference server --------------------------------------------------------------------------------
@@ -392,13 +489,13 @@ def running_inference_server(
 # --- OCI registry ------------------------------------------------------------------------------------
 
 
-def _registry_config(storage: Path, port: int, auth: str, tls: str) -> str:
+def _registry_config(storage: Path, host: str, auth: str, tls: str) -> str:
     return (
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: fixed-test-secret-for-resumable-uploads\n{tls}"
+        f"http:\n  addr: {host}\n  secret: fixed-test-secret-for-resumable-uploads\n{tls}"
         f"{auth}"
     )
 
@@ -410,6 +507,7 @@ class Registry:
 
     workdir: Path
     port: int
+    bind: str = "127.0.0.1"  # the local node's address when pods use the registry
     username: str | None = None
     password: str | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
@@ -418,7 +516,7 @@ class Registry:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.bind}:{self.port}"
 
     @property
     def storage(self) -> Path:
@@ -485,8 +583,10 @@ def _self_signed(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def launch_registry(workdir: Path, with_auth: bool, token_auth: str = "", tls: bool = False) -> Registry:
-    """Start a registry: htpasswd basic auth (user REGISTRY_USERNAME), none, or ``token_auth`` (an
+def launch_registry(
+    workdir: Path, with_auth: bool, token_auth: str = "", tls: bool = False, bind: str = "127.0.0.1"
+) -> Registry:
+    """Start a registry on `bind`: htpasswd basic auth (user REGISTRY_USERNAME), none, or ``token_auth`` (an
     ``auth: token:`` YAML block); with ``tls`` it serves https with a fresh self-signed certificate."""
     if shutil.which(REGISTRY_BIN) is None:
         raise StackError(f"{REGISTRY_BIN} is not installed: apt-get install docker-registry apache2-utils")
@@ -505,6 +605,7 @@ def launch_registry(workdir: Path, with_auth: bool, token_auth: str = "", tls: b
     registry = Registry(
         workdir=workdir,
         port=free_port(),
+        bind=bind,
         username=REGISTRY_USERNAME if with_auth else None,
         password=REGISTRY_PASSWORD if with_auth else None,
     )
@@ -512,7 +613,7 @@ def launch_registry(workdir: Path, with_auth: bool, token_auth: str = "", tls: b
     if tls:
         registry.ca_cert, key = _self_signed(workdir)
         tls_block = f"  tls:\n    certificate: {registry.ca_cert}\n    key: {key}\n"
-    (workdir / "config.yml").write_text(_registry_config(registry.storage, registry.port, auth, tls_block))
+    (workdir / "config.yml").write_text(_registry_config(registry.storage, registry.host, auth, tls_block))
     registry.start()
     return registry
 
@@ -547,7 +648,8 @@ class DataServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -555,11 +657,10 @@ class DataServer:
         self.thread.join(timeout=5)
 
 
-def start_data_server(root: Path) -> DataServer:
+def start_data_server(root: Path, bind: str = "127.0.0.1") -> DataServer:
+    """Serve `root` on `bind` (the local node's address when pods fetch from it)."""
     root.mkdir(parents=True, exist_ok=True)
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
-    )
+    server = http.server.ThreadingHTTPServer((bind, 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return DataServer(root, server, thread)
@@ -569,7 +670,7 @@ def start_data_server(root: Path) -> DataServer:
 
 
 class LocalStack:
-    """Control plane with the Workspace CRD, pod executor, authenticated registry and data server under
+    """The cluster with its node and the Workspace CRD, an authenticated registry and a data server under
     `state_dir`; operators started with :meth:`start_operator`. A context manager: leaving it (also on an
     error or Ctrl-C) stops every part, newest first, by PID."""
 
@@ -582,7 +683,7 @@ class LocalStack:
         self._stops = contextlib.ExitStack()
         self.control_plane: ControlPlane
         self.api: k8s_client.ApiClient
-        self.executor: PodExecutor
+        self.node: Node
         self.registry: Registry
         self.data: DataServer
         self.operators: list[Operator] = []
@@ -601,26 +702,36 @@ class LocalStack:
     def start(self) -> None:
         log = self.log
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
+        log("starting the cluster (control plane, then kubelet, containerd, kube-proxy, CoreDNS)")
         plane_dir = self.state_dir / "control-plane"
         plane_dir.mkdir(exist_ok=True)
         self._stops.callback(stop_control_plane, plane_dir)
-        self.control_plane = start_control_plane(plane_dir, self.max_seconds)
+        self.control_plane = start_control_plane(plane_dir, self.max_seconds, node=True)
+        assert self.control_plane.node is not None
+        self.node = self.control_plane.node
         self.api = k8s_config.new_client_from_config(config_file=str(self.control_plane.kubeconfig))
         self._stops.callback(self.api.close)
         apply_workspace_crd(self.api)
-        log("starting the pod executor (runs pods as local processes)")
-        self.executor = start_pod_executor(
-            self.control_plane.kubeconfig, self.state_dir / "pod-executor", self.max_seconds
-        )
-        self._stops.callback(self.executor.stop)
-        log("starting the OCI registry (htpasswd) and the data file server on loopback")
-        self.registry = launch_registry(self.state_dir / "registry", with_auth=True)
+        log(f"starting the OCI registry (htpasswd) and the data file server on the node ({self.node.ip})")
+        self.registry = launch_registry(self.state_dir / "registry", with_auth=True, bind=self.node.ip)
         self._stops.callback(self.registry.stop)
-        self.data = start_data_server(self.state_dir / "served")
+        self.data = start_data_server(self.state_dir / "served", bind=self.node.ip)
         self._stops.callback(self.data.stop)
 
+    def install_operator(self, **settings: Any) -> ChartOperator:
+        """The operator as the chart's Deployment on the node (chart `settings` on top of input URLs from
+        the data server and plain HTTP to the registry); uninstalled when the stack stops."""
+        values = {
+            "allowedUrlNetworks": [f"{self.node.ip}/32"],
+            "insecureRegistries": [self.registry.host],
+            **settings,
+        }
+        operator = install_chart(self.api, "kaito-tune", {"settings": values})
+        self._stops.callback(operator.uninstall)
+        return operator
+
     def start_operator(self, **env: str) -> Operator:
+        env = {"KAITO_TUNE_INSECURE_REGISTRIES": self.registry.host, **env}
         op = start_operator(
             self.control_plane.kubeconfig, self.state_dir / f"operator-{len(self.operators)}.log", **env
         )

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need on a fresh Debian machine, and reuses what is already
-# there: Debian packages, the .venv (re-installed only when pyproject.toml changes), and the Go-built
-# Kubernetes tools (cached by version outside the checkout, see hack/build-tools.sh).
+# there: Debian packages, the .venv (re-installed only when pyproject.toml changes), the Go-built
+# Kubernetes tools (cached by version outside the checkout, see hack/build-tools.sh) and the container
+# images the local node runs (rebuilt only when their inputs change, see hack/images.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 apt_packages=(docker-registry apache2-utils skopeo openssl iproute2 util-linux curl ca-certificates)
+# The node: runc and the CNI plugins under containerd, iptables and conntrack for kube-proxy.
+apt_packages+=(runc containernetworking-plugins iptables conntrack)
+# Images: buildah builds the Dockerfiles on a base made by mmdebstrap; pause is compiled with gcc.
+apt_packages+=(buildah mmdebstrap busybox-static gcc libc6-dev)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -35,3 +40,4 @@ if [[ ! -f $stamp ]]; then
 fi
 
 bash hack/build-tools.sh
+bash hack/images.sh build

@@ -1,9 +1,11 @@
-"""Controller test fixtures: the operator as a child process, a loopback data server, Workspace helpers.
+"""Controller test fixtures: the operator as a child process, a data server on the node, Workspace helpers.
 
 The operator and the data server come from hack/local_stack.py (shared with the demo).
 - `run_operator(**env)` (factory): starts ``python -m tuning_controller.operator`` against the local
-  control plane with the development switch for loopback URLs; stopped (by PID) at teardown.
-- `data_server`: a ThreadingHTTPServer on 127.0.0.1 serving a temporary folder.
+  cluster, allowing input URLs on loopback and the node and plain HTTP to `node_registry`; stopped (by
+  PID) at teardown.
+- `chart_operator(**settings)` (factory): the operator as the chart's Deployment on the node.
+- `data_server`: a ThreadingHTTPServer on the node's address serving a temporary folder.
 - `make_parquet(path, rows)`, `tuning_workspace(...)`, `get_workspace(...)`.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hack.local_stack import Operator, start_data_server, start_operator
+from hack.local_stack import ChartOperator, Operator, install_chart, start_data_server, start_operator
 from tests.fixtures.cluster import kube_json, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +26,11 @@ API = "/apis/kaito.sh/v1beta1"
 
 
 @pytest.fixture
-def run_operator(control_plane, workspace_crd, tmp_path) -> Iterator:
+def run_operator(control_plane, workspace_crd, node_registry, tmp_path) -> Iterator:
     started: list[Operator] = []
 
     def run(**env: str) -> Operator:
+        env = {"KAITO_TUNE_INSECURE_REGISTRIES": node_registry.host, **env}
         op = start_operator(control_plane.kubeconfig, tmp_path / f"operator-{len(started)}.log", **env)
         started.append(op)
         return op
@@ -40,9 +43,33 @@ def run_operator(control_plane, workspace_crd, tmp_path) -> Iterator:
 
 
 @pytest.fixture
-def data_server(tmp_path) -> Iterator[tuple[str, Path]]:
-    """(base URL, folder): files written into the folder are served at base URL + name."""
-    server = start_data_server(tmp_path / "served")
+def chart_operator(kube_client, namespace, workspace_crd, node, node_registry) -> Iterator:
+    """Factory: the operator as the chart's Deployment in the controller image on the node (settings as
+    chart values on top of input URLs on the node and plain HTTP to `node_registry`); uninstalled after."""
+    installed: list[ChartOperator] = []
+
+    def install(**settings) -> ChartOperator:
+        values = {
+            "allowedUrlNetworks": [f"{node.ip}/32"],
+            "insecureRegistries": [node_registry.host],
+            **settings,
+        }
+        operator = install_chart(kube_client, f"{namespace}-operator", {"settings": values})
+        installed.append(operator)
+        return operator
+
+    try:
+        yield install
+    finally:
+        for operator in installed:
+            operator.uninstall()
+
+
+@pytest.fixture
+def data_server(tmp_path, node) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder): files written into the folder are served at base URL + name, on the node's
+    address so that pods fetch them."""
+    server = start_data_server(tmp_path / "served", bind=node.ip)
     try:
         yield server.url, server.root
     finally:
@@ -183,3 +210,11 @@ def nodeclaims_of(api, path: str, namespace: str, workspace: str) -> list[dict]:
     selector = f"kaito.sh/workspace={workspace},kaito.sh/workspacenamespace={namespace}"
     found = kube_json(api, "GET", f"{path}?labelSelector={selector}")
     return found.get("items") or []
+
+
+def claim_path(api, namespace: str, claim: str) -> Path:
+    """Where the node keeps a bound claim's files (local-path-provisioner's hostPath volume)."""
+    bound = kube_json(api, "GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+    volume = kube_json(api, "GET", f"/api/v1/persistentvolumes/{bound['spec']['volumeName']}")
+    source = volume["spec"].get("hostPath") or volume["spec"]["local"]
+    return Path(source["path"])

@@ -1,6 +1,7 @@
-"""End to end on the local control plane: a tiny-llama tuning Workspace, data from a loopback HTTP
-server, the pod executor running the pre-flight and the training Job (fetch, train, push to the
-loopback registry), status showing progress and the digest, and the pushed adapter loading with PEFT."""
+"""End to end on the local cluster: a tiny-llama tuning Workspace, data from an HTTP server on the node's
+address, the pre-flight and the training Job (fetch, train, push to a registry on the node's address) in
+real containers from the project's images on the real node, status showing progress and the digest, and
+the pushed adapter loading with PEFT."""
 
 from __future__ import annotations
 
@@ -102,14 +103,14 @@ def watch_until_done(api, namespace: str, name: str, timeout: float) -> tuple[di
 
 
 def test_tuning_workspace_end_to_end(
-    kube_client, namespace, pod_executor, oci_registry, run_operator, data_server, tmp_path
+    kube_client, namespace, node, node_registry, chart_operator, data_server, tmp_path
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=24)
-    run_operator(KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1")
-    create_push_secret(kube_client, namespace, oci_registry)
+    chart_operator(progressIntervalSeconds=1)
+    create_push_secret(kube_client, namespace, node_registry)
     config = create_config(kube_client, namespace)
-    image = oci_registry.ref("adapters/e2e", "v1")
+    image = node_registry.ref("adapters/e2e", "v1")
     ws = tuning_workspace(
         "e2e",
         namespace,
@@ -184,8 +185,8 @@ def test_tuning_workspace_end_to_end(
 
     # The pushed adapter, pulled by digest, loads with PEFT on the tiny base model.
     docker_config = tmp_path / "docker.json"
-    auth = base64.b64encode(f"{oci_registry.username}:{oci_registry.password}".encode()).decode()
-    docker_config.write_text(json.dumps({"auths": {oci_registry.host: {"auth": auth}}}))
+    auth = base64.b64encode(f"{node_registry.username}:{node_registry.password}".encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {node_registry.host: {"auth": auth}}}))
     pulled = tmp_path / "pulled"
     ref = f"{image.rsplit(':', 1)[0]}@{digest}"
     out = subprocess.run(
@@ -198,6 +199,7 @@ def test_tuning_workspace_end_to_end(
             str(pulled),
             "--docker-config",
             str(docker_config),
+            "--plain-http",
         ],
         cwd=REPO_ROOT,
         capture_output=True,

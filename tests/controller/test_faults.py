@@ -1,4 +1,4 @@
-"""Faults with the pod executor: bad data stops before any GPU, a push failure fails the Workspace only
+"""Faults on the local node: bad data stops before any GPU, a push failure fails the Workspace only
 once the Job gives up, and volume output keeps the adapter (with a NodeClaim requested after the data
 check, waited for, and released when the Job ends)."""
 
@@ -8,6 +8,7 @@ import time
 
 from tests.controller.conftest import (
     apply,
+    claim_path,
     condition,
     dump,
     events,
@@ -25,7 +26,7 @@ SKU = "Standard_NC24ads_A100_v4"
 
 
 def test_bad_data_fails_after_the_data_check_with_row_numbers(
-    kube_client, namespace, pod_executor, run_operator, data_server, nodeclaim_crd
+    kube_client, namespace, node, run_operator, data_server, nodeclaim_crd
 ):
     base_url, served = data_server
     make_parquet(served / "bad.parquet", rows=12, bad_rows=(3, 7))
@@ -51,18 +52,18 @@ def test_bad_data_fails_after_the_data_check_with_row_numbers(
 
 
 def test_push_failure_fails_the_workspace_only_when_the_job_gives_up(
-    kube_client, namespace, pod_executor, oci_registry, run_operator, data_server
+    kube_client, namespace, node, node_registry, run_operator, data_server
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=8)
     run_operator(KAITO_TUNE_BACKOFF_LIMIT="1")
-    create_push_secret(kube_client, namespace, oci_registry, password="wrong-password")
+    create_push_secret(kube_client, namespace, node_registry, password="wrong-password")
     config = create_config(kube_client, namespace, max_steps=4)
     ws = tuning_workspace(
         "bad-push",
         namespace,
         urls=[f"{base_url}/train.parquet"],
-        output={"image": oci_registry.ref("adapters/denied", "v1"), "imagePushSecret": "push-secret"},
+        output={"image": node_registry.ref("adapters/denied", "v1"), "imagePushSecret": "push-secret"},
         config=config,
     )
     apply(kube_client, ws)
@@ -95,12 +96,17 @@ def test_push_failure_fails_the_workspace_only_when_the_job_gives_up(
 
 
 def test_volume_output_keeps_the_adapter_and_the_node_is_released(
-    kube_client, namespace, pod_executor, run_operator, data_server, nodeclaim_crd
+    kube_client, namespace, node, run_operator, data_server, nodeclaim_crd
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=8)
     run_operator(KAITO_TUNE_AUTO_PROVISIONING="true")
     config = create_config(kube_client, namespace, max_steps=4)
+    claim_body = {
+        "metadata": {"name": "adapter-out"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    kube_json(kube_client, "POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", claim_body)
     ws = tuning_workspace(
         "to-volume",
         namespace,
@@ -126,7 +132,7 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
     }
     ready = {
         "status": {
-            "nodeName": pod_executor.node_name,
+            "nodeName": node.name,
             "conditions": [
                 {
                     "type": "Ready",
@@ -150,7 +156,7 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
         kube_client, namespace, "to-volume"
     )
     assert condition(final, "NodeClaimReady")["status"] == "True"
-    out = pod_executor.state_dir / "pvc" / namespace / "adapter-out"
+    out = claim_path(kube_client, namespace, "adapter-out")
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     job = next(j for j in jobs(kube_client, namespace) if j["metadata"]["name"] == "to-volume")
     assert [c["name"] for c in job["spec"]["template"]["spec"]["containers"]] == ["train"]
@@ -164,7 +170,7 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
 
 
 def test_deleting_a_workspace_releases_its_nodeclaim(
-    kube_client, namespace, pod_executor, run_operator, data_server, nodeclaim_crd
+    kube_client, namespace, node, run_operator, data_server, nodeclaim_crd
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=8)

@@ -30,9 +30,7 @@ def test_queue_label_creates_suspended_jobs(kube_client, namespace, run_operator
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
 
 
-def test_own_node_found_by_label_once_it_exists(
-    kube_client, namespace, pod_executor, run_operator, data_server
-):
+def test_own_node_found_by_label_once_it_exists(kube_client, namespace, node, run_operator, data_server):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=8)
     run_operator(KAITO_TUNE_NODE_RETRY_SECONDS="2")
@@ -58,9 +56,9 @@ def test_own_node_found_by_label_once_it_exists(
     cond = condition(waiting, "ResourceReady")
     assert cond["status"] == "False" and cond["reason"] == "NoMatchingNodes"
     assert "no node matches resource.labelSelector" in cond["message"]
-    assert pod_executor.node_name in cond["message"]  # what exists is listed
+    assert node.name in cond["message"]  # what exists is listed
     assert [j["metadata"]["name"] for j in jobs(kube_client, namespace)] == ["own-node-data"]
-    node_path = f"/api/v1/nodes/{pod_executor.node_name}"
+    node_path = f"/api/v1/nodes/{node.name}"
     patch = {"metadata": {"labels": {label: "yes"}}}
     kube_json(kube_client, "PATCH", node_path, patch, content_type="application/merge-patch+json")
     try:

@@ -114,7 +114,7 @@ def test_objects_rendered_from_examples_validate(manifest_schemas, tmp_path, exa
             "-m",
             "tuning_controller.cli",
             "render",
-            "--allow-loopback-urls",
+            *("--allow-url-network", "127.0.0.0/8"),
             str(REPO_ROOT / example),
         ],
         capture_output=True,

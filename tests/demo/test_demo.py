@@ -1,6 +1,6 @@
 """The demo (`make demo` -> hack/demo.py) as a test: the example Workspaces as written (hosts templated),
-through the operator and the pod executor, the adapter answering held-out questions the base model cannot;
-afterwards nothing of the stack is left running."""
+through the operator and pods in real containers on the local node, the adapter answering held-out
+questions the base model cannot; afterwards nothing of the stack is left running."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from hack.demo import run_demo, templated, with_steps
 from hack.local_stack import REPO_ROOT
 from tuning_controller.cli_workspace import check_documents, load_documents
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 
 def test_the_demo_trains_pushes_serves_and_stops_everything(tmp_path, capsys):
     result = run_demo(tmp_path / "demo", steps=80)
     out = capsys.readouterr().out
 
-    assert re.fullmatch(r"127\.0\.0\.1:\d+/adapters/tiny-llama-demo@sha256:[0-9a-f]{64}", result["adapter"])
+    assert re.fullmatch(r"10\.250\.0\.1:\d+/adapters/tiny-llama-demo@sha256:[0-9a-f]{64}", result["adapter"])
     assert result["asked"] == 24
     assert result["right"] >= 18, result["answers"]
     assert sum(a["base"] == a["expected"] for a in result["answers"]) <= 2  # the base model cannot know
@@ -30,7 +30,7 @@ def test_the_demo_trains_pushes_serves_and_stops_everything(tmp_path, capsys):
     assert "Tuning phase: Succeeded" in out and "Data check: ok, 72 rows" in out
     assert "80/80" in out  # the progress bar reached the last step
     assert f"{result['adapter'].split('@')[1]}" in out.split("Summary", 1)[1]
-    # every process the stack started is gone: executor, operator, registry, control plane
+    # every process the stack started is gone: node, operator, registry, control plane
     leftovers = [p for p in os.listdir("/proc") if p.isdigit() and str(tmp_path) in _cmdline(p)]
     assert leftovers == [], [_cmdline(p) for p in leftovers]
 
@@ -69,4 +69,4 @@ def test_the_templated_examples_still_validate():
     assert docs[1]["tuning"]["input"]["urls"] == ["http://127.0.0.1:1/code-words.parquet"]
     assert docs[1]["tuning"]["output"]["image"] == "r:2/adapters/tiny-llama-demo:v1"
     loaded = load_documents(str(REPO_ROOT / "examples/tuning/tiny-llama-demo.yaml"))
-    assert not [p for _, p in check_documents(loaded, None, True) if p.severity.name == "ERROR"]
+    assert not [p for _, p in check_documents(loaded, None, ("127.0.0.0/8",)) if p.severity.name == "ERROR"]

@@ -1,9 +1,6 @@
-"""An inference Workspace end to end: the controller's objects on the local control plane, the pod executor
-running the adapter pull (from the loopback registry, with the pull secret) and the server, which answers.
-
-The Service's port 80 needs kube-proxy, which does not run here, so the test talks to the server process
-on the port the controller was told to render (KAITO_TUNE_INFERENCE_PORT).
-"""
+"""An inference Workspace end to end on the local cluster: the controller's objects, the adapter pull (from
+a registry on the node's address, with the pull secret) and the server in the runtime image on the node,
+answering through its Service (kube-proxy routes the ClusterIP)."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ import requests
 
 from artifacts.push import push
 from artifacts.registry import ClientOptions
-from hack.local_stack import free_port
+from hack.local_stack import write_docker_config
 from tests.controller.conftest import API, condition, get_workspace, wait_status
 from tests.fixtures.cluster import kube_json, wait_for
 
@@ -50,19 +47,20 @@ def answer(url: str, model: str | None = None) -> str | None:
 
 
 def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
-    kube_client, namespace, pod_executor, run_operator, oci_registry, docker_config, code_word_adapter
+    kube_client, namespace, node, run_operator, node_registry, code_word_adapter, tmp_path
 ):
-    image = oci_registry.ref("adapters/code-word", "v1")
-    push(code_word_adapter, image, options=ClientOptions(docker_config=docker_config))
+    docker_config = write_docker_config(
+        tmp_path / "config.json", node_registry.host, node_registry.username, node_registry.password
+    )
+    image = node_registry.ref("adapters/code-word", "v1")
+    push(code_word_adapter, image, options=ClientOptions(docker_config=docker_config, plain_http=True))
     secret = {
         "metadata": {"name": "registry-login"},
         "type": "kubernetes.io/dockerconfigjson",
         "data": {".dockerconfigjson": base64.b64encode(docker_config.read_bytes()).decode()},
     }
     kube_json(kube_client, "POST", f"/api/v1/namespaces/{namespace}/secrets", secret)
-    port = free_port()
-    operator = run_operator(KAITO_TUNE_INFERENCE_PORT=str(port))
-    url = f"http://127.0.0.1:{port}"
+    operator = run_operator()
 
     ws = inference_workspace("serve", namespace, image, "1.0")
     kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
@@ -83,6 +81,7 @@ def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
     assert deployment["metadata"]["ownerReferences"][0]["name"] == "serve"
     service = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/services/serve")
     assert service["spec"]["ports"][0]["port"] == 80
+    url = f"http://{service['spec']['clusterIP']}"
     with_adapter = wait_for(lambda: answer(url), 180, "the server to answer /chat")
     assert with_adapter == ANSWER
     assert answer(url, "code-word") == ANSWER
