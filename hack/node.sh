@@ -27,8 +27,11 @@ FORWARD_CHAIN="KAITO-TUNE-NODE"
 NODE_LABELS="apps=phi-3,kaito-tune/local-node=true"
 NODE_GPUS=1
 NODE_CACHE="${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/node"
+# Sockets, runtime state and kubelet's root: a short fixed path, since unix socket paths may not exceed
+# 104 bytes (a test's temporary folder does); removed at stop.
+NODE_RUN="/var/lib/kaito-tune-node"
 
-ctr_() { "$(tool ctr)" --address "$PWD/node/containerd.sock" -n k8s.io "$@"; }
+ctr_() { "$(tool ctr)" --address "$NODE_RUN/containerd.sock" -n k8s.io "$@"; }
 kubectl_() { "$(tool kubectl)" --kubeconfig "$PWD/kubeconfig" "$@"; }
 
 # ---- lock: one node per machine ---------------------------------------------------------------------
@@ -104,18 +107,19 @@ gen_node_pki() {
 
 write_node_config() {
   local n="$PWD/node"
-  mkdir -p "$n"/{certs.d,cni/net.d,cni/ipam,kubelet,pod-logs,local-path} "$NODE_CACHE/containerd"
+  node_unmount # what a node that was killed outright left
+  mkdir -p "$n"/{certs.d,cni/net.d,cni/ipam,pod-logs,local-path} "$NODE_CACHE/containerd" "$NODE_RUN"
   write_kubeconfig "$n/kubelet.kubeconfig" kubelet-client "system:node:$NODE_NAME"
   write_kubeconfig "$n/kube-proxy.kubeconfig" kube-proxy system:kube-proxy
   : >"$n/resolv.conf" # pods resolve cluster names only: CoreDNS forwards nothing out of the machine
   cat >"$n/containerd.toml" <<EOF
 version = 3
 root = "$NODE_CACHE/containerd"
-state = "$n/containerd-state"
+state = "$NODE_RUN/containerd-state"
 [grpc]
-  address = "$n/containerd.sock"
+  address = "$NODE_RUN/containerd.sock"
 [ttrpc]
-  address = "$n/containerd.sock.ttrpc"
+  address = "$NODE_RUN/containerd.sock.ttrpc"
 [metrics]
   address = ""
 [plugins]
@@ -136,7 +140,7 @@ state = "$n/containerd-state"
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
           BinaryName = "$(command -v runc)"
           SystemdCgroup = false
-          Root = "$n/runc"
+          Root = "$NODE_RUN/runc"
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ["/usr/lib/cni"]
       conf_dir = "$n/cni/net.d"
@@ -158,8 +162,8 @@ kind: KubeletConfiguration
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
-containerRuntimeEndpoint: unix://$n/containerd.sock
-imageServiceEndpoint: unix://$n/containerd.sock
+containerRuntimeEndpoint: unix://$NODE_RUN/containerd.sock
+imageServiceEndpoint: unix://$NODE_RUN/containerd.sock
 address: $NODE_IP
 port: $KUBELET_PORT
 readOnlyPort: 0
@@ -226,6 +230,9 @@ log: {level: error, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: $storage}, delete: {enabled: true}}
 http: {addr: $IMAGE_REGISTRY}
 EOF
+  # Layers of images that were rebuilt since are no longer referenced: free their space first.
+  docker-registry garbage-collect --delete-untagged "$PWD/node/image-registry.yml" >>logs/image-registry-gc.log 2>&1 \
+    || log "registry garbage collection failed (see $PWD/logs/image-registry-gc.log); going on"
   launch image-registry docker-registry serve "$PWD/node/image-registry.yml"
   wait_for image-registry "http://$IMAGE_REGISTRY/v2/"
   # Unchanged images cost a manifest check; a rebuilt one uploads its new layers.
@@ -236,13 +243,19 @@ EOF
 # Pull every image once at start so a rebuilt image replaces the node's copy of the same tag (kubelet's
 # IfNotPresent would keep the old one); layers the node has are not fetched again.
 pull_images() {
-  local source path start
+  local source path start current=() ref kind digest
   while read -r source path; do
     start=$EPOCHREALTIME
     ctr_ images pull --hosts-dir "$PWD/node/certs.d" "$source" >>logs/image-pull.log 2>&1 \
       || die "containerd could not pull $source from $IMAGE_REGISTRY; see $PWD/logs/image-pull.log"
     echo "$source $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}")s" >>logs/image-pull-times.log
+    current+=("$(ctr_ images ls "name==$source" | awk 'NR == 2 {print $3}')")
   done < <("$HACK_DIR/images.sh" list)
+  # Names of earlier builds (CRI also names an image by its digest and ID) keep gigabytes alive:
+  # drop every name that points at none of today's images, and containerd collects what they held.
+  while read -r ref kind digest; do
+    [[ " ${current[*]} " == *" $digest "* ]] || ctr_ images rm --sync "$ref" >>logs/image-pull.log 2>&1 || true
+  done < <(ctr_ images ls | awk 'NR > 1 {print $1, $2, $3}')
 }
 
 start_node() {
@@ -271,12 +284,14 @@ $(tail -n 25 logs/containerd.log)"
     sleep 0.2
   done
   # A node that did not stop cleanly may have left containers in the cache's store.
-  ctr_ containers ls -q 2>/dev/null | xargs -r "$(tool ctr)" --address "$PWD/node/containerd.sock" -n k8s.io containers rm >/dev/null 2>&1 || true
+  local stale
+  stale="$(ctr_ containers ls -q 2>/dev/null || true)"
+  [[ -z "$stale" ]] || ctr_ containers rm $stale >/dev/null 2>&1 || true
   pull_images
 
   local t_kubelet=$EPOCHREALTIME
   launch kubelet "$kubelet" --config "$PWD/node/kubelet.yaml" --kubeconfig "$PWD/node/kubelet.kubeconfig" \
-    --root-dir "$PWD/node/kubelet" --cert-dir "$PWD/node/kubelet/pki" \
+    --root-dir "$NODE_RUN/kubelet" --cert-dir "$PWD/node/kubelet-pki" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --node-labels "$NODE_LABELS" --v 1
   deadline=$((SECONDS + READY_TIMEOUT_S))
   until [[ "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; do
@@ -311,6 +326,14 @@ start_addons() {
 
 # ---- stop -------------------------------------------------------------------------------------------
 
+# Mounts kubelet and containerd made (volumes, rootfs, sandbox shm), deepest first; then NODE_RUN.
+node_unmount() {
+  awk -v a="$PWD/node/" -v b="$NODE_CACHE/" -v c="$NODE_RUN/" \
+    'index($2, a) == 1 || index($2, b) == 1 || index($2, c) == 1 {print $2}' /proc/self/mounts \
+    | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf "$NODE_RUN"
+}
+
 stop_node() {
   [[ -d node ]] || return 0
   # No controller may replace the pods deleted below.
@@ -340,10 +363,8 @@ stop_node() {
     [[ -z "$ids" ]] || ctr_ containers rm $ids >/dev/null 2>&1 || true
   fi
   stop_one containerd image-registry
-  pkill -TERM -f -- "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $PWD/node/" 2>/dev/null || true
-  # Mounts kubelet and containerd made (volumes, rootfs, sandbox shm), deepest first.
-  awk -v a="$PWD/node/" -v b="$NODE_CACHE/" 'index($2, a) == 1 || index($2, b) == 1 {print $2}' /proc/self/mounts \
-    | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  pkill -TERM -f -- "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $NODE_RUN/" 2>/dev/null || true
+  node_unmount
   find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
   find /var/log/containers -maxdepth 1 -lname "$PWD/node/*" -delete 2>/dev/null || true
   rm -rf /var/lib/cni/results/kaito-tune-* /var/lib/kubelet/device-plugins/kubelet.sock

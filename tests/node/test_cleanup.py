@@ -40,7 +40,12 @@ def host_state(state_dir: Path) -> dict[str, object]:
         if str(state_dir) in cmdline or "containerd-shim" in cmdline:
             processes.append(cmdline)
     return {
-        "mounts": sorted(Path("/proc/self/mounts").read_text().splitlines()),
+        # buildah's storage (hack/images.sh) mounts and unmounts itself as it likes: not the node's
+        "mounts": sorted(
+            line
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if "/var/lib/containers/" not in line
+        ),
         "links": sorted(line.split(":")[1].strip() for line in _run("ip", "-o", "link", "show").splitlines()),
         "netns": sorted(_run("ip", "netns", "list").split()),
         "iptables": rules,
