@@ -11,8 +11,9 @@ ours:     the operator (``python -m tuning_controller.operator``, a child proces
 baseline: the same client creating 200 Jobs directly (no controller): from POST return to the watch
           delivering it, i.e. the API server's own floor on this machine.
 
-No pod executor runs: pods stay Pending, as the brief allows. ``all_s``: from the first apply until all
-Jobs exist and every Workspace has status.tuning.phase set. ``rss_mib`` is the controller's peak RSS
+The control plane runs without a node (hack/control-plane.sh without --node): pods stay Pending, as
+the brief allows. ``all_s``: from the first apply until all Jobs exist and every Workspace has
+status.tuning.phase set. ``rss_mib`` is the controller's peak RSS
 (sampled every 0.2 s), ``cpu_s`` its user+system CPU time for the whole run. ``--without-cel`` installs
 the CRD without its CEL rules, to show how much of the latency is the API server validating Workspaces
 (each create costs ~100 ms of CEL here). Prints one JSON object.

@@ -34,7 +34,11 @@ if [[ ! -f $stamp ]]; then
   echo "setup: creating .venv and installing the project (pip cache: ${PIP_CACHE_DIR:-~/.cache/pip})"
   [[ -x .venv/bin/python ]] || "$python" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[train,dev]"
+  # hack/images.sh's wheelhouse holds the pinned wheels (torch included) once it has been filled.
+  wheelhouse="${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/wheelhouse/cp311-x86_64"
+  find_links=()
+  [[ -d $wheelhouse ]] && find_links=(--find-links "$wheelhouse")
+  .venv/bin/python -m pip install -q "${find_links[@]}" -e ".[train,dev]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

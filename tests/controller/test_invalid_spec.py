@@ -1,4 +1,4 @@
-"""Invalid training config: a condition with the message and no Job at all (no executor needed)."""
+"""Invalid training config: a condition with the message and no Job at all (no pod is ever created)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Controller restarts, API conflicts and spec changes on the real API server (no executor: pods stay
-Pending, which is all these cases need)."""
+"""Controller restarts, API conflicts and spec changes on the real API server: what these cases check
+are the objects the controller writes, whatever the node makes of their pods."""
 
 from __future__ import annotations
 
