@@ -211,7 +211,7 @@ build_project_image() {
 
 # Kubernetes' own pause.c from the k8s.io/kubernetes module at the cluster's version, static.
 build_pause() {
-  local dir src inputs out ctr tag
+  local dir src inputs out tag
   dir=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])') \
     || die "go mod download k8s.io/kubernetes@$K8S_VERSION failed"
@@ -227,11 +227,18 @@ build_pause() {
   mkdir -p "$out"
   gcc -Os -Wall -Werror -static -DVERSION="v$tag-$K8S_VERSION" -o "$out/pause" "$src"
   strip "$out/pause"
+  binary_image "$PAUSE_IMAGE" "$out/pause" 65535 "$inputs" "$tag"
+}
+
+# binary_image IMAGE BINARY UID INPUTS VERSION: one static binary at /NAME, FROM scratch, its entrypoint.
+binary_image() {
+  local ctr name
+  name=$(basename "$2")
   ctr=$(buildah from --quiet scratch)
-  buildah copy --quiet --chmod 0755 "$ctr" "$out/pause" /pause >/dev/null
-  buildah config --entrypoint '["/pause"]' --user 65535:65535 --label "$LABEL=$inputs" \
-    --label "org.opencontainers.image.version=$tag" "$ctr"
-  buildah commit --quiet --rm "$ctr" "$PAUSE_IMAGE" >/dev/null
+  buildah copy --quiet --chmod 0755 "$ctr" "$2" "/$name" >/dev/null
+  buildah config --entrypoint "[\"/$name\"]" --user "$3:$3" --label "$LABEL=$4" \
+    --label "org.opencontainers.image.version=$5" "$ctr"
+  buildah commit --quiet --rm "$ctr" "$1" >/dev/null
 }
 
 # Debian's busybox-static with its applets as /bin links, and a /tmp, for the helper pods.
@@ -270,7 +277,7 @@ coredns_bin() {
 }
 
 build_coredns() {
-  local bin inputs ctr
+  local bin inputs
   bin=$(coredns_bin)
   if [[ ! -x "$bin" ]]; then
     log "skipping $COREDNS_IMAGE: no CoreDNS binary at $bin (hack/build-tools.sh builds it, or set COREDNS_BIN)"
@@ -279,11 +286,7 @@ build_coredns() {
   fi
   inputs=$(echo "coredns r1 $COREDNS_VERSION $(sha256sum <"$bin")" | hash_stdin)
   if up_to_date "$COREDNS_IMAGE" "$inputs"; then RESULT=cached; return; fi
-  ctr=$(buildah from --quiet scratch)
-  buildah copy --quiet --chmod 0755 "$ctr" "$bin" /coredns >/dev/null
-  buildah config --entrypoint '["/coredns"]' --user 65532:65532 --label "$LABEL=$inputs" \
-    --label "org.opencontainers.image.version=$COREDNS_VERSION" "$ctr"
-  buildah commit --quiet --rm "$ctr" "$COREDNS_IMAGE" >/dev/null
+  binary_image "$COREDNS_IMAGE" "$bin" 65532 "$inputs" "$COREDNS_VERSION"
 }
 
 # Removes the unnamed images no named image is built on: buildah's layer cache of older builds (a

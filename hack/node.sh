@@ -243,8 +243,8 @@ EOF
 # Pull every image once at start so a rebuilt image replaces the node's copy of the same tag (kubelet's
 # IfNotPresent would keep the old one); layers the node has are not fetched again.
 pull_images() {
-  local source path start current=() ref kind digest
-  while read -r source path; do
+  local source start current=() ref digest
+  while read -r source _; do
     start=$EPOCHREALTIME
     ctr_ images pull --hosts-dir "$PWD/node/certs.d" "$source" >>logs/image-pull.log 2>&1 \
       || die "containerd could not pull $source from $IMAGE_REGISTRY; see $PWD/logs/image-pull.log"
@@ -253,7 +253,7 @@ pull_images() {
   done < <("$HACK_DIR/images.sh" list)
   # Names of earlier builds (CRI also names an image by its digest and ID) keep gigabytes alive:
   # drop every name that points at none of today's images, and containerd collects what they held.
-  while read -r ref kind digest; do
+  while read -r ref _ digest; do
     [[ " ${current[*]} " == *" $digest "* ]] || ctr_ images rm --sync "$ref" >>logs/image-pull.log 2>&1 || true
   done < <(ctr_ images ls | awk 'NR > 1 {print $1, $2, $3}')
 }
@@ -265,7 +265,9 @@ start_node() {
   proxy="$(tool kube-proxy)"
   tool ctr >/dev/null
   tool kubectl >/dev/null
-  [[ -x "$(tool containerd-shim-runc-v2)" ]] && export PATH="$(dirname "$(tool containerd-shim-runc-v2)"):$PATH"
+  # containerd finds its runc shim on PATH.
+  PATH="$(dirname "$(tool containerd-shim-runc-v2)"):$PATH"
+  export PATH
   command -v runc >/dev/null || die "runc is not installed: apt-get install runc"
   KUBELET_HEALTH_PORT="$(free_port)"
   PROXY_HEALTH_PORT="$(free_port)"
