@@ -7,7 +7,7 @@ dies or after ``max_seconds``, so nothing outlives a crashed run. What pods must
 data server) listens on the node's address, which this machine reaches too.
 
     with LocalStack(state_dir) as stack:       # cluster + CRD + registry + data server
-        stack.start_operator(KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1")
+        stack.install_operator(progressIntervalSeconds=1)  # the chart's Deployment on the node
 """
 
 from __future__ import annotations
@@ -423,6 +423,11 @@ class ChartOperator:
         wait_for(gone, 60, f"the operator pod in {self.namespace} to be deleted")
 
 
+def local_operator_settings(node: Node, registry_host: str, **settings: Any) -> dict[str, Any]:
+    """Chart settings for the local cluster: input URLs on the node and plain HTTP to `registry_host`."""
+    return {"allowedUrlNetworks": [f"{node.ip}/32"], "insecureRegistries": [registry_host], **settings}
+
+
 def install_chart(
     api: k8s_client.ApiClient, namespace: str, values: dict[str, Any], timeout: float = 300
 ) -> ChartOperator:
@@ -686,7 +691,6 @@ class LocalStack:
         self.node: Node
         self.registry: Registry
         self.data: DataServer
-        self.operators: list[Operator] = []
 
     def __enter__(self) -> LocalStack:
         try:
@@ -721,23 +725,10 @@ class LocalStack:
     def install_operator(self, **settings: Any) -> ChartOperator:
         """The operator as the chart's Deployment on the node (chart `settings` on top of input URLs from
         the data server and plain HTTP to the registry); uninstalled when the stack stops."""
-        values = {
-            "allowedUrlNetworks": [f"{self.node.ip}/32"],
-            "insecureRegistries": [self.registry.host],
-            **settings,
-        }
+        values = local_operator_settings(self.node, self.registry.host, **settings)
         operator = install_chart(self.api, "kaito-tune", {"settings": values})
         self._stops.callback(operator.uninstall)
         return operator
-
-    def start_operator(self, **env: str) -> Operator:
-        env = {"KAITO_TUNE_INSECURE_REGISTRIES": self.registry.host, **env}
-        op = start_operator(
-            self.control_plane.kubeconfig, self.state_dir / f"operator-{len(self.operators)}.log", **env
-        )
-        self.operators.append(op)
-        self._stops.callback(op.stop)
-        return op
 
     def stop(self) -> None:
         self._stops.close()

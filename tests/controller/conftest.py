@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from hack.local_stack import ChartOperator, Operator, install_chart, start_data_server, start_operator
+from hack.local_stack import (
+    ChartOperator,
+    Operator,
+    install_chart,
+    local_operator_settings,
+    start_data_server,
+    start_operator,
+)
 from tests.fixtures.cluster import kube_json, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +56,7 @@ def chart_operator(kube_client, namespace, workspace_crd, node, node_registry) -
     installed: list[ChartOperator] = []
 
     def install(**settings) -> ChartOperator:
-        values = {
-            "allowedUrlNetworks": [f"{node.ip}/32"],
-            "insecureRegistries": [node_registry.host],
-            **settings,
-        }
+        values = local_operator_settings(node, node_registry.host, **settings)
         operator = install_chart(kube_client, f"{namespace}-operator", {"settings": values})
         installed.append(operator)
         return operator
