@@ -113,16 +113,22 @@ launch() { # NAME CMD...: detached (own session), no inherited stdio, PID in pid
 
 alive() { [[ -f "pids/$1.pid" ]] && kill -0 "$(cat "pids/$1.pid")" 2>/dev/null; }
 
+wait_until() { # NAME WHAT CMD...: until CMD succeeds; dies when NAME exited or after READY_TIMEOUT_S
+  local name="$1" what="$2"
+  shift 2
+  local deadline=$((SECONDS + READY_TIMEOUT_S))
+  until "$@" >/dev/null 2>&1; do
+    alive "$name" || die "$name exited during start-up; last lines of $PWD/logs/$name.log:
+$(tail -n 25 "logs/$name.log")"
+    ((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT_S}s; see $PWD/logs/$name.log"
+    sleep 0.2
+  done
+}
+
 wait_for() { # NAME URL [CURL ARGS...]: until URL answers 200 or NAME exited
   local name="$1" url="$2"
   shift 2
-  local deadline=$((SECONDS + READY_TIMEOUT_S))
-  until curl -sf -o /dev/null --max-time 2 "$@" "$url"; do
-    alive "$name" || die "$name exited during start-up; last lines of $PWD/logs/$name.log:
-$(tail -n 25 "logs/$name.log")"
-    ((SECONDS < deadline)) || die "$name not ready after ${READY_TIMEOUT_S}s at $url; see $PWD/logs/$name.log"
-    sleep 0.3
-  done
+  wait_until "$name" "$name at $url" curl -sf -o /dev/null --max-time 2 "$@" "$url"
 }
 
 # Stops the control plane when the owner process is gone or the time limit passes, so an aborted

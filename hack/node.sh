@@ -258,6 +258,10 @@ pull_images() {
   done < <(ctr_ images ls | awk 'NR > 1 {print $1, $2, $3}')
 }
 
+node_ready() {
+  [[ "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
+
 start_node() {
   local containerd kubelet proxy
   containerd="$(tool containerd)"
@@ -278,13 +282,7 @@ start_node() {
   write_registry_hosts
 
   launch containerd "$containerd" --config "$PWD/node/containerd.toml"
-  local deadline=$((SECONDS + 30))
-  until ctr_ version >/dev/null 2>&1; do
-    alive containerd || die "containerd exited; last lines of $PWD/logs/containerd.log:
-$(tail -n 25 logs/containerd.log)"
-    ((SECONDS < deadline)) || die "containerd not ready after 30s"
-    sleep 0.2
-  done
+  READY_TIMEOUT_S=30 wait_until containerd containerd ctr_ version
   # A node that did not stop cleanly may have left containers in the cache's store.
   local stale
   stale="$(ctr_ containers ls -q 2>/dev/null || true)"
@@ -295,13 +293,7 @@ $(tail -n 25 logs/containerd.log)"
   launch kubelet "$kubelet" --config "$PWD/node/kubelet.yaml" --kubeconfig "$PWD/node/kubelet.kubeconfig" \
     --root-dir "$NODE_RUN/kubelet" --cert-dir "$PWD/node/kubelet-pki" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --node-labels "$NODE_LABELS" --v 1
-  deadline=$((SECONDS + READY_TIMEOUT_S))
-  until [[ "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; do
-    alive kubelet || die "kubelet exited; last lines of $PWD/logs/kubelet.log:
-$(tail -n 25 logs/kubelet.log)"
-    ((SECONDS < deadline)) || die "node $NODE_NAME not Ready after ${READY_TIMEOUT_S}s; see $PWD/logs/kubelet.log"
-    sleep 0.2
-  done
+  wait_until kubelet "node $NODE_NAME" node_ready
   NODE_READY_S="$(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t_kubelet}")"
   # A GPU count the scheduler and kubelet admit pods against (there is no device to hand out here).
   # Allocatable too, so the scheduler sees it at once rather than after kubelet's next status update.
