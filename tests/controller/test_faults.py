@@ -121,7 +121,15 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
         lambda: nodeclaims_of(kube_client, nodeclaim_crd, namespace, "to-volume"), 180, "a NodeClaim"
     )
     assert [j["metadata"]["name"] for j in jobs(kube_client, namespace)] == ["to-volume-data"]
-    current = get_workspace(kube_client, namespace, "to-volume")
+    # The status write that records the data check may land a moment after the NodeClaim.
+    current = wait_status(
+        kube_client,
+        namespace,
+        "to-volume",
+        lambda w: "data" in ((w.get("status") or {}).get("tuning") or {}),
+        30,
+        "the data check in status.tuning",
+    )
     assert current["status"]["tuning"]["data"]["ok"] is True
     assert current["status"]["tuning"]["phase"] == "WaitingForNodes"
     claim = claims[0]
