@@ -2,7 +2,10 @@
 
 See :mod:`artifacts.mediatypes` for the two formats and why the types were chosen. The tuning facts
 come from the ``metadata.json`` the trainer writes next to the adapter (keys ``preset``,
-``model_revision``, ``method``, ``config_sha256``, ``data_sha256``, ``metrics``), each overridable.
+``model_revision``, ``method``, ``config_sha256``, ``data_sha256``, ``metrics``), each overridable; a
+plain PEFT adapter without a preset names its base model in ``adapter_config.json``
+(``base_model_name_or_path``, ``revision``). They travel as manifest annotations (``sh.kaito.tuning.*``),
+not in the config: ModelPack's config schema allows no extension keys.
 """
 
 from __future__ import annotations
@@ -13,9 +16,20 @@ from typing import Any
 
 from artifacts import mediatypes as mt
 from artifacts.errors import InvalidInputError
+from artifacts.tarlayer import DATA_PREFIX
 
 METADATA_FILE = "metadata.json"
-TUNING_KEYS = ("preset", "model_revision", "method", "config_sha256", "data_sha256")
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's
+TUNING_KEYS = ("preset", "base_model", "model_revision", "method", "config_sha256", "data_sha256")
+# TuningFacts field -> its JSON key (inspect's "tuning") and annotation suffix (sh.kaito.tuning.<key>).
+TUNING_JSON_KEYS = {
+    "preset": "basePreset",
+    "base_model": "baseModel",
+    "model_revision": "modelRevision",
+    "method": "method",
+    "config_sha256": "configSha256",
+    "data_sha256": "dataSha256",
+}
 
 
 @dataclass(frozen=True)
@@ -23,6 +37,7 @@ class TuningFacts:
     """What produced the adapter; the config blob and the annotations name these."""
 
     preset: str | None = None
+    base_model: str | None = None  # a hub id or path, when no preset names the base (plain PEFT)
     model_revision: str | None = None
     method: str | None = None
     config_sha256: str | None = None
@@ -30,22 +45,68 @@ class TuningFacts:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        keys = {"preset": "basePreset", "model_revision": "modelRevision", "method": "method"}
-        keys |= {"config_sha256": "configSha256", "data_sha256": "dataSha256"}
-        document: dict[str, Any] = {keys[k]: getattr(self, k) for k in TUNING_KEYS if getattr(self, k)}
+        document: dict[str, Any] = {
+            TUNING_JSON_KEYS[k]: getattr(self, k) for k in TUNING_KEYS if getattr(self, k)
+        }
         if self.metrics:
             document["metrics"] = self.metrics
         return document
 
+    def base_name(self) -> str | None:
+        """What the adapter adapts: the preset, else the base model's id."""
+        return self.preset or self.base_model
 
-def tuning_facts(metadata: dict[str, Any], overrides: dict[str, Any]) -> TuningFacts:
-    """Facts from ``metadata.json`` with non-None ``overrides`` (CLI flags) taking precedence."""
+
+def tuning_facts(
+    metadata: dict[str, Any], overrides: dict[str, Any], adapter_config: dict[str, Any] | None = None
+) -> TuningFacts:
+    """Facts from ``metadata.json`` with non-None ``overrides`` (CLI flags) taking precedence.
+
+    Without a preset, PEFT's ``adapter_config`` (``base_model_name_or_path``, ``revision``) names the base
+    model, so a plain PEFT directory is not pushed anonymous.
+    """
     merged = {k: metadata.get(k) for k in (*TUNING_KEYS, "metrics")}
     merged |= {k: v for k, v in overrides.items() if v is not None}
+    if not merged.get("preset") and adapter_config:
+        base = adapter_config.get("base_model_name_or_path")
+        revision = adapter_config.get("revision")
+        if isinstance(base, str) and base and not merged.get("base_model"):
+            merged["base_model"] = base
+        if isinstance(revision, str) and revision and not merged.get("model_revision"):
+            merged["model_revision"] = revision
     metrics = merged.pop("metrics") or {}
     if not isinstance(metrics, dict):
         raise InvalidInputError(f"metadata.json 'metrics' must be an object of name: value, got {metrics!r}")
     return TuningFacts(**{k: (str(v) if v is not None else None) for k, v in merged.items()}, metrics=metrics)
+
+
+def tuning_annotations(facts: TuningFacts) -> dict[str, str]:
+    """The facts as manifest annotations: ``sh.kaito.tuning.<jsonKey>``, metrics as one JSON string."""
+    annotations = {
+        mt.ANNOTATION_TUNING_PREFIX + TUNING_JSON_KEYS[k]: getattr(facts, k)
+        for k in TUNING_KEYS
+        if getattr(facts, k)
+    }
+    if facts.metrics:
+        annotations[mt.ANNOTATION_TUNING_METRICS] = json.dumps(
+            facts.metrics, sort_keys=True, separators=(",", ":")
+        )
+    return annotations
+
+
+def tuning_from_annotations(annotations: dict[str, str]) -> dict[str, Any]:
+    """The facts :func:`tuning_annotations` wrote, back in :meth:`TuningFacts.as_json` form."""
+    document: dict[str, Any] = {
+        key: annotations[mt.ANNOTATION_TUNING_PREFIX + key]
+        for key in TUNING_JSON_KEYS.values()
+        if mt.ANNOTATION_TUNING_PREFIX + key in annotations
+    }
+    if mt.ANNOTATION_TUNING_METRICS in annotations:
+        try:
+            document["metrics"] = json.loads(annotations[mt.ANNOTATION_TUNING_METRICS])
+        except ValueError:
+            document["metrics"] = annotations[mt.ANNOTATION_TUNING_METRICS]  # shown as it is
+    return document
 
 
 def descriptor(media_type: str, digest: str, size: int, annotations: dict[str, str] | None = None) -> dict:
@@ -66,6 +127,17 @@ def file_layer(relative: str, digest: str, size: int) -> dict:
     return descriptor(mt.layer_media_type(relative), digest, size, annotations)
 
 
+def data_layer(digest: str, size: int, diff_id: str) -> dict:
+    """KAITO's tar+gzip layer, with what the ORAS file store needs to restore it: ``oras pull`` unpacks
+    it into the folder its title names (``data``, as the members are), after checking ``diff_id``."""
+    annotations = {
+        mt.ANNOTATION_TITLE: DATA_PREFIX.rstrip("/"),
+        mt.ANNOTATION_ORAS_UNPACK: "true",
+        mt.ANNOTATION_ORAS_DIGEST: diff_id,
+    }
+    return descriptor(mt.OCI_LAYER_TAR_GZIP, digest, size, annotations)
+
+
 def modelpack_config(facts: TuningFacts, layers: list[dict], created: str, name: str) -> bytes:
     descriptor_fields = {
         "createdAt": created,
@@ -80,8 +152,7 @@ def modelpack_config(facts: TuningFacts, layers: list[dict], created: str, name:
         {
             "descriptor": {k: v for k, v in descriptor_fields.items() if v},
             "config": {"format": model_format} if model_format else {},
-            "modelfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
-            mt.CONFIG_TUNING_KEY: facts.as_json(),
+            "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
         }
     )
 
@@ -108,8 +179,9 @@ def manifest_annotations(
         annotations[mt.ANNOTATION_VERSION] = version
     if facts.preset:
         annotations[mt.ANNOTATION_KAITO_MODEL] = facts.preset
-        annotations[mt.ANNOTATION_DESCRIPTION] = f"{facts.method or 'LoRA'} adapter for {facts.preset}"
-    return annotations | extra
+    if facts.base_name():
+        annotations[mt.ANNOTATION_DESCRIPTION] = f"{facts.method or 'LoRA'} adapter for {facts.base_name()}"
+    return annotations | tuning_annotations(facts) | extra
 
 
 def manifest(

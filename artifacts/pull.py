@@ -1,13 +1,19 @@
 """Pull an artifact or image into a directory, verified and atomic; and describe one (inspect).
 
-Both formats land the same way: ModelPack (or any oras-style artifact whose layers carry a file path
-annotation) writes each layer to its path; KAITO's layout (image layers with files under ``/data``) is
-extracted with ``/data`` stripped. So ``pull`` of an adapter in either format, and of a data image,
-yields the files themselves.
+Every format lands as the files themselves:
+
+- ``modelpack``, and ``files`` (what ``oras push`` makes): each layer is written to the path its
+  annotation names (``org.cncf.model.filepath``, else ``org.opencontainers.image.title``), whatever
+  its media type (``oras push`` labels a plain file ``application/vnd.oci.image.layer.v1.tar``); a tar
+  layer with ``io.deis.oras.content.unpack: "true"`` (a folder ``oras push`` packed) is extracted into
+  the folder its title names, as ``oras pull`` does;
+- ``kaito`` (an image: image config, tar layers, files under ``/data``; a data image, or an adapter in
+  KAITO's layout) is extracted with ``/data`` stripped.
 
 Everything is written to a staging directory next to the destination and renamed into place only
 after every blob's digest checked out; on any error the staging directory is removed and the
-destination is untouched.
+destination is untouched. The published directory gets the usual mode (``0777`` less the umask, so
+0755), not the staging directory's 0700, so a server running as another user can read it.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from artifacts import layout
 from artifacts import mediatypes as mt
 from artifacts.errors import IntegrityError, InvalidInputError, SizeLimitError, UnsafeContentError
 from artifacts.reference import Reference
 from artifacts.registry import ClientOptions, Manifest, RegistryClient
-from artifacts.tarlayer import extract_data_layer
+from artifacts.tarlayer import extract_layer
 
 PLATFORM = ("linux", "amd64")
+# How a layer lands: a file written as it is, an image layer's data/ extracted, an oras folder unpacked.
+FILE, DATA, FOLDER = "file", "data", "folder"
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,6 @@ def safe_relative(path: str, where: str) -> str:
     return normal
 
 
-def detect_format(document: dict[str, Any]) -> str:
-    config_type = document.get("config", {}).get("mediaType")
-    if document.get("artifactType") == mt.MODEL_ARTIFACT or config_type == mt.MODEL_CONFIG:
-        return "modelpack"
-    if any(mt.is_tar_layer(layer.get("mediaType", "")) for layer in document.get("layers", [])):
-        return "kaito"
-    return "files"
-
-
 def layer_path(layer: dict[str, Any]) -> str | None:
     annotations = layer.get("annotations") or {}
     for key in (mt.ANNOTATION_FILEPATH, mt.ANNOTATION_TITLE):
@@ -74,16 +74,38 @@ def layer_path(layer: dict[str, Any]) -> str | None:
     return None
 
 
-def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, Any], str | None]]:
-    """Each layer with its destination path (None: a tar layer to extract); refuses unsafe paths."""
-    plan: list[tuple[dict[str, Any], str | None]] = []
+def is_unpack_layer(layer: dict[str, Any]) -> bool:
+    """A tar layer the ORAS file store unpacks into the folder its title names."""
+    unpack = (layer.get("annotations") or {}).get(mt.ANNOTATION_ORAS_UNPACK) == "true"
+    return unpack and mt.is_tar_layer(layer.get("mediaType", ""))
+
+
+def detect_format(document: dict[str, Any]) -> str:
+    """``modelpack``; ``kaito`` for an image (image config, or a tar layer with no path to place it at,
+    which only an image layer's ``/data`` can give); else ``files``: layers placed by their titles."""
+    config_type = (document.get("config") or {}).get("mediaType")
+    if document.get("artifactType") == mt.MODEL_ARTIFACT or config_type == mt.MODEL_CONFIG:
+        return "modelpack"
+    tar_layers = [x for x in document.get("layers") or [] if mt.is_tar_layer(x.get("mediaType", ""))]
+    if tar_layers and (
+        config_type in mt.IMAGE_CONFIG_TYPES or any(layer_path(x) is None for x in tar_layers)
+    ):
+        return "kaito"
+    return "files"
+
+
+def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, Any], str, str | None]]:
+    """Each layer with how it lands (FILE, DATA, FOLDER) and its path (None for DATA); refuses unsafe
+    paths and two layers claiming one path."""
+    image = detect_format(document) == "kaito"
+    plan: list[tuple[dict[str, Any], str, str | None]] = []
     seen: set[str] = set()
     for index, layer in enumerate(document.get("layers") or []):
         media_type = layer.get("mediaType", "")
-        if mt.is_tar_layer(media_type) and layer_path(layer) is None:
-            plan.append((layer, None))
-            continue
         path = layer_path(layer)
+        if mt.is_tar_layer(media_type) and (path is None or (image and is_unpack_layer(layer))):
+            plan.append((layer, DATA, None))  # KAITO's layout (our kaito push is titled "data" too)
+            continue
         if path is None:
             raise InvalidInputError(
                 f"{label}: layer {index} ({media_type}) has neither a file path annotation "
@@ -93,7 +115,7 @@ def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, An
         if relative in seen:
             raise UnsafeContentError(f"{label}: two layers claim the path {relative!r}")
         seen.add(relative)
-        plan.append((layer, relative))
+        plan.append((layer, FOLDER if is_unpack_layer(layer) else FILE, relative))
     if not plan:
         raise InvalidInputError(f"{label} has no layers")
     return plan
@@ -129,7 +151,21 @@ def _staging(dest: Path) -> tuple[Path, bool]:
         return Path(tempfile.mkdtemp(prefix=".partial-", dir=dest)), True
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(mask)
+    return mask
+
+
 def _publish(staging: Path, dest: Path, inside: bool, replace: bool) -> None:
+    staging.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; it becomes dest unless inside
     existing = [p for p in dest.iterdir() if p != staging] if dest.is_dir() else []
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {dest} exists and is not a directory")
@@ -172,8 +208,12 @@ def pull(
     options: ClientOptions | None = None,
     replace: bool = False,
     progress: Callable[[int], None] | None = None,
+    skip: Callable[[dict[str, Any], str], bool] | None = None,
 ) -> PullResult:
-    """Pull ``reference`` (tag or digest) into ``dest``; the files appear all at once or not at all."""
+    """Pull ``reference`` (tag or digest) into ``dest``; the files appear all at once or not at all.
+
+    ``skip(layer, path)`` leaves out single-file layers (a pre-flight needs a model's configs, not its
+    weights); archive layers are always pulled whole."""
     options = options or ClientOptions()
     ref = Reference.parse(reference)
     client = RegistryClient(ref, options)
@@ -181,7 +221,9 @@ def pull(
     document = manifest.document
     label = f"{ref.registry}/{ref.repository}@{manifest.digest}"
     plan = plan_layers(document, label)
-    total = sum(int(layer.get("size", 0)) for layer, _ in plan)
+    if skip is not None:
+        plan = [(layer, kind, path) for layer, kind, path in plan if kind != FILE or not skip(layer, path)]
+    total = sum(int(layer.get("size", 0)) for layer, _, _ in plan)
     if total > options.max_bytes:
         raise SizeLimitError(
             f"{label} is {total} bytes, over the {options.max_bytes}-byte cap; raise --max-size-gib"
@@ -192,11 +234,18 @@ def pull(
     try:
         budget = [options.max_bytes]
         files = 0
-        for layer, relative in plan:
-            if relative is None:
+        for layer, kind, relative in plan:
+            if kind != FILE:
                 with client.open_blob(layer) as reader:
-                    gzipped = "gzip" in layer["mediaType"]
-                    files += extract_data_layer(reader, gzipped, staging, budget, label)
+                    files += extract_layer(
+                        reader,
+                        "gzip" in layer["mediaType"],
+                        staging,
+                        budget,
+                        label,
+                        folder=relative,
+                        uncompressed_digest=(layer.get("annotations") or {}).get(mt.ANNOTATION_ORAS_DIGEST),
+                    )
                     while reader.read():  # the tar end may precede the blob end: verify it all
                         pass
                 continue
@@ -220,7 +269,7 @@ def pull(
 
 
 def inspect(reference: str, *, options: ClientOptions | None = None) -> dict[str, Any]:
-    """Manifest facts and the (small, JSON) config, without downloading any layer."""
+    """Manifest facts, the tuning facts and the (small, JSON) config, without downloading any layer."""
     ref = Reference.parse(reference)
     client = RegistryClient(ref, options or ClientOptions())
     manifest = resolve(client, ref)
@@ -230,13 +279,18 @@ def inspect(reference: str, *, options: ClientOptions | None = None) -> dict[str
     if config_desc.get("mediaType", "").endswith("json") and int(config_desc.get("size", 0)) <= 1 << 20:
         with client.open_blob(config_desc) as reader:
             config = json.loads(b"".join(iter(reader.read, b"")))
+    annotations = document.get("annotations") or {}
+    tuning = layout.tuning_from_annotations(annotations)
+    if not tuning and isinstance(config, dict):  # pushed before the facts moved to annotations
+        tuning = config.get(mt.LEGACY_CONFIG_TUNING_KEY) or {}
     return {
         "reference": f"{ref.registry}/{ref.repository}@{manifest.digest}",
         "digest": manifest.digest,
         "mediaType": manifest.media_type,
         "artifactType": document.get("artifactType") or config_desc.get("mediaType"),
         "format": detect_format(document),
-        "annotations": document.get("annotations") or {},
+        "annotations": annotations,
+        "tuning": tuning,
         "config": config,
         "layers": [
             {

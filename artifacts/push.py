@@ -53,8 +53,7 @@ def list_files(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def read_metadata(directory: Path) -> dict[str, Any]:
-    path = directory / layout.METADATA_FILE
+def _read_json_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
@@ -64,6 +63,19 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidInputError(f"{path} must hold a JSON object")
     return document
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    """The trainer's ``metadata.json`` (preset, method, hashes, metrics); {} when there is none."""
+    return _read_json_object(directory / layout.METADATA_FILE)
+
+
+def read_facts(directory: Path, overrides: dict[str, Any]) -> layout.TuningFacts:
+    """The tuning facts; PEFT's ``adapter_config.json`` is read only when no preset is named."""
+    metadata = read_metadata(directory)
+    named = metadata.get("preset") or overrides.get("preset")
+    adapter_config = None if named else _read_json_object(directory / layout.ADAPTER_CONFIG_FILE)
+    return layout.tuning_facts(metadata, overrides, adapter_config)
 
 
 def push(
@@ -85,7 +97,7 @@ def push(
             f"push needs a tag, not a digest: write {ref.registry}/{ref.repository}:<tag>"
         )
     files = list_files(directory)
-    facts = layout.tuning_facts(read_metadata(directory), overrides or {})
+    facts = read_facts(directory, overrides or {})
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     client = RegistryClient(ref, options or ClientOptions(), push=True)
     sent = 0
@@ -104,7 +116,7 @@ def push(
         with tempfile.TemporaryDirectory(prefix="kaito-layer-") as scratch:
             layer = write_data_layer(directory, files, Path(scratch) / "layer.tar.gz")
             sent += layer.size if client.upload_blob(layer.path, layer.digest, layer.size, progress) else 0
-        layers = [layout.descriptor(mt.OCI_LAYER_TAR_GZIP, layer.digest, layer.size)]
+        layers = [layout.data_layer(layer.digest, layer.size, layer.diff_id)]
         config_bytes = layout.image_config([layer.diff_id], created, facts)
         config_type, artifact_type = mt.OCI_IMAGE_CONFIG, None
 

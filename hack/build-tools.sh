@@ -2,7 +2,8 @@
 # Build (or reuse) the pinned tools the local cluster and the tests need, compiled from Go modules with
 # this machine's Go toolchain: the control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler), the node (kubelet, kube-proxy, containerd with its runc shim and ctr, CoreDNS,
-# local-path-provisioner) and the chart tools (helm, kubeconform).
+# local-path-provisioner), the chart tools (helm, kubeconform) and the OCI artifact clients the artifact
+# tests check our pushes with (the ORAS CLI, and modelpack-validate: ModelPack's config schema validator).
 #
 # Binaries are cached OUTSIDE the repository, one folder per tool and version:
 #   ${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/tools/<name>-<version>/<name>
@@ -25,6 +26,10 @@ KUBECONFORM_VERSION="v0.7.0"
 CONTAINERD_VERSION="v2.4.2"
 COREDNS_VERSION="v1.14.7"
 LOCAL_PATH_VERSION="v0.0.30"
+ORAS_VERSION="v1.3.6"
+# github.com/modelpack/model-spec ships its validator as a Go package (schema) but no command: a small
+# main in a scaffold module (modelpack_scaffold) validates the config JSON files named as arguments.
+MODEL_SPEC_VERSION="v0.0.7"
 # Commands built from the k8s.io/kubernetes scaffold; each reports its real version (kubectl version,
 # charts' kubeVersion checks), which the stock ldflags leave at v0.0.0-master.
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
@@ -45,6 +50,8 @@ tool_version() {
     local-path-provisioner) echo "$LOCAL_PATH_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     kubeconform) echo "$KUBECONFORM_VERSION" ;;
+    oras) echo "$ORAS_VERSION" ;;
+    modelpack-validate) echo "$MODEL_SPEC_VERSION" ;;
     *)
       echo "unknown tool '$1': expected one of ${ALL_TOOLS[*]}" >&2
       return 2
@@ -53,7 +60,7 @@ tool_version() {
 }
 
 ALL_TOOLS=(etcd "${K8S_COMMANDS[@]}" containerd containerd-shim-runc-v2 ctr coredns local-path-provisioner
-  helm kubeconform)
+  helm kubeconform oras modelpack-validate)
 
 tool_path() {
   local version
@@ -70,7 +77,8 @@ LDFLAGS="-s -w"
 # Module scaffold that imports k8s.io/kubernetes as a library: require it and replace every staging
 # module (./staging/src/k8s.io/X in its go.mod) with the published k8s.io/X v0.Y.Z.
 k8s_scaffold() {
-  local dir="$CACHE_ROOT/scaffold/k8s-$K8S_VERSION-$(echo "${K8S_COMMANDS[*]}" | sha256sum | cut -c1-8)"
+  local dir
+  dir="$CACHE_ROOT/scaffold/k8s-$K8S_VERSION-$(echo "${K8S_COMMANDS[*]}" | sha256sum | cut -c1-8)"
   if [[ -f "$dir/go.sum" && -f "$dir/.complete" ]]; then
     echo "$dir"
     return
@@ -173,6 +181,81 @@ build_go_install() {
   log "built $name in $((SECONDS - start))s"
 }
 
+# Module scaffold for modelpack-validate: a main around model-spec's schema package, which embeds the
+# config schema of that release (so the validator is exactly the spec's, no copy of it here).
+modelpack_scaffold() {
+  local dir="$CACHE_ROOT/scaffold/modelpack-$MODEL_SPEC_VERSION"
+  if [[ -f "$dir/go.sum" && -f "$dir/.complete" ]]; then
+    echo "$dir"
+    return
+  fi
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<EOF
+module kaito-tune.local/modelpack-validate
+
+go 1.23
+
+require github.com/modelpack/model-spec $MODEL_SPEC_VERSION
+EOF
+  cat >"$dir/main.go" <<'EOF'
+// Command modelpack-validate checks ModelPack config JSON files (application/vnd.cncf.model.config.v1+json)
+// with the model-spec module's own validator: its JSON schema and its Go types. It prints one line per
+// file and exits 1 if any file is not valid, 2 on a usage error.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/modelpack/model-spec/schema"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: modelpack-validate CONFIG.json...")
+		os.Exit(2)
+	}
+	failed := false
+	for _, name := range os.Args[1:] {
+		if err := validate(name); err != nil {
+			fmt.Printf("%s: invalid: %v\n", name, err)
+			failed = true
+			continue
+		}
+		fmt.Printf("%s: valid\n", name)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func validate(name string) error {
+	file, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	return schema.ValidatorMediaTypeModelConfig.Validate(file)
+}
+EOF
+  (cd "$dir" && go mod tidy >/dev/null 2>"$dir/tidy.log") || { cat "$dir/tidy.log" >&2; return 1; }
+  touch "$dir/.complete"
+  echo "$dir"
+}
+
+build_modelpack_validate() {
+  local name=modelpack-validate
+  [[ -x "$(tool_path "$name")" ]] && return 0
+  local dir out start=$SECONDS
+  dir="$(modelpack_scaffold)"
+  out="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
+  log "building $name $(tool_version "$name")"
+  (cd "$dir" && go build -ldflags="$LDFLAGS" -o "$out/$name" .)
+  install_tool "$name" "$out/$name"
+  rm -rf "$out"
+  log "built $name in $((SECONDS - start))s"
+}
+
 # Move into place atomically so a concurrent or interrupted build never leaves a half-written binary.
 install_tool() {
   local name="$1" built="$2" dest
@@ -209,6 +292,8 @@ for cmd in containerd containerd-shim-runc-v2 ctr; do
 done
 build_go_install coredns github.com/coredns/coredns
 build_go_install local-path-provisioner github.com/rancher/local-path-provisioner
+build_go_install oras oras.land/oras/cmd/oras
+build_modelpack_validate
 for t in "${ALL_TOOLS[@]}"; do
   echo "$t $(tool_version "$t") $(tool_path "$t")"
 done

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from artifacts import mediatypes as mt
 from artifacts.errors import InvalidInputError
 from artifacts.pull import inspect, pull
 from artifacts.push import push
-from artifacts.registry import ClientOptions
+from artifacts.reference import Reference
+from artifacts.registry import ClientOptions, RegistryClient
 from tests.artifacts.conftest import snapshot
 from tests.fixtures.registry import Registry
 from tuning_controller.cli import main
@@ -50,13 +53,61 @@ def test_modelpack_manifest_and_config_name_the_tuning_facts(
     assert layers["adapter_model.safetensors"]["mediaType"] == mt.MODEL_WEIGHT_RAW
     assert layers["adapter_config.json"]["mediaType"] == mt.MODEL_WEIGHT_CONFIG_RAW
     assert layers["README.md"]["mediaType"] == mt.MODEL_DOC_RAW
-    tuning = info["config"][mt.CONFIG_TUNING_KEY]
-    assert tuning["basePreset"] == "phi-3-mini-4k-instruct"
-    assert tuning["method"] == "lora"  # the override beats metadata.json's "qlora"
-    assert tuning["configSha256"] == "ab" * 32
-    assert tuning["metrics"] == {"train_loss": 1.25, "eval_loss": 1.5}
-    assert info["config"]["descriptor"]["revision"] == "0a67737cc96d2554230f90338b163bc6380a2a85"
-    assert info["config"]["modelfs"]["diff_ids"] == [layer["digest"] for layer in info["layers"]]
+    # The facts ModelPack's config has no field for are manifest annotations (string values) ...
+    annotations = info["annotations"]
+    assert annotations["sh.kaito.tuning.basePreset"] == "phi-3-mini-4k-instruct"
+    assert annotations["sh.kaito.tuning.method"] == "lora"  # the override beats metadata.json's "qlora"
+    assert annotations["sh.kaito.tuning.configSha256"] == "ab" * 32
+    assert annotations["sh.kaito.tuning.dataSha256"] == "cd" * 32
+    assert json.loads(annotations[mt.ANNOTATION_TUNING_METRICS]) == {"train_loss": 1.25, "eval_loss": 1.5}
+    assert all(isinstance(value, str) for value in annotations.values())
+    assert "sh.kaito.tuning.baseModel" not in annotations  # the preset names the base
+    # ... which inspect shows decoded
+    assert info["tuning"] == {
+        "basePreset": "phi-3-mini-4k-instruct",
+        "modelRevision": "0a67737cc96d2554230f90338b163bc6380a2a85",
+        "method": "lora",
+        "configSha256": "ab" * 32,
+        "dataSha256": "cd" * 32,
+        "metrics": {"train_loss": 1.25, "eval_loss": 1.5},
+    }
+    # The config holds only what ModelPack's schema allows (v0.0.7: diffIds, no extension keys).
+    config = info["config"]
+    assert set(config) == {"descriptor", "config", "modelfs"}
+    assert config["descriptor"]["family"] == "phi-3-mini-4k-instruct"
+    assert config["descriptor"]["revision"] == "0a67737cc96d2554230f90338b163bc6380a2a85"
+    assert config["config"] == {"format": "safetensors"}
+    assert config["modelfs"] == {"type": "layers", "diffIds": [layer["digest"] for layer in info["layers"]]}
+
+
+def test_a_plain_peft_adapter_names_its_base_model_from_adapter_config(
+    adapter_dir: Path, oci_registry: Registry, options: ClientOptions
+) -> None:
+    (adapter_dir / "metadata.json").unlink()  # not from our trainer: no preset anywhere
+    (adapter_dir / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": "org/base-7b", "revision": "abc123"})
+    )
+    for fmt in ("modelpack", "kaito"):
+        result = push(adapter_dir, oci_registry.ref(f"facts/peft-{fmt}", "v1"), fmt=fmt, options=options)
+        info = inspect(result.reference, options=options)
+
+        assert info["tuning"] == {"baseModel": "org/base-7b", "modelRevision": "abc123"}
+        assert info["annotations"]["sh.kaito.tuning.baseModel"] == "org/base-7b"
+        assert info["annotations"][mt.ANNOTATION_DESCRIPTION] == "LoRA adapter for org/base-7b"
+        assert mt.ANNOTATION_KAITO_MODEL not in info["annotations"]  # not a KAITO preset name
+
+
+def test_a_preset_wins_over_adapter_config(
+    adapter_dir: Path, oci_registry: Registry, options: ClientOptions
+) -> None:
+    (adapter_dir / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": "/mnt/models/phi-3", "revision": "r"})
+    )
+    result = push(adapter_dir, oci_registry.ref("facts/preset-wins", "v1"), options=options)
+    tuning = inspect(result.reference, options=options)["tuning"]
+
+    assert tuning["basePreset"] == "phi-3-mini-4k-instruct" and "baseModel" not in tuning
+    assert tuning["modelRevision"] == "0a67737cc96d2554230f90338b163bc6380a2a85"
 
 
 def test_kaito_layout_is_an_image_with_data_under_slash_data(
@@ -68,7 +119,31 @@ def test_kaito_layout_is_an_image_with_data_under_slash_data(
     assert info["format"] == "kaito"
     assert [layer["mediaType"] for layer in info["layers"]] == [mt.OCI_LAYER_TAR_GZIP]
     assert info["annotations"][mt.ANNOTATION_KAITO_MODEL] == "phi-3-mini-4k-instruct"
+    assert info["tuning"]["method"] == "qlora"
     assert info["config"]["rootfs"]["type"] == "layers"
+    # what the ORAS file store needs to restore data/ (oras-go content/file)
+    manifest = RegistryClient(Reference.parse(result.reference), options).get_manifest(result.digest)
+    layer = manifest.document["layers"][0]
+    assert layer["annotations"] == {
+        mt.ANNOTATION_TITLE: "data",
+        mt.ANNOTATION_ORAS_UNPACK: "true",
+        mt.ANNOTATION_ORAS_DIGEST: info["config"]["rootfs"]["diff_ids"][0],
+    }
+
+
+def test_pull_publishes_a_readable_destination(
+    adapter_dir: Path, oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    ref = push(adapter_dir, oci_registry.ref("modes/a", "v1"), options=options).reference
+    old = os.umask(0o022)
+    try:
+        pull(ref, tmp_path / "out", options=options)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert modes["out"] == 0o755
+    assert modes["out/checkpoint"] == 0o755
+    assert modes["out/adapter_model.safetensors"] == 0o644
 
 
 def test_unchanged_files_are_not_uploaded_again(

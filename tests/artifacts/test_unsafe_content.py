@@ -17,11 +17,18 @@ from artifacts.reference import Reference
 from artifacts.registry import ClientOptions, RegistryClient, sha256_digest
 from tests.fixtures.registry import Registry
 
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"  # what `oras push` puts in the config by default
+
 
 def publish(
-    registry: Registry, repository: str, options: ClientOptions, layers: list[tuple[str, bytes, dict]]
+    registry: Registry,
+    repository: str,
+    options: ClientOptions,
+    layers: list[tuple[str, bytes, dict]],
+    config_media_type: str = mt.OCI_IMAGE_CONFIG,
 ) -> str:
-    """Push hand-made layers (media type, bytes, annotations) under an image config; returns the ref."""
+    """Push hand-made layers (media type, bytes, annotations) under an image config (or, given
+    ``config_media_type``, oras's empty config); returns the ref."""
     ref = registry.ref(repository)
     client = RegistryClient(Reference.parse(ref), options, push=True)
     descriptors = []
@@ -31,9 +38,11 @@ def publish(
         descriptors.append(layout.descriptor(media_type, digest, len(data), layer_annotations))
     config = layout.encode(
         {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+        if config_media_type in mt.IMAGE_CONFIG_TYPES
+        else {}
     )
     client.put_small_blob(config, sha256_digest(config))
-    config_desc = layout.descriptor(mt.OCI_IMAGE_CONFIG, sha256_digest(config), len(config))
+    config_desc = layout.descriptor(config_media_type, sha256_digest(config), len(config))
     client.put_manifest(layout.manifest(config_desc, descriptors, {}, None), mt.OCI_MANIFEST, "v1")
     return ref
 
@@ -91,6 +100,60 @@ def test_tar_member_traversal_is_refused(
     assert not dest.exists()
     assert not list((tmp_path / "deep").iterdir())  # the staging directory is gone too
     assert not any(p.name.startswith("escape") for p in tmp_path.rglob("*"))
+
+
+FOLDER = {mt.ANNOTATION_TITLE: "bundle", mt.ANNOTATION_ORAS_UNPACK: "true"}
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [member("bundle/ok.txt"), member("other/escape.txt")],
+        [member("bundle/../escape.txt")],
+        [member("bundle/link", tarfile.SYMTYPE, "../../escape-dir"), member("bundle/link/escape.txt")],
+        [member("bundle/abs", tarfile.SYMTYPE, "/etc")],
+        [member("bundle/hard", tarfile.LNKTYPE, "etc/passwd")],
+    ],
+    ids=["outside-the-folder", "dotdot", "symlink-escape", "absolute-symlink", "hardlink-outside-folder"],
+)
+def test_oras_folder_members_must_stay_in_the_titled_folder(
+    members: list[tarfile.TarInfo], oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    layer = gzip.compress(tar_layer(*members))
+    ref = publish(
+        oci_registry, "unsafe/folder", options, [(mt.OCI_LAYER_TAR_GZIP, layer, FOLDER)], EMPTY_CONFIG
+    )
+    dest = tmp_path / "deep" / "dest"
+    with pytest.raises(UnsafeContentError):
+        pull(ref, dest, options=options)
+    assert not dest.exists()
+    assert not list((tmp_path / "deep").iterdir())
+    assert not any(p.name.startswith("escape") for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("title", ["../bundle", "/bundle", "a/../../bundle"])
+def test_oras_folder_title_traversal_is_refused(
+    title: str, oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    layer = gzip.compress(tar_layer(member(f"{title}/escape.txt")))
+    annotations = FOLDER | {mt.ANNOTATION_TITLE: title}
+    ref = publish(
+        oci_registry, "unsafe/title", options, [(mt.OCI_LAYER_TAR_GZIP, layer, annotations)], EMPTY_CONFIG
+    )
+    with pytest.raises(UnsafeContentError, match="not a plain relative path"):
+        pull(ref, tmp_path / "dest", options=options)
+    assert not any(p.name.startswith("escape") for p in tmp_path.rglob("*"))
+
+
+def test_an_oras_folder_keeps_whiteout_names_as_plain_files(
+    oci_registry: Registry, options: ClientOptions, tmp_path: Path
+) -> None:
+    """Whiteouts are an image layer rule; in a folder oras packed, .wh.x is just a file named so."""
+    layer = gzip.compress(tar_layer(member("bundle/x"), member("bundle/.wh.x"), payload=b"kept"))
+    ref = publish(oci_registry, "folder/wh", options, [(mt.OCI_LAYER_TAR_GZIP, layer, FOLDER)], EMPTY_CONFIG)
+    result = pull(ref, tmp_path / "dest", options=options)
+    assert result.format == "files" and result.files == 2
+    assert sorted(p.name for p in (tmp_path / "dest" / "bundle").iterdir()) == [".wh.x", "x"]
 
 
 def test_size_cap_is_enforced_before_download(
