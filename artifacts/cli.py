@@ -1,4 +1,4 @@
-"""``kaito-tune push | pull | inspect | fetch-data``: the artifact commands.
+"""``kaito-tune push | pull | inspect | fetch-data | fetch-model | model``: the artifact commands.
 
 Each command prints its result on stdout (push: the manifest digest; inspect: JSON) and, on failure,
 one line ``error: <reason>`` on stderr and exit status 1. ``--termination-log PATH`` also writes that
@@ -17,7 +17,10 @@ from pathlib import Path
 from artifacts import mediatypes
 from artifacts.errors import ArtifactError, InvalidInputError
 from artifacts.fetch import FetchOptions, fetch_urls
+from artifacts.fetch_model import fetch_model
 from artifacts.hosts import parse_network
+from artifacts.modelcache import ModelCache
+from artifacts.models import push_model
 from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import GIB, MIB, ClientOptions
@@ -166,6 +169,80 @@ def _fetch_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        raise InvalidInputError(f"--token-file {path} is empty; the Secret needs a non-empty HF_TOKEN")
+    return token
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    result = fetch_model(
+        image=args.image or "",
+        hub=args.hub or "",
+        dest=Path(args.dest),
+        cache=ModelCache(Path(args.cache)) if args.cache else None,
+        options=_client_options(args),
+        token=_read_token(args.token_file),
+        endpoint=args.hub_endpoint or None,
+        config_only=args.config_only,
+        max_cache_bytes=int(args.cache_max_gib * GIB),
+    )
+    summary = json.dumps(result.summary(), separators=(",", ":"))
+    if args.summary_file:
+        Path(args.summary_file).write_text(summary + "\n")
+    how = "from the cache" if result.cached else f"{result.bytes_fetched} bytes fetched"
+    print(f"model {result.reference} ready at {args.dest} ({how})")
+    return 0
+
+
+def _model_push(args: argparse.Namespace) -> int:
+    result = push_model(
+        args.source,
+        args.reference,
+        fmt=args.format,
+        options=_client_options(args),
+        token=_read_token(args.token_file),
+        endpoint=args.hub_endpoint or None,
+        preset=args.preset,
+    )
+    print(result.digest)
+    print(
+        f"pushed {result.reference} ({result.bytes_sent} of {result.bytes_total} bytes sent)", file=sys.stderr
+    )
+    return 0
+
+
+def _register_model(subparsers: argparse._SubParsersAction) -> None:
+    model = subparsers.add_parser(
+        "model", help="package a base model as an OCI model artifact (mirror a preset) or pull one"
+    )
+    commands = model.add_subparsers(dest="model_command", required=True)
+    parser = commands.add_parser(
+        "push",
+        help="push a model directory or a hub snapshot (REPO_ID@REVISION) as a model artifact",
+        description="Mirror a preset for KAITO_TUNE_MODEL_REGISTRY: kaito-tune model push "
+        "microsoft/Phi-3-mini-4k-instruct@<revision> <registry>/phi-3-mini-4k-instruct:<revision>",
+    )
+    parser.add_argument("source", help="a model directory, or REPO_ID@REVISION on the hub")
+    parser.add_argument("reference", help="registry/repository:tag")
+    parser.add_argument("--format", choices=mediatypes.FORMATS, default="modelpack", help="artifact layout")
+    parser.add_argument("--preset", help="the preset name recorded in the artifact (default: the folder's)")
+    parser.add_argument("--token-file", metavar="FILE", help="hub token for a gated REPO_ID")
+    parser.add_argument("--hub-endpoint", default=os.environ.get("HF_ENDPOINT"), metavar="URL")
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_model_push))
+
+    parser = commands.add_parser("pull", help="pull a model artifact into a directory (verified)")
+    parser.add_argument("reference", help="registry/repository:tag or registry/repository@sha256:...")
+    parser.add_argument("directory", help="destination; must be empty or absent unless --replace")
+    parser.add_argument("--replace", action="store_true", help="replace a non-empty destination")
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_pull))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("push", help="push an adapter directory as an OCI artifact")
     parser.add_argument(
@@ -210,3 +287,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_common(parser)
     parser.set_defaults(func=_guarded(_fetch_data))
+
+    parser = subparsers.add_parser(
+        "fetch-model", help="fetch a preset's weights (OCI artifact or hub) into a pod, through a cache"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="OCI model artifact or KAITO-layout image")
+    source.add_argument("--hub", metavar="REPO_ID@REVISION", help="hub repository at a revision")
+    parser.add_argument("--dest", required=True, metavar="PATH", help="where the model appears (a link)")
+    parser.add_argument("--cache", metavar="DIR", help="shared model cache (entries keyed by content)")
+    parser.add_argument(
+        "--cache-max-gib", type=float, default=0, help="evict unused entries above this (0: never)"
+    )
+    parser.add_argument(
+        "--config-only", action="store_true", help="configs and tokenizer only (the CPU pre-flight)"
+    )
+    parser.add_argument("--token-file", metavar="FILE", help="hub token (the modelAccessSecret's HF_TOKEN)")
+    parser.add_argument("--hub-endpoint", default=os.environ.get("HF_ENDPOINT"), metavar="URL")
+    parser.add_argument("--summary-file", metavar="PATH", help="write the result as JSON here")
+    _add_common(parser)
+    parser.set_defaults(func=_guarded(_fetch_model))
+
+    _register_model(subparsers)

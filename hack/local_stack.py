@@ -423,9 +423,41 @@ class ChartOperator:
         wait_for(gone, 60, f"the operator pod in {self.namespace} to be deleted")
 
 
+LOCAL_MODEL_REGISTRY = "10.250.0.1:25000/kaito-tune/models"
+"""``model_registry`` of the local node (hack/node.sh's fixed address): the mirror the examples that use
+the tiny preset are validated against offline, as the local cluster would run them."""
+
+
+def model_registry(node: Node) -> str:
+    """The local cluster's mirror of preset weights (KAITO_TUNE_MODEL_REGISTRY): on the node's registry."""
+    return f"{node.image_registry}/kaito-tune/models"
+
+
+def publish_tiny_preset(node: Node) -> str:
+    """Push the tiny preset as a model artifact to the local mirror, as `kaito-tune model push` fills a
+    real cluster's: pods get its weights through fetch-model like a real preset's. Idempotent (the
+    build is deterministic; blobs the registry has are not sent again). Returns the reference."""
+    from artifacts.models import push_model
+    from artifacts.registry import ClientOptions
+    from presets.catalog import get_model
+    from presets.tiny import TINY_PRESET_NAME, ensure_tiny_preset
+    from tuning_controller.model_source import mirror_reference
+
+    reference = mirror_reference(get_model(TINY_PRESET_NAME), model_registry(node))
+    options = ClientOptions(plain_http=True)
+    push_model(str(ensure_tiny_preset()), reference, options=options, preset=TINY_PRESET_NAME)
+    return reference
+
+
 def local_operator_settings(node: Node, registry_host: str, **settings: Any) -> dict[str, Any]:
-    """Chart settings for the local cluster: input URLs on the node and plain HTTP to `registry_host`."""
-    return {"allowedUrlNetworks": [f"{node.ip}/32"], "insecureRegistries": [registry_host], **settings}
+    """Chart settings for the local cluster: input URLs on the node, plain HTTP to `registry_host` and the
+    node's registry, and preset weights from the local mirror (see `publish_tiny_preset`)."""
+    return {
+        "allowedUrlNetworks": [f"{node.ip}/32"],
+        "insecureRegistries": list(dict.fromkeys([registry_host, node.image_registry])),
+        "modelRegistry": model_registry(node),
+        **settings,
+    }
 
 
 def install_chart(
@@ -721,6 +753,8 @@ class LocalStack:
         self._stops.callback(self.registry.stop)
         self.data = start_data_server(self.state_dir / "served", bind=self.node.ip)
         self._stops.callback(self.data.stop)
+        log("publishing the tiny preset's weights to the local model mirror")
+        log(f"  {publish_tiny_preset(self.node)}")
 
     def install_operator(self, **settings: Any) -> ChartOperator:
         """The operator as the chart's Deployment on the node (chart `settings` on top of input URLs from

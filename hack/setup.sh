@@ -44,4 +44,5 @@ if [[ ! -f $stamp ]]; then
 fi
 
 bash hack/build-tools.sh
+bash hack/install-olah.sh >/dev/null  # the hub stand-in the model-weights tests run (tests/fixtures/hub.py)
 bash hack/images.sh build

@@ -29,6 +29,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset", default=os.environ.get("KAITO_TUNE_PRESET"), help="catalog name or model directory"
     )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=os.environ.get("KAITO_TUNE_WEIGHTS"),
+        help="the preset's model directory (what fetch-model filled), read offline",
+    )
     parser.add_argument("--adapter-root", type=Path, default=ADAPTER_ROOT, help="one directory per adapter")
     parser.add_argument(
         "--adapter-strength",
@@ -64,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         preset_id = Path(args.preset).name
         adapters = discover(args.adapter_root, strengths, reserved=(preset_id, preset_id + COMBINED_SUFFIX))
         engine = load_engine(
-            args.preset, adapters, dtype=args.dtype, local_files_only=not args.allow_download
+            args.preset,
+            adapters,
+            dtype=args.dtype,
+            local_files_only=not args.allow_download,
+            weights=args.weights,
         )
     except (AdapterError, ModelLoadError) as exc:
         message = f"error: {exc}"

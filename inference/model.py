@@ -302,8 +302,10 @@ def load_engine(
     *,
     dtype: str = "auto",
     local_files_only: bool = True,
+    weights: Path | None = None,
 ) -> Engine:
-    """Load the preset (catalog name, ``tiny-llama`` or a model directory) and every adapter.
+    """Load the preset (catalog name, ``tiny-llama`` or a model directory; from ``weights`` when given)
+    and every adapter.
 
     Each adapter is loaded under an internal name, then re-added scaled by its strength (one ``cat``
     combination per adapter and one of all adapters); the unscaled copies are dropped.
@@ -314,7 +316,7 @@ def load_engine(
     from trainer.model import PresetNotFound, resolve_preset
 
     try:
-        resolved = resolve_preset(preset)
+        resolved = resolve_preset(preset, weights)
     except PresetNotFound as exc:
         raise ModelLoadError(f"--preset {preset!r}: {exc}") from exc
     on_gpu = torch.cuda.is_available()
@@ -326,8 +328,8 @@ def load_engine(
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"base model {resolved.source}@{resolved.revision} cannot be loaded ({exc}); the runtime "
-            "image must hold its weights (offline), or pass a local model directory as --preset"
+            f"base model {resolved.source}@{resolved.revision} cannot be loaded ({exc}); pass the "
+            "directory fetch-model filled as --weights, or a local model directory as --preset"
         ) from exc
     model.eval()
     if tokenizer.pad_token is None:

@@ -75,6 +75,8 @@ class ModelPreset:
     methods: tuple[str, ...]
     chat_template: str | None = None
     local_build: bool = False
+    gated: bool = False
+    """The hub repository asks users to accept its terms: fetching it needs a token (modelAccessSecret)."""
     tie_word_embeddings: bool = False
     aliases: tuple[str, ...] = ()
 
@@ -165,7 +167,7 @@ _MODEL_INTS = (
 )
 _MODEL_KEYS = frozenset(
     {"name", "repo_id", "revision", "architecture", "target_modules", "methods", "chat_template"}
-    | {"local_build", "tie_word_embeddings", "aliases", *_MODEL_INTS}
+    | {"local_build", "gated", "tie_word_embeddings", "aliases", *_MODEL_INTS}
 )
 
 
@@ -186,6 +188,7 @@ def _model_from_entry(entry: Mapping[str, Any], index: int) -> ModelPreset:
         methods=tuple(_require(entry, "methods", list, where)),
         chat_template=entry.get("chat_template"),
         local_build=bool(entry.get("local_build", False)),
+        gated=bool(entry.get("gated", False)),
         tie_word_embeddings=bool(entry.get("tie_word_embeddings", False)),
         aliases=tuple(entry.get("aliases", ())),
         **ints,

@@ -1,6 +1,7 @@
-"""Shared fixtures: the local control plane and the loopback OCI registry, each a plugin of its own."""
+"""Shared fixtures: the local control plane, the loopback OCI registry and the hub stand-in, each a plugin
+of its own."""
 
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.registry"]
+pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.registry", "tests.fixtures.hub"]
 
 
 def pytest_configure(config) -> None:

@@ -1,7 +1,8 @@
 """Resolving a preset name to weights, and loading tokenizer and model for LoRA / QLoRA.
 
 A preset is a catalog name (repository id at its pinned revision), ``tiny-llama`` (built locally by
-``presets.tiny``) or a local directory holding a model (for development).
+``presets.tiny``) or a local directory holding a model (for development). In a pod the catalog name comes
+with ``--weights``: the directory the fetch-model step filled, read offline.
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ class ResolvedPreset:
     target_modules: list[str] | str
 
 
-def resolve_preset(name: str) -> ResolvedPreset:
-    """Find the weights for ``name``; PresetNotFound names the nearest catalog entries."""
+def resolve_preset(name: str, weights: Path | None = None) -> ResolvedPreset:
+    """Find the weights for ``name`` (in ``weights`` when given); PresetNotFound names the nearest
+    catalog entries, or says what the weights directory lacks."""
     from presets.catalog import UnknownName, get_model
 
+    if weights is not None:
+        if not (Path(weights) / "config.json").is_file():
+            hint = "the fetch-model step fills it; check its log, or point --weights at a model directory"
+            raise PresetNotFound(Problem("--weights", "holds no model (no config.json)", str(weights), hint))
+        try:
+            preset = get_model(name)
+        except UnknownName as exc:
+            raise PresetNotFound(Problem("tuning.preset.name", str(exc), None)) from exc
+        return ResolvedPreset(preset.name, str(weights), None, list(preset.target_modules))
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
             hint = "point --preset at a directory written by save_pretrained, or use a catalog name"

@@ -36,6 +36,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset", default=os.environ.get("KAITO_TUNE_PRESET"), help="catalog name or model dir"
     )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=os.environ.get("KAITO_TUNE_WEIGHTS"),
+        help="the preset's model directory (what fetch-model filled); default: build or find it locally",
+    )
     parser.add_argument("--method", choices=("lora", "qlora"), help="default: from QuantizationConfig")
     parser.add_argument("--dry-run", action="store_true", help="pre-flight only: print the data report")
     parser.add_argument("--checkpoint-minutes", type=float, default=15.0, help="also save every M minutes")
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(["--preset (or KAITO_TUNE_PRESET) is required: a catalog name or a model directory"])
     try:
         config = cfg.load(args.config, args.method)
-        preset = resolve_preset(args.preset)
+        preset = resolve_preset(args.preset, args.weights)
     except (cfg.ConfigError, PresetNotFound) as exc:
         return _fail(exc.problems)
     if is_complete(args.output) and not args.dry_run:

@@ -133,12 +133,13 @@ def _configmaps(docs: list[Document]) -> dict[str, Any]:
 
 
 def check_documents(
-    docs: list[Document], method: str | None, allowed_networks: Sequence[str] = ()
+    docs: list[Document], method: str | None, allowed_networks: Sequence[str] = (), model_registry: str = ""
 ) -> list[tuple[Document, Problem]]:
     """Validate every document; ConfigMaps referenced by a Workspace get its method, preset and SKU.
 
     ``allowed_networks``: input URL hosts allowed despite the SSRF policy (the controller's
-    KAITO_TUNE_ALLOWED_URL_NETWORKS)."""
+    KAITO_TUNE_ALLOWED_URL_NETWORKS); ``model_registry``: the cluster's mirror of preset weights (its
+    KAITO_TUNE_MODEL_REGISTRY)."""
     configmaps = _configmaps(docs)
     referenced = _referenced_configmaps(docs)
     found: list[tuple[Document, Problem]] = []
@@ -150,7 +151,10 @@ def check_documents(
                 configmaps.get(ws.tuning.config) if ws.tuning is not None and ws.tuning.config else None
             )
             problems += validate_workspace(
-                doc.body, allowed_url_networks=allowed_networks, training_config=user_config
+                doc.body,
+                allowed_url_networks=allowed_networks,
+                training_config=user_config,
+                model_registry=model_registry,
             )
         elif doc.kind == "ConfigMap" and doc.config is not None and doc.name not in referenced:
             path = f"data[{CONFIG_KEY}].{ROOT}"
@@ -163,7 +167,7 @@ def check_documents(
 
 def _validate(args: argparse.Namespace) -> int:
     docs = [doc for path in args.files for doc in load_documents(path)]
-    found = check_documents(docs, args.method, args.allow_url_network)
+    found = check_documents(docs, args.method, args.allow_url_network, args.model_registry)
     for doc, problem in found:
         print(f"{doc.label}: {problem}")
     problems = [p for _, p in found]
@@ -183,9 +187,9 @@ def _render(args: argparse.Namespace) -> int:
     # --allow-url-network adds to KAITO_TUNE_ALLOWED_URL_NETWORKS.
     env = settings_from_env(os.environ)
     networks = tuple(dict.fromkeys([*env.allowed_url_networks, *args.allow_url_network]))
-    settings = replace(env, allowed_url_networks=networks)
+    settings = replace(env, allowed_url_networks=networks, model_registry=args.model_registry)
     docs = load_documents(args.file)
-    found = check_documents(docs, None, settings.allowed_url_networks)
+    found = check_documents(docs, None, settings.allowed_url_networks, settings.model_registry)
     failed = [(d, p) for d, p in found if p.severity is Severity.ERROR]
     if failed:
         for doc, problem in failed:
@@ -348,6 +352,13 @@ def _add_allow_url_network(parser: argparse.ArgumentParser) -> None:
         help="accept input URL hosts in this network despite the SSRF policy (repeatable), as the "
         "controller's KAITO_TUNE_ALLOWED_URL_NETWORKS does: an in-cluster or air-gapped data server, "
         "or 127.0.0.0/8 for local development",
+    )
+    parser.add_argument(
+        "--model-registry",
+        default=os.environ.get("KAITO_TUNE_MODEL_REGISTRY", ""),
+        metavar="PREFIX",
+        help="the cluster's mirror of preset weights, as the controller's KAITO_TUNE_MODEL_REGISTRY "
+        "(default: that variable): presets come from PREFIX/<preset>:<revision> instead of the hub",
     )
 
 

@@ -38,6 +38,7 @@ REASON_INVALID_SPEC = "InvalidSpec"
 REASON_IMMUTABLE_FIELD = "ImmutableFieldChanged"
 REASON_DATA_CHECK = "DataCheckRunning"
 REASON_DATA_INVALID = "DataInvalid"
+REASON_MODEL_UNAVAILABLE = "ModelUnavailable"  # fetch-model failed in the pre-flight: no GPU requested
 REASON_NO_MATCHING_NODES = "NoMatchingNodes"
 REASON_QUEUED = "JobSuspended"
 REASON_IN_PROGRESS = "TuningInProgress"

@@ -6,6 +6,7 @@ What the controller writes (``status.inference``; conditions beside it)::
       workload: Deployment/my-ws     replicas: 1     readyReplicas: 0
       phase: Starting                message: "pull-my-adapter: error: unauthorized: ... (restarts: 2)"
       service: my-ws.default.svc:80  adapters: {my-adapter: "0.5"}
+      model: {source: oci, reference: registry/repo@sha256:..., digest: sha256:...}
 
 InferenceReady is True when every replica of the current template is ready (observedGeneration caught
 up, updated == ready == desired); WorkspaceSucceeded follows it, as in KAITO. A pod whose init or server
@@ -19,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuning_controller import conditions as c
+from tuning_controller.render.model import FETCH_MODEL
+from tuning_controller.status import model_summary
 
 REASON_INFERENCE_READY = "WorkspaceInferenceStatusSuccess"  # KAITO
 REASON_INFERENCE_NOT_READY = "InferenceNotReady"
@@ -62,6 +65,18 @@ def pod_problems(pods: list[Mapping[str, Any]]) -> list[str]:
             if problem:
                 problems.append(f"pod {pod['metadata']['name']}: {problem}")
     return problems
+
+
+def pod_model(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The weights a server pod fetched: its fetch-model step's summary (source, pinned reference)."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") == FETCH_MODEL and term.get("exitCode") == 0:
+                summary = model_summary(term.get("message") or "")
+                if summary:
+                    return summary
+    return None
 
 
 def inference_status(

@@ -9,6 +9,8 @@ the value and what is allowed, rather than surfacing later inside a Job.
     KAITO_TUNE_ALLOWED_URL_NETWORKS=10.250.0.1/32,127.0.0.0/8   # input URL hosts allowed despite the policy
     KAITO_TUNE_INSECURE_REGISTRIES=10.250.0.1:5000              # registries spoken to over plain http
     KAITO_TUNE_RESULTS_VOLUME=pvc|emptyDir                      # where results and checkpoints live
+    KAITO_TUNE_MODEL_REGISTRY=registry.example/kaito-models      # presets' weights as OCI model artifacts
+    KAITO_TUNE_MODEL_CACHE=pvc|emptyDir                         # where fetched weights are kept
     KAITO_TUNE_INFERENCE_RUNTIME=transformers|vllm              # how inference Workspaces are served
 """
 
@@ -25,6 +27,8 @@ from artifacts.reference import Reference
 
 PREFIX = "KAITO_TUNE_"
 RESULTS_VOLUMES = ("pvc", "emptyDir")
+MODEL_CACHES = ("pvc", "emptyDir")
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
 INFERENCE_RUNTIMES = ("transformers", "vllm")
 TORCH_DIST_PORT = 29500
 """Multi-node inference pods rendezvous on this port, so the server cannot use it."""
@@ -70,6 +74,21 @@ class Settings:
     """pvc: results and checkpoints on a per-Workspace claim, so a retried pod resumes; emptyDir: lost."""
     results_size: str = "50Gi"
     results_storage_class: str = ""
+    model_registry: str = ""
+    """Where the presets' weights are mirrored as OCI model artifacts (``kaito-tune model push``):
+    ``<model_registry>/<preset>:<revision>``. Empty: weights come from the hub at the catalog's pinned
+    revision. A Workspace's presetOptions.image overrides both. Air-gapped clusters set their mirror."""
+    hub_endpoint: str = ""
+    """The model hub's URL for the fetch-model container (HF_ENDPOINT); empty: huggingface_hub's default."""
+    model_cache: str = "emptyDir"
+    """emptyDir: each pod fetches its weights; pvc: one claim per namespace (``kaito-tune-model-cache``)
+    shared by every Job and server there, keyed by digest, so a model is downloaded once."""
+    model_cache_size: str = "200Gi"
+    model_cache_storage_class: str = ""
+    model_cache_access_mode: str = "ReadWriteOnce"
+    """ReadWriteMany where the storage class has it (pods on several nodes share one copy)."""
+    model_cache_max_gib: int = 180
+    """Least recently used cache entries not in use are deleted while the cache holds more than this."""
     backoff_limit: int = 2
     """Pod retries of the training Job before the Workspace fails."""
     active_deadline_seconds: int = 0
@@ -131,6 +150,20 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}RESULTS_VOLUME={self.results_volume!r}: must be one of {', '.join(RESULTS_VOLUMES)}"
             )
+        if self.model_cache not in MODEL_CACHES:
+            raise SettingsError(
+                f"{PREFIX}MODEL_CACHE={self.model_cache!r}: must be one of {', '.join(MODEL_CACHES)}"
+            )
+        if self.model_cache_access_mode not in ACCESS_MODES:
+            raise SettingsError(
+                f"{PREFIX}MODEL_CACHE_ACCESS_MODE={self.model_cache_access_mode!r}: must be one of "
+                f"{', '.join(ACCESS_MODES)}"
+            )
+        if self.model_registry and not _model_registry_ok(self.model_registry):
+            raise SettingsError(
+                f"{PREFIX}MODEL_REGISTRY={self.model_registry!r}: must be a registry and optional path "
+                "without scheme, tag or digest, e.g. registry.example/kaito-models"
+            )
         if not 1 <= self.progress_interval_seconds <= 30:
             raise SettingsError(
                 f"{PREFIX}PROGRESS_INTERVAL_SECONDS={self.progress_interval_seconds}: must be 1..30"
@@ -144,7 +177,12 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}INFERENCE_PORT={self.inference_port}: must be 1..65535 and not {TORCH_DIST_PORT}"
             )
-        for name in ("backoff_limit", "active_deadline_seconds", "ttl_seconds_after_finished"):
+        for name in (
+            "backoff_limit",
+            "active_deadline_seconds",
+            "ttl_seconds_after_finished",
+            "model_cache_max_gib",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()}={getattr(self, name)}: must be >= 0")
 
@@ -156,6 +194,15 @@ class Settings:
         except InvalidInputError:
             return False
         return registry in self.insecure_registries
+
+
+def _model_registry_ok(prefix: str) -> bool:
+    """``host[:port][/path]``: a reference to a repository under it must parse, with no tag of its own."""
+    try:
+        ref = Reference.parse(f"{prefix}/probe:tag")
+    except InvalidInputError:
+        return False
+    return ref.tag == "tag" and not ref.digest and "://" not in prefix
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

@@ -5,6 +5,7 @@ What the controller writes (``status.tuning``; conditions beside it)::
     tuning:
       jobName: my-ws            phase: Training          message: "train: step 40/120"
       data: {ok: true, rows: 120, sha256: ..., ...}      # the pre-flight's summary
+      model: {source: oci, reference: registry/repo@sha256:..., digest: sha256:...}  # pinned weights
       progress: {step, totalSteps, percent, loss, ...}    # written by the trainer itself
       adapter: {image: registry/repo:tag, digest: sha256:...}
       startTime: ...            completionTime: ...
@@ -22,6 +23,7 @@ from typing import Any
 
 from tuning_controller import conditions as c
 from tuning_controller.render.job import FETCH, PREFLIGHT, PUSH, TRAIN
+from tuning_controller.render.model import FETCH_MODEL
 
 # status.tuning.phase values, in the order a Workspace goes through them.
 CHECKING_DATA = "CheckingData"
@@ -29,12 +31,19 @@ WAITING_FOR_NODES = "WaitingForNodes"
 QUEUED = "Queued"
 PENDING = "Pending"
 FETCHING_DATA = "FetchingData"
+FETCHING_MODEL = "FetchingModel"
 TRAINING = "Training"
 PUSHING = "Pushing"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 INVALID = "Invalid"
-STEP_PHASES = {FETCH: FETCHING_DATA, PREFLIGHT: CHECKING_DATA, TRAIN: TRAINING, PUSH: PUSHING}
+STEP_PHASES = {
+    FETCH: FETCHING_DATA,
+    FETCH_MODEL: FETCHING_MODEL,
+    PREFLIGHT: CHECKING_DATA,
+    TRAIN: TRAINING,
+    PUSH: PUSHING,
+}
 # status.state (v1beta1's State column) per phase.
 STATES = {
     SUCCEEDED: "Succeeded",
@@ -168,7 +177,29 @@ def data_failure_message(outcome: JobOutcome, summary: Mapping[str, Any] | None)
     fetch = outcome.terminations.get(FETCH)
     if fetch and outcome.failure.startswith(FETCH):
         return _clip(f"fetching the input failed: {fetch}")
+    if model_fetch_failed(outcome):
+        return _clip(f"fetching the model failed: {outcome.terminations[FETCH_MODEL]}")
     return _clip(f"data check failed: {outcome.message}")
+
+
+def model_fetch_failed(outcome: JobOutcome) -> bool:
+    return bool(outcome.terminations.get(FETCH_MODEL)) and outcome.failure.startswith(FETCH_MODEL)
+
+
+def model_summary(text: str) -> dict[str, Any] | None:
+    """(source, pinned reference, digest) from a fetch-model termination message; None if not one."""
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(summary, dict) or not summary.get("reference"):
+        return None
+    return {k: summary[k] for k in ("source", "reference", "digest") if k in summary}
+
+
+def model_fetch(outcome: JobOutcome) -> dict[str, Any] | None:
+    """The pre-flight's fetch-model summary: the weights' reference pinned for the training."""
+    return model_summary(outcome.terminations.get(FETCH_MODEL, ""))
 
 
 def adapter_digest(outcome: JobOutcome) -> str | None:

@@ -20,6 +20,7 @@ from artifacts.hosts import host_refusal
 from artifacts.reference import Reference
 from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
 from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
+from tuning_controller.model_source import source_problems
 from tuning_controller.problems import Problem, Severity
 from tuning_controller.training_config import METHODS, default_training_config, validate_training_config
 from tuning_controller.workspace import (
@@ -30,6 +31,7 @@ from tuning_controller.workspace import (
     DataSource,
     InferenceSpec,
     LabelSelector,
+    PresetSpec,
     ResourceSpec,
     TuningSpec,
     Workspace,
@@ -285,6 +287,7 @@ def _tuning_problems(
     *,
     allowed_networks: Sequence[str],
     training_config: Mapping[str, Any] | None,
+    model_registry: str,
 ) -> list[Problem]:
     problems: list[Problem] = []
     method = tuning.method.lower()
@@ -304,6 +307,8 @@ def _tuning_problems(
     if tuning.preset is not None:
         preset, found = _lookup("tuning.preset.name", tuning.preset.name, get_model, "model preset")
         problems += found
+        if preset is not None:
+            problems += _preset_options_problems("tuning.preset", tuning.preset, preset, model_registry)
         if preset is not None and method and method not in preset.methods:
             problems.append(
                 Problem(
@@ -336,22 +341,42 @@ def _tuning_problems(
     return problems
 
 
-def _inference_problems(inference: InferenceSpec, sku: GpuSku | None) -> list[Problem]:
+def _preset_options_problems(
+    path: str, spec: PresetSpec, preset: ModelPreset, model_registry: str
+) -> list[Problem]:
+    """The weights' source (model_source's rules) and the names of the Secrets it uses."""
+    options = spec.preset_options
+    problems = source_problems(path, preset, options, model_registry)
+    if options is not None:
+        if options.image:
+            problems += image_problems(f"{path}.presetOptions.image", options.image)
+        for i, secret in enumerate(options.image_pull_secrets):
+            problems += _name_problems(
+                f"{path}.presetOptions.imagePullSecrets[{i}]",
+                secret,
+                what="Secret",
+                label=False,
+                placeholder_ok=True,
+            )
+        if options.model_access_secret:
+            problems += _name_problems(
+                f"{path}.presetOptions.modelAccessSecret",
+                options.model_access_secret,
+                what="Secret",
+                label=False,
+            )
+    return problems
+
+
+def _inference_problems(inference: InferenceSpec, sku: GpuSku | None, model_registry: str) -> list[Problem]:
     problems: list[Problem] = []
     if (inference.preset is None) == (inference.template is None):
         problems.append(Problem("inference", "set exactly one of preset or template", None))
     if inference.preset is not None:
         preset, found = _lookup("inference.preset.name", inference.preset.name, get_model, "model preset")
         problems += found
-        options = inference.preset.preset_options
-        if options is not None:
-            path = "inference.preset.presetOptions"
-            if options.image:
-                problems += image_problems(f"{path}.image", options.image)
-            for i, secret in enumerate(options.image_pull_secrets):
-                problems += _name_problems(
-                    f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False, placeholder_ok=True
-                )
+        if preset is not None:
+            problems += _preset_options_problems("inference.preset", inference.preset, preset, model_registry)
         if preset is not None and sku is not None:
             problems += inference_fit_problems(preset, sku)
     if inference.config:
@@ -459,6 +484,7 @@ def validate_workspace(
     *,
     allowed_url_networks: Sequence[str] = (),
     training_config: Mapping[str, Any] | None = None,
+    model_registry: str = "",
 ) -> list[Problem]:
     """Every problem (errors and warnings) of a Workspace object; ``old`` adds the update rules.
 
@@ -466,7 +492,8 @@ def validate_workspace(
     when the caller has it; without a tuning.config, KAITO's template for the method is checked.
     ``allowed_url_networks`` are the networks the cluster admin allows input URL hosts in despite the
     SSRF policy (the controller's KAITO_TUNE_ALLOWED_URL_NETWORKS; in-cluster or air-gapped data servers,
-    local development); never taken from the Workspace.
+    local development); never taken from the Workspace. ``model_registry`` is the cluster's mirror of
+    the presets' weights (KAITO_TUNE_MODEL_REGISTRY): with one, a modelAccessSecret is refused.
     """
     if not isinstance(obj, Mapping):
         return [Problem("<root>", "a Workspace must be a mapping", obj)]
@@ -500,10 +527,14 @@ def validate_workspace(
     problems += found
     if ws.tuning is not None:
         problems += _tuning_problems(
-            ws.tuning, sku, allowed_networks=allowed_url_networks, training_config=training_config
+            ws.tuning,
+            sku,
+            allowed_networks=allowed_url_networks,
+            training_config=training_config,
+            model_registry=model_registry,
         )
     if ws.inference is not None:
-        problems += _inference_problems(ws.inference, sku)
+        problems += _inference_problems(ws.inference, sku, model_registry)
     if old is not None and isinstance(old, Mapping):
         old_ws, _ = parse_workspace(old)
         problems += _immutability_problems(ws, old_ws)

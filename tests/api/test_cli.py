@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.local_stack import LOCAL_MODEL_REGISTRY
 from tests.api.builders import ADAPTERS_SEED, EXAMPLES, TUNING_SEED, edit, load
 from tuning_controller.cli import main
 from tuning_controller.training_config import default_training_config
@@ -41,9 +42,16 @@ def write(tmp_path: Path, name: str, *docs: Any) -> str:
 
 def test_validate_examples_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     files = [str(p) for p in sorted(EXAMPLES.rglob("*.yaml"))]
+    # as the demo's cluster: loopback data and a mirror of the presets' weights
     code, out, _ = run(
-        capsys, "validate", "--allow-url-network", "127.0.0.0/8", *files
-    )  # the demo's use loopback
+        capsys,
+        "validate",
+        "--allow-url-network",
+        "127.0.0.0/8",
+        "--model-registry",
+        LOCAL_MODEL_REGISTRY,
+        *files,
+    )
     assert code == 0, out
     assert out.splitlines()[-1].startswith("valid: ") and f" in {len(files)} file(s)," in out
     assert "error:" not in out

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hack.local_stack import LOCAL_MODEL_REGISTRY
 from tests.api.builders import EXAMPLES, TUNING_SEED
 from tuning_controller.problems import Severity, errors
 from tuning_controller.validation import validate_workspace
@@ -31,9 +32,13 @@ def test_the_seed_examples_are_present() -> None:
 def test_example_validates_without_errors(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") == "Workspace":
-            # the demo's examples read data from the loopback server the demo starts
-            networks = ("127.0.0.0/8",) if path.stem.startswith("tiny-llama") else ()
-            problems = validate_workspace(doc, allowed_url_networks=networks)
+            # the demo's examples: data from the loopback server the demo starts, weights from its mirror
+            local = path.stem.startswith("tiny-llama")
+            problems = validate_workspace(
+                doc,
+                allowed_url_networks=("127.0.0.0/8",) if local else (),
+                model_registry=LOCAL_MODEL_REGISTRY if local else "",
+            )
             assert errors(problems) == [], "\n".join(map(str, problems))
 
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 import pytest
 from kubernetes import client as k8s_client
 
-from hack.local_stack import RELEASE, install_chart, kube_json, render_chart, start_data_server, wait_for
+from hack.local_stack import (
+    RELEASE,
+    install_chart,
+    kube_json,
+    local_operator_settings,
+    render_chart,
+    start_data_server,
+    wait_for,
+)
 from tests.controller.conftest import (
     apply,
     dump,
@@ -61,15 +69,14 @@ def test_chart_role_reaches_no_secrets(kube_client, namespace, installed_chart):
 
 
 def test_the_charts_operator_runs_a_tuning_workspace_to_its_training_job(
-    kube_client, namespace, node, tmp_path
+    kube_client, namespace, node, tiny_model, tmp_path
 ):
     """Queued through Kueue's label, with the test admitting the data Job as Kueue would: the training Job
     is then created suspended, so no pod takes the node's GPU from the tests that follow."""
     server = start_data_server(tmp_path / "served", bind=node.ip)
     make_parquet(server.root / "train.parquet", rows=8)
-    operator = install_chart(
-        kube_client, f"{namespace}-operator", {"settings": {"allowedUrlNetworks": [f"{node.ip}/32"]}}
-    )
+    settings = local_operator_settings(node, node.image_registry)
+    operator = install_chart(kube_client, f"{namespace}-operator", {"settings": settings})
     ws = tuning_workspace(
         "charted", namespace, urls=[f"{server.url}/train.parquet"], labels={QUEUE_LABEL: "gpus"}
     )

@@ -23,6 +23,7 @@ from hack.local_stack import (
     Operator,
     install_chart,
     local_operator_settings,
+    model_registry,
     start_data_server,
     start_operator,
 )
@@ -33,11 +34,15 @@ API = "/apis/kaito.sh/v1beta1"
 
 
 @pytest.fixture
-def run_operator(control_plane, workspace_crd, node_registry, tmp_path) -> Iterator:
+def run_operator(control_plane, workspace_crd, node, node_registry, tiny_model, tmp_path) -> Iterator:
     started: list[Operator] = []
 
     def run(**env: str) -> Operator:
-        env = {"KAITO_TUNE_INSECURE_REGISTRIES": node_registry.host, **env}
+        env = {
+            "KAITO_TUNE_INSECURE_REGISTRIES": f"{node_registry.host},{node.image_registry}",
+            "KAITO_TUNE_MODEL_REGISTRY": model_registry(node),
+            **env,
+        }
         op = start_operator(control_plane.kubeconfig, tmp_path / f"operator-{len(started)}.log", **env)
         started.append(op)
         return op
@@ -50,7 +55,7 @@ def run_operator(control_plane, workspace_crd, node_registry, tmp_path) -> Itera
 
 
 @pytest.fixture
-def chart_operator(kube_client, namespace, workspace_crd, node, node_registry) -> Iterator:
+def chart_operator(kube_client, namespace, workspace_crd, node, node_registry, tiny_model) -> Iterator:
     """Factory: the operator as the chart's Deployment in the controller image on the node (settings as
     chart values on top of input URLs on the node and plain HTTP to `node_registry`); uninstalled after."""
     installed: list[ChartOperator] = []

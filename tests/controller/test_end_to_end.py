@@ -103,7 +103,7 @@ def watch_until_done(api, namespace: str, name: str, timeout: float) -> tuple[di
 
 
 def test_tuning_workspace_end_to_end(
-    kube_client, namespace, node, node_registry, chart_operator, data_server, tmp_path
+    kube_client, namespace, node, node_registry, chart_operator, data_server, tiny_model, tmp_path
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=24)
@@ -133,6 +133,11 @@ def test_tuning_workspace_end_to_end(
     digest = tuning["adapter"]["digest"]
     assert tuning["adapter"]["image"] == image and digest.startswith("sha256:")
     assert tuning["startTime"] and tuning["completionTime"]
+    # the weights came from the cluster's mirror, pinned by the pre-flight to the digest trained on
+    model = tuning["model"]
+    assert (
+        model["source"] == "oci" and model["reference"] == f"{tiny_model.rsplit(':', 1)[0]}@{model['digest']}"
+    )
 
     # Progress moved: several distinct steps reported while training, ending at the last step.
     steps = [p["step"] for p in seen]

@@ -60,7 +60,7 @@ def test_training_job_pipeline_and_push_secret_only_in_push():
     ws = parsed(workspace())
     job = render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=2)
     spec = job["spec"]["template"]["spec"]
-    assert [c["name"] for c in spec["initContainers"]] == ["fetch-data", "train"]
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-data", "fetch-model", "train"]
     assert [c["name"] for c in spec["containers"]] == ["push"]
     with_secret = [
         n for n, c in containers(job).items() if any(m["name"] == "push-secret" for m in c["volumeMounts"])
@@ -120,7 +120,7 @@ def test_volume_output_trains_into_the_volume_without_push():
 def test_volume_input_is_mounted_without_fetch():
     ws = parsed(workspace(input={"volumeSource": {"persistentVolumeClaim": {"claimName": "in"}}}))
     data = render_data_job(ws, Settings(), rev(ws))
-    assert "initContainers" not in data["spec"]["template"]["spec"]
+    assert [c["name"] for c in data["spec"]["template"]["spec"]["initContainers"]] == ["fetch-model"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "in"}} in data["spec"]["template"]["spec"][
         "volumes"
     ]

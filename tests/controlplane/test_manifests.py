@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hack.local_stack import LOCAL_MODEL_REGISTRY
 from tests.controlplane.test_workspace_crd import TUNING_WORKSPACE
 from tests.controlplane.workloads import job_manifest
 from tests.fixtures.cluster import REPO_ROOT, check_manifests
@@ -114,7 +115,7 @@ def test_objects_rendered_from_examples_validate(manifest_schemas, tmp_path, exa
             "-m",
             "tuning_controller.cli",
             "render",
-            *("--allow-url-network", "127.0.0.0/8"),
+            *("--allow-url-network", "127.0.0.0/8", "--model-registry", LOCAL_MODEL_REGISTRY),
             str(REPO_ROOT / example),
         ],
         capture_output=True,

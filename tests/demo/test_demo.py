@@ -12,7 +12,7 @@ import yaml
 
 from hack.demo import main as demo_main
 from hack.demo import run_demo, templated, with_steps
-from hack.local_stack import REPO_ROOT
+from hack.local_stack import LOCAL_MODEL_REGISTRY, REPO_ROOT
 from tuning_controller.cli_workspace import check_documents, load_documents
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
@@ -69,4 +69,8 @@ def test_the_templated_examples_still_validate():
     assert docs[1]["tuning"]["input"]["urls"] == ["http://127.0.0.1:1/code-words.parquet"]
     assert docs[1]["tuning"]["output"]["image"] == "r:2/adapters/tiny-llama-demo:v1"
     loaded = load_documents(str(REPO_ROOT / "examples/tuning/tiny-llama-demo.yaml"))
-    assert not [p for _, p in check_documents(loaded, None, ("127.0.0.0/8",)) if p.severity.name == "ERROR"]
+    assert not [
+        p
+        for _, p in check_documents(loaded, None, ("127.0.0.0/8",), LOCAL_MODEL_REGISTRY)
+        if p.severity.name == "ERROR"
+    ]

@@ -47,14 +47,23 @@ def test_seed_with_adapters_becomes_service_and_deployment_with_a_pull_per_adapt
     service = kinds["Service/workspace-phi-3-mini-adapter"]
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     spec = pod(objects)["spec"]
-    (pull,) = spec["initContainers"]
+    fetch, pull = spec["initContainers"]
+    assert fetch["name"] == "fetch-model" and fetch["image"] == Settings().tools_image
     assert pull["name"] == "pull-phi-3-adapter"
     assert pull["command"][:4] == ["kaito-tune", "pull", IMAGE, "/mnt/adapter/phi-3-adapter"]
     (server,) = spec["containers"]
-    assert server["command"][:5] == ["python", "-m", "inference", "--preset", "phi-3-mini-128k-instruct"]
+    assert server["command"][:7] == [
+        "python",
+        "-m",
+        "inference",
+        "--preset",
+        "phi-3-mini-128k-instruct",
+        "--weights",
+        "/mnt/model/weights",
+    ]
     assert {"name": "KAITO_ADAPTER_STRENGTHS", "value": "phi-3-adapter=1.0"} in server["env"]
     assert server["ports"] == [{"name": "http", "containerPort": 5000}]
-    assert server["image"] == Settings().trainer_image  # it holds inference/ and the preset weights
+    assert server["image"] == Settings().trainer_image  # it holds inference/; fetch-model brings the weights
     assert pull["image"] == Settings().tools_image  # no torch next to the pull secret
     assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # Standard_NC6s_v3: one V100
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -102,7 +111,7 @@ def test_pull_secret_reaches_only_the_pull_container():
     )
 
     spec = pod(objects)["spec"]
-    (pull,) = spec["initContainers"]
+    _, pull = spec["initContainers"]
     assert pull["command"][-2:] == ["--docker-config", "/mnt/pull-secrets/0/.dockerconfigjson"]
     secret = next(v for v in spec["volumes"] if v["name"] == "adapter-0-pull-secret")
     assert secret["secret"]["secretName"] == "acr"
@@ -119,7 +128,7 @@ def test_image_volumes_and_volume_sources_need_no_pull():
 
     spec = pod(render(seed, inference_adapter_image_volumes=True))["spec"]
 
-    assert "initContainers" not in spec
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-model"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "adapters" not in volumes
     mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
@@ -156,15 +165,21 @@ def test_vllm_serves_merged_adapters_by_name():
     objects = render(half, inference_runtime="vllm")
 
     spec = pod(objects)["spec"]
-    assert [c["name"] for c in spec["initContainers"]] == ["pull-phi-3-adapter", "merge-adapters"]
-    merge = spec["initContainers"][1]
+    assert [c["name"] for c in spec["initContainers"]] == [
+        "fetch-model",
+        "pull-phi-3-adapter",
+        "merge-adapters",
+    ]
+    merge = spec["initContainers"][2]
     assert merge["command"][:3] == ["python", "-m", "inference.merge"]
     assert merge["env"] == [{"name": "KAITO_ADAPTER_STRENGTHS", "value": "phi-3-adapter=0.5"}]
     script = spec["containers"][0]["command"][-1]
     assert "--enable-lora --lora-modules phi-3-adapter=/mnt/merged/phi-3-adapter" in script
     assert " phi-3-mini-128k-instruct+adapters=/mnt/merged/phi-3-mini-128k-instruct+adapters " in script
     assert '--max-lora-rank "$(cat /mnt/merged/max-lora-rank)"' in script
-    assert spec["containers"][0]["volumeMounts"][0]["mountPath"] == "/mnt/merged"
+    assert "--model /mnt/model/weights " in script  # what fetch-model filled, never the hub
+    mounts = [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]]
+    assert mounts == ["/mnt/merged", "/mnt/model", "/mnt/model-cache", "/dev/shm"]
 
 
 def test_settings_from_env_say_what_is_wrong():

@@ -1,10 +1,12 @@
-"""An inference Workspace end to end on the local cluster: the controller's objects, the adapter pull (from
-a registry on the node's address, with the pull secret) and the server in the runtime image on the node,
-answering through its Service (kube-proxy routes the ClusterIP)."""
+"""An inference Workspace end to end on the local cluster: the controller's objects, the base model's
+weights through fetch-model and the namespace's model cache, the adapter pull (from a registry on the
+node's address, with the pull secret) and the server in the runtime image on the node, answering through
+its Service (kube-proxy routes the ClusterIP)."""
 
 from __future__ import annotations
 
 import base64
+import json
 
 import requests
 
@@ -47,7 +49,7 @@ def answer(url: str, model: str | None = None) -> str | None:
 
 
 def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
-    kube_client, namespace, node, run_operator, node_registry, code_word_adapter, tmp_path
+    kube_client, namespace, node, run_operator, node_registry, code_word_adapter, tiny_model, tmp_path
 ):
     docker_config = write_docker_config(
         tmp_path / "config.json", node_registry.host, node_registry.username, node_registry.password
@@ -60,7 +62,7 @@ def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
         "data": {".dockerconfigjson": base64.b64encode(docker_config.read_bytes()).decode()},
     }
     kube_json(kube_client, "POST", f"/api/v1/namespaces/{namespace}/secrets", secret)
-    operator = run_operator()
+    operator = run_operator(KAITO_TUNE_MODEL_CACHE="pvc")
 
     ws = inference_workspace("serve", namespace, image, "1.0")
     kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
@@ -87,9 +89,11 @@ def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
     assert answer(url, "code-word") == ANSWER
     base = answer(url, "tiny-llama")
     assert base != ANSWER
-    pods = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
-    (pod,) = [p for p in pods if p["metadata"]["name"].startswith("serve-")]
-    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    (first,) = fetch_model_summaries(kube_client, namespace).values()
+    assert first["cached"] is False and first["bytesFetched"] > 0
+    model = get_workspace(kube_client, namespace, "serve")["status"]["inference"]["model"]
+    assert model == {"source": "oci", "reference": first["reference"], "digest": first["digest"]}
+    assert first["reference"] == f"{tiny_model.rsplit(':', 1)[0]}@{first['digest']}"
     first_hash = deployment["spec"]["template"]["metadata"]["annotations"]["kaito.sh/adapters-hash"]
 
     patch = {"inference": {"adapters": [{**ws["inference"]["adapters"][0], "strength": "0.0"}]}}
@@ -110,6 +114,20 @@ def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
     wait_for(lambda: answer(url) == base, 240, "the rolled server to answer like the base model")
     final = get_workspace(kube_client, namespace, "serve")
     assert final["status"]["inference"]["adapters"] == {"code-word": "0.0"}
+    # the rolled pod found the weights in the namespace's cache: nothing downloaded again
+    rolled_pod = [s for s in fetch_model_summaries(kube_client, namespace).values() if s != first]
+    assert rolled_pod and rolled_pod[0]["cached"] is True and rolled_pod[0]["bytesFetched"] == 0
+
+
+def fetch_model_summaries(kube_client, namespace: str) -> dict[str, dict]:
+    """Each server pod's fetch-model result (its termination message), by pod name."""
+    found = {}
+    for pod in kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]:
+        for status in pod["status"].get("initContainerStatuses") or []:
+            terminated = status["state"].get("terminated") or {}
+            if status["name"] == "fetch-model" and terminated.get("exitCode") == 0:
+                found[pod["metadata"]["name"]] = json.loads(terminated["message"])
+    return found
 
 
 def test_no_matching_node_and_an_unknown_preset_are_reported_on_the_workspace(

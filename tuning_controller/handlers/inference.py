@@ -22,8 +22,8 @@ import kopf
 
 from tuning_controller import conditions as c
 from tuning_controller import metrics
-from tuning_controller.handlers.tuning import Controller, Waiting, controller, write_status
-from tuning_controller.inference_status import inference_status
+from tuning_controller.handlers.tuning import Controller, Waiting, controller, create_or_get, write_status
+from tuning_controller.inference_status import inference_status, pod_model
 from tuning_controller.kube import KubeError
 from tuning_controller.nodes import choose_node, nodeclaim_state
 from tuning_controller.problems import errors
@@ -34,6 +34,7 @@ from tuning_controller.render.inference import (
     stale_objects,
 )
 from tuning_controller.render.meta import WORKSPACE_LABEL
+from tuning_controller.render.model import render_model_cache_claim
 from tuning_controller.render.nodeclaim import (
     NODECLAIM_API_VERSION,
     nodeclaim_name,
@@ -98,7 +99,13 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
     generation = int(meta.get("generation") or 0)
     with _lock(key), metrics.reconciling(KIND):
         now = c.now_rfc3339()
-        problems = errors(validate_workspace(ws_obj, allowed_url_networks=ctl.settings.allowed_url_networks))
+        problems = errors(
+            validate_workspace(
+                ws_obj,
+                allowed_url_networks=ctl.settings.allowed_url_networks,
+                model_registry=ctl.settings.model_registry,
+            )
+        )
         if problems:
             message = "; ".join(str(p) for p in problems)
             conds = [
@@ -111,6 +118,8 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
             raise kopf.PermanentError(message)
         ws, _ = parse_workspace(ws_obj)
         gpus, resource = _nodes(ctl, ws_obj, ws, generation, now)
+        if ctl.settings.model_cache == "pvc":
+            create_or_get(ctl, render_model_cache_claim(ws.namespace, ctl.settings))
         workload: dict[str, Any] | None = None
         for obj in render_inference_objects(ws, ctl.settings, gpus=gpus):
             applied = ctl.kube.apply(obj)
@@ -122,6 +131,9 @@ def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(ws).items())
         pods = ctl.kube.list("v1", "Pod", ws.namespace, selector)
         conds, summary, state = inference_status(workload, pods, generation, now)
+        model = pod_model(pods)
+        if model:
+            summary["model"] = model
         summary["adapters"] = {a.source.name: a.strength for a in ws.inference.adapters}
         write_status(ctl, ws_obj, [resource, *conds], summary, state, key=KIND)
         metrics.set_state(KIND, key, state)

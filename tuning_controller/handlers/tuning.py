@@ -43,6 +43,7 @@ from tuning_controller.render.job import (
     uses_results_claim,
 )
 from tuning_controller.render.meta import WORKSPACE_LABEL
+from tuning_controller.render.model import render_model_cache_claim, workspace_model_source
 from tuning_controller.render.nodeclaim import (
     NODECLAIM_API_VERSION,
     nodeclaim_name,
@@ -153,7 +154,7 @@ def _revision_of(obj: Mapping[str, Any] | None) -> str | None:
 # ---- writing -----------------------------------------------------------------------------------
 
 
-def _create_or_get(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any]:
+def create_or_get(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any]:
     """Create; when the name exists already (a restart, a race), adopt the existing object."""
     try:
         return ctl.kube.create(obj)
@@ -304,7 +305,10 @@ def _reconcile(
     user_config, config_problems = read_user_config(ctl, ws)
     problems = config_problems + errors(
         validate_workspace(
-            ws_obj, allowed_url_networks=settings.allowed_url_networks, training_config=user_config
+            ws_obj,
+            allowed_url_networks=settings.allowed_url_networks,
+            training_config=user_config,
+            model_registry=settings.model_registry,
         )
     )
     if problems:
@@ -326,14 +330,15 @@ def _reconcile(
                 ctl, ws_obj, old_job, f"the Workspace changed (revision {_revision_of(old_job)} -> {rev})"
             )
 
-    # 1. Data first, on CPU. A passed check of this revision stays in status (its Job may be gone).
-    stored = ((ws_obj.get("status") or {}).get("tuning") or {}).get("data") if known_rev == rev else None
-    if stored and stored.get("ok") and stored.get("sha256"):
-        summary = stored
-    else:
-        summary, stopped = _check_data(ctl, ws_obj, ws, rev, known_rev, user_config, fresh)
+    # 1. Data and model first, on CPU. A passed check of this revision stays in status (its Job may be
+    # gone), with the weights' reference it pinned.
+    known = ((ws_obj.get("status") or {}).get("tuning") or {}) if known_rev == rev else {}
+    stored, model = known.get("data"), known.get("model")
+    if not (stored and stored.get("ok") and stored.get("sha256") and model and model.get("reference")):
+        stored, model, stopped = _check_data(ctl, ws_obj, ws, rev, known_rev, user_config, fresh)
         if stopped:
             return stopped
+    summary = stored
 
     job = ctl.kube.get("batch/v1", "Job", namespace, training_job_name(ws))
     if job is not None and _revision_of(job) != rev:
@@ -348,9 +353,19 @@ def _reconcile(
         for obj in render_progress_rbac(ws):
             ctl.kube.apply(obj)
         if uses_results_claim(ws, settings):
-            _create_or_get(ctl, render_results_claim(ws, settings))
-        job = _create_or_get(
-            ctl, render_training_job(ws, settings, rev, data_sha256=summary["sha256"], gpus=gpus)
+            create_or_get(ctl, render_results_claim(ws, settings))
+        if settings.model_cache == "pvc":
+            create_or_get(ctl, render_model_cache_claim(namespace, settings))
+        job = create_or_get(
+            ctl,
+            render_training_job(
+                ws,
+                settings,
+                rev,
+                data_sha256=summary["sha256"],
+                gpus=gpus,
+                model_reference=model["reference"],
+            ),
         )
     result = st.job_outcome(job, _pods(ctl, namespace, job))
     phase = st.training_phase(result)
@@ -359,6 +374,7 @@ def _reconcile(
         "phase": phase,
         "message": result.message,
         "data": summary,
+        "model": model,
         "startTime": result.start_time,
         "completionTime": result.completion_time,
     }
@@ -392,9 +408,10 @@ def _check_data(
     known_rev: str | None,
     user_config: Mapping[str, Any] | None,
     fresh: Mapping[str, Any],
-) -> tuple[dict[str, Any], str]:
-    """The pre-flight Job and its verdict: (summary, "") once the data passed, else ({}, phase) with
-    the status written. The Job goes first (latency); its pod waits for the ConfigMap if need be."""
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The pre-flight Job and its verdict: (data summary, pinned model, "") once both passed, else
+    ({}, {}, phase) with the status written. The Job goes first (latency); its pod waits for the
+    ConfigMap if need be."""
     generation, now = ws_obj["metadata"].get("generation", 0), c.now_rfc3339()
     data_job = _ensure_job(ctl, ws_obj, render_data_job(ws, ctl.settings, rev), exists=known_rev == rev)
     if known_rev is None:  # first sight: a plain create is cheaper for the API server than an apply
@@ -411,17 +428,32 @@ def _check_data(
         ]
         tuning = {**fresh, "phase": st.CHECKING_DATA, "message": message}
         write_status(ctl, ws_obj, conds, tuning, st.state_for(st.CHECKING_DATA), key=KIND)
-        return {}, st.CHECKING_DATA
+        return {}, {}, st.CHECKING_DATA
     summary = st.data_summary(data)
-    if data.phase == st.FAILED or not summary or not summary.get("ok") or not summary.get("sha256"):
+    model = st.model_fetch(data)
+    if (
+        data.phase == st.FAILED
+        or not summary
+        or not summary.get("ok")
+        or not summary.get("sha256")
+        or not model
+    ):
         message = st.data_failure_message(data, summary)
+        reason = c.REASON_DATA_INVALID
+        if st.model_fetch_failed(data):
+            reason = c.REASON_MODEL_UNAVAILABLE
+            source = workspace_model_source(ws.tuning.preset, ctl.settings)
+            secret = source.pull_secret or source.token_secret
+            message += f" (source {source.reference}, " + (
+                f"credentials from Secret {secret})" if secret else "no credentials)"
+            )
         _release_nodeclaim(ctl, ws, ws_obj)
         _announce(ctl, ws_obj, st.FAILED, message)
-        conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, c.REASON_DATA_INVALID, message, generation, now)]
-        tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary}
+        conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, reason, message, generation, now)]
+        tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary, "model": model}
         write_status(ctl, ws_obj, conds, tuning, st.state_for(st.FAILED), key=KIND)
-        return {}, st.FAILED
-    return summary, ""
+        return {}, {}, st.FAILED
+    return summary, model, ""
 
 
 def _ensure_job(
@@ -432,10 +464,10 @@ def _ensure_job(
     meta = job["metadata"]
     found = ctl.kube.get("batch/v1", "Job", meta["namespace"], meta["name"]) if exists else None
     if found is None:
-        found = _create_or_get(ctl, job)
+        found = create_or_get(ctl, job)
     if _revision_of(found) != _revision_of(job):
         _replace_job(ctl, ws_obj, found, "the Workspace changed: checking the data again")
-        found = _create_or_get(ctl, job)
+        found = create_or_get(ctl, job)
     return found
 
 
@@ -469,7 +501,7 @@ def _gpu_nodes(
     if provisions_node(ws, settings):
         claim = ctl.kube.get(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
         if claim is None:
-            claim = _create_or_get(ctl, render_nodeclaim(ws, settings))
+            claim = create_or_get(ctl, render_nodeclaim(ws, settings))
             ctl.post_event(
                 ws_obj, "Normal", "NodeClaimCreated", f"requested a {ws.resource.instance_type} node"
             )

@@ -6,6 +6,8 @@
 
 Pod, transformers runtime (``python -m inference``):
 
+    [init] fetch-model      the preset's weights into /mnt/model/weights through the model cache
+                            (``render.model``: presetOptions.image, the cluster's model registry or the hub)
     [init] pull-<adapter>   ``kaito-tune pull <image> /mnt/adapter/<name>`` with the adapter's first
                             imagePullSecret as docker config (one per image adapter, unless image volumes)
     server                  base model + adapters combined by strength (KAITO_ADAPTER_STRENGTHS env)
@@ -32,6 +34,7 @@ from inference.adapters import STRENGTHS_ENV
 from inference.model import COMBINED_SUFFIX
 from tuning_controller.render.job import child_name
 from tuning_controller.render.meta import WORKSPACE_LABEL, bounded_name, labels, metadata
+from tuning_controller.render.model import MODEL_WEIGHTS, fetch_model_parts, workspace_model_source
 from tuning_controller.render.pod import (
     TERMINATION_LOG,
     container_security,
@@ -161,27 +164,19 @@ def _probes(port: int) -> dict[str, Any]:
     return {"startupProbe": probe(10, 180), "readinessProbe": probe(5, 3), "livenessProbe": probe(10, 6)}
 
 
-def _model_env(ws: Workspace) -> list[dict[str, Any]]:
-    options = ws.inference.preset.preset_options if ws.inference.preset else None
-    if options is None or not options.model_access_secret:
-        return []
-    ref = {"name": options.model_access_secret, "key": "HF_TOKEN"}
-    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
-
-
 def _transformers_server(ws: Workspace, settings: Settings, gpus: int, image: str) -> dict[str, Any]:
     preset = ws.inference.preset.name
-    command = ["python", "-m", "inference", "--preset", preset, "--adapter-root", ADAPTER_ROOT]
+    command = ["python", "-m", "inference", "--preset", preset, "--weights", MODEL_WEIGHTS]
     command += [
+        "--adapter-root",
+        ADAPTER_ROOT,
         "--port",
         str(settings.inference_port),
         "--max-new-tokens",
         str(settings.inference_max_new_tokens),
     ]
     command += ["--termination-log", TERMINATION_LOG]
-    env = _model_env(ws)
-    if env:
-        command.append("--allow-download")
+    env: list[dict[str, Any]] = []
     if ws.inference.adapters:
         env.append({"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)})
     return {"name": SERVER, "image": image, "command": command, "env": env, "resources": gpu_resources(gpus)}
@@ -196,9 +191,7 @@ def _vllm_server(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        preset.repo_id,
-        "--revision",
-        preset.revision,
+        MODEL_WEIGHTS,
         "--served-model-name",
         preset.name,
         "--host",
@@ -218,7 +211,7 @@ def _vllm_server(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]
         "name": SERVER,
         "image": settings.inference_vllm_image,
         "command": ["sh", "-c", f"exec {script}"],
-        "env": _model_env(ws),
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
         "resources": gpu_resources(gpus),
     }
 
@@ -265,15 +258,17 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
     if spec is None or spec.preset is None:
         raise ValueError(f"Workspace {ws.name!r} has no inference.preset to serve")
     gpus = max(1, int(gpus))
-    options = spec.preset.preset_options
-    runtime_image = settings.inference_image or settings.trainer_image
-    image = options.image if options and options.image else runtime_image
+    image = settings.inference_image or settings.trainer_image
+    fetch_model, model_volumes, model_mounts = fetch_model_parts(
+        workspace_model_source(spec.preset, settings), settings
+    )
     init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings)
-    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    init.insert(0, fetch_model)
+    volumes += [*model_volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     if settings.inference_runtime == "vllm":
         server = _vllm_server(ws, settings, gpus)
-        if spec.adapters:
-            init.append(_merge_container(ws, runtime_image, mounts))
+        if spec.adapters:  # the merge reads the adapters only; vLLM reads the merged ones
+            init.append(_merge_container(ws, image, mounts))
             volumes.append({"name": "merged", "emptyDir": {}})
             mounts = [mount("merged", MERGED_ROOT, read_only=True)]
     else:
@@ -286,7 +281,7 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
         ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
     server.update(
         ports=ports,
-        volumeMounts=[*mounts, mount("dshm", "/dev/shm")],
+        volumeMounts=[*mounts, *model_mounts, mount("dshm", "/dev/shm")],
         terminationMessagePolicy="FallbackToLogsOnError",
         **_probes(settings.inference_port),
     )
@@ -302,9 +297,8 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
         pod["securityContext"] = pod_security(settings)
     if init:
         pod["initContainers"] = init
-    secrets = [*(options.image_pull_secrets if options else []), *pod_secrets]
-    if secrets:
-        pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(secrets)]
+    if pod_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(pod_secrets)]
     affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
     if affinity:
         pod["affinity"] = affinity

@@ -1,11 +1,14 @@
 """The two Jobs of a tuning Workspace, its results claim, and the names and labels they share.
 
-    <ws>-data   CPU pre-flight: [init] fetch-data -> preflight (trainer dry run; summary in the
-                termination message). Bad data fails here, before any GPU is requested.
-    <ws>        one pod: [init] fetch-data -> [init] train (checks the data's sha256 against the
-                pre-flight's) -> push (the only container with the push secret; runs only after train
-                exited 0, because init containers run in order). Volume output: train is the main
-                container writing into the volume, and there is no push.
+    <ws>-data   CPU pre-flight: [init] fetch-data -> [init] fetch-model (config and tokenizer only: the
+                reference resolves and the credentials work) -> preflight (trainer dry run; summary in
+                the termination message). Bad data or an unreachable model fails here, before any GPU
+                is requested.
+    <ws>        one pod: [init] fetch-data -> [init] fetch-model (the weights at the digest the pre-flight
+                resolved, through the model cache) -> [init] train (checks the data's sha256 against
+                the pre-flight's) -> push (the only container with the push secret; runs only after
+                train exited 0, because init containers run in order). Volume output: train is the
+                main container writing into the volume, and there is no push.
 
 Both pods mount the controller's copy of the training config (``render.configmap``). Results and
 checkpoints live on ``<ws>-results`` (a PVC owned by the Workspace) so a retried pod resumes from the
@@ -23,6 +26,7 @@ from typing import Any
 
 from tuning_controller.render.configmap import CONFIG_KEY, training_configmap_name
 from tuning_controller.render.meta import bounded_name, labels, metadata
+from tuning_controller.render.model import MODEL_WEIGHTS, fetch_model_parts, workspace_model_source
 from tuning_controller.render.pod import (
     TERMINATION_LOG,
     container_security,
@@ -148,6 +152,8 @@ def _trainer_args(ws: Workspace) -> list[str]:
         f"{CONFIG_DIR}/{CONFIG_KEY}",
         "--data",
         DATA_DIR,
+        "--weights",
+        MODEL_WEIGHTS,
     ]
 
 
@@ -195,6 +201,8 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
     if ws.tuning is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
     fetch = _fetch_container(ws, settings)
+    model = workspace_model_source(ws.tuning.preset, settings)
+    fetch_model, model_volumes, model_mounts = fetch_model_parts(model, settings, config_only=True)
     preflight = {
         "name": PREFLIGHT,
         "image": settings.trainer_image,
@@ -211,6 +219,7 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         "volumeMounts": [
             mount("data", DATA_DIR, read_only=True),
             mount("config", CONFIG_DIR, read_only=True),
+            *model_mounts,
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -221,10 +230,9 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         "automountServiceAccountToken": False,  # the pre-flight talks to nobody
         "securityContext": pod_security(settings),
         "containers": [preflight],
-        "volumes": [*_data_volumes(ws), _config_volume(ws)],
+        "initContainers": [c for c in (fetch, fetch_model) if c is not None],
+        "volumes": [*_data_volumes(ws), _config_volume(ws), *model_volumes],
     }
-    if fetch is not None:
-        pod_spec["initContainers"] = [fetch]
     # Bad data exits 1: deterministic, so fail at once; a fetch may be retried once.
     return _job(
         ws,
@@ -295,11 +303,15 @@ def render_results_claim(ws: Workspace, settings: Settings) -> dict[str, Any]:
 
 
 def render_training_job(
-    ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int
+    ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model_reference: str = ""
 ) -> dict[str, Any]:
-    """The training Job: fetch -> train (every GPU of the node) -> push (image output only)."""
+    """The training Job: fetch -> train (every GPU of the node) -> push (image output only).
+
+    ``model_reference`` is the weights' reference the pre-flight pinned (a digest or a commit)."""
     if ws.tuning is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
+    model = workspace_model_source(ws.tuning.preset, settings, pinned=model_reference)
+    fetch_model, model_volumes, model_mounts = fetch_model_parts(model, settings)
     gpus = max(1, int(gpus))
     module = ["-m", "trainer.workspace_status", "train", "--expect-data-sha256", data_sha256, "--"]
     launcher = ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
@@ -328,6 +340,7 @@ def render_training_job(
             mount("results", RESULTS_DIR, sub_path=results_sub_path(ws, settings, rev)),
             mount("dshm", "/dev/shm"),
             mount("progress-token", TOKEN_DIR, read_only=True),
+            *model_mounts,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
@@ -339,8 +352,9 @@ def render_training_job(
         _results_volume(ws, settings),
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         _token_volume(),
+        *model_volumes,
     ]
-    init = [c for c in (_fetch_container(ws, settings),) if c is not None]
+    init = [c for c in (_fetch_container(ws, settings), fetch_model) if c is not None]
     if output.image:
         push = {
             "name": PUSH,

@@ -1,0 +1,111 @@
+"""The ``fetch-model`` init container, its Secrets and the model cache, shared by every pod that loads a
+preset: the CPU pre-flight (config and tokenizer only), the training Job and the inference server.
+
+    [init] fetch-model   kaito-tune fetch-model --image REF|--hub REPO@REV --dest /mnt/model/weights
+                         [--cache /mnt/model-cache]: pins the source, verifies every blob, fills the cache
+                         once per content and links /mnt/model/weights to the entry
+    reader               mounts /mnt/model and the cache read-only; loads /mnt/model/weights offline
+
+The source's credentials (``presetOptions.imagePullSecrets[0]`` or ``modelAccessSecret``) are mounted in
+fetch-model only. With ``model_cache: pvc`` the cache is the namespace's ``kaito-tune-model-cache``
+claim, shared by every Job and server there; with ``emptyDir`` each pod fetches its own copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from presets.catalog import get_model
+from tuning_controller.model_source import HUB_TOKEN_KEY, ModelSource, model_source
+from tuning_controller.render.pod import TERMINATION_LOG, container_security, docker_config_volume, mount
+from tuning_controller.settings import Settings
+from tuning_controller.workspace import PresetSpec
+
+FETCH_MODEL = "fetch-model"
+MODEL_DIR = "/mnt/model"
+MODEL_WEIGHTS = f"{MODEL_DIR}/weights"
+MODEL_CACHE_DIR = "/mnt/model-cache"
+MODEL_SECRET_DIR = "/mnt/model-secret"
+MODEL_CACHE_CLAIM = "kaito-tune-model-cache"
+
+
+def workspace_model_source(spec: PresetSpec, settings: Settings, pinned: str = "") -> ModelSource:
+    """The Workspace's weights source; ``pinned`` (the pre-flight's resolved reference) replaces the
+    reference so the training fetches exactly what the pre-flight checked."""
+    source = model_source(get_model(spec.name), spec.preset_options, settings.model_registry)
+    if pinned:
+        return ModelSource(source.kind, pinned, source.pull_secret, source.token_secret)
+    return source
+
+
+def fetch_model_parts(
+    source: ModelSource, settings: Settings, *, config_only: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(fetch-model container, pod volumes, the readers' mounts) for ``source``.
+
+    The pre-flight (``config_only``) fetches into its own emptyDir and never touches the shared cache.
+    """
+    command = ["kaito-tune", "fetch-model", "--dest", MODEL_WEIGHTS]
+    mounts = [mount("model", MODEL_DIR)]
+    volumes: list[dict[str, Any]] = [{"name": "model", "emptyDir": {}}]
+    readers = [mount("model", MODEL_DIR, read_only=True)]
+    if source.kind == "oci":
+        command += ["--image", source.reference]
+        if settings.is_insecure_registry(source.reference):
+            command.append("--plain-http")
+        if source.pull_secret:
+            command += ["--docker-config", f"{MODEL_SECRET_DIR}/.dockerconfigjson"]
+            volumes.append(docker_config_volume("model-secret", source.pull_secret))
+    else:
+        command += ["--hub", source.reference]
+        if settings.hub_endpoint:
+            command += ["--hub-endpoint", settings.hub_endpoint]
+        if source.token_secret:
+            command += ["--token-file", f"{MODEL_SECRET_DIR}/token"]
+            items = [{"key": HUB_TOKEN_KEY, "path": "token"}]
+            volumes.append(
+                {"name": "model-secret", "secret": {"secretName": source.token_secret, "items": items}}
+            )
+    if source.pull_secret or source.token_secret:
+        mounts.append(mount("model-secret", MODEL_SECRET_DIR, read_only=True))
+    if config_only:
+        command.append("--config-only")
+    else:
+        command += ["--cache", MODEL_CACHE_DIR, "--cache-max-gib", str(settings.model_cache_max_gib)]
+        mounts.append(mount("model-cache", MODEL_CACHE_DIR))
+        readers.append(mount("model-cache", MODEL_CACHE_DIR, read_only=True))
+        volumes.append(model_cache_volume(settings))
+    command += ["--summary-file", TERMINATION_LOG, "--termination-log", TERMINATION_LOG]
+    container = {
+        "name": FETCH_MODEL,
+        "image": settings.tools_image,
+        "command": command,
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
+    }
+    return container, volumes, readers
+
+
+def model_cache_volume(settings: Settings) -> dict[str, Any]:
+    if settings.model_cache == "pvc":
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": MODEL_CACHE_CLAIM}}
+    return {"name": "model-cache", "emptyDir": {}}
+
+
+def render_model_cache_claim(namespace: str, settings: Settings) -> dict[str, Any]:
+    """The namespace's shared cache claim; owned by no Workspace, so it outlives them all."""
+    spec: dict[str, Any] = {
+        "accessModes": [settings.model_cache_access_mode],
+        "resources": {"requests": {"storage": settings.model_cache_size}},
+    }
+    if settings.model_cache_storage_class:
+        spec["storageClassName"] = settings.model_cache_storage_class
+    labels = {
+        "app.kubernetes.io/name": "kaito-tune",
+        "app.kubernetes.io/component": "model-cache",
+        "app.kubernetes.io/managed-by": "kaito-tune",
+    }
+    meta = {"name": MODEL_CACHE_CLAIM, "namespace": namespace, "labels": labels}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
