@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -89,27 +91,34 @@ def write_oci_layout(source: Path, layout_dir: Path, reference: str, docker_conf
     (layout_dir / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
 
 
-def child(argv: list[str]) -> None:
-    """Runs one of our transfers in this (fresh) process; prints seconds and peak RSS."""
+def child(argv: list[str], actions: dict[str, Callable[[Path, str, Any], object]] | None = None) -> None:
+    """Runs one of our transfers in this (fresh) process; prints seconds and peak RSS.
+
+    ``argv`` is ACTION PATH REFERENCE DOCKER_CONFIG; ``actions`` maps ACTION to ``fn(path, reference,
+    options)``, imported before the clock starts (default: this benchmark's push and pull)."""
     from artifacts.pull import pull
     from artifacts.push import push
     from artifacts.registry import ClientOptions
 
+    if actions is None:
+        actions = {
+            "push": lambda path, reference, options: push(path, reference, options=options),
+            "pull": lambda path, reference, options: pull(reference, path, options=options),
+        }
     action, path, reference, docker_config = argv
     options = ClientOptions(docker_config=Path(docker_config))
     start = time.perf_counter()
-    if action == "push":
-        push(Path(path), reference, options=options)
-    else:
-        pull(reference, Path(path), options=options)
+    actions[action](Path(path), reference, options)
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_kib / 1024}))
 
 
-def run_ours(action: str, path: Path, reference: str, docker_config: Path) -> dict:
+def run_ours(action: str, path: Path, reference: str, docker_config: Path, script: str = __file__) -> dict:
+    """``script --child ACTION PATH REFERENCE DOCKER_CONFIG`` in a fresh interpreter; what :func:`child`
+    printed there."""
     done = subprocess.run(
-        [sys.executable, __file__, "--child", action, str(path), reference, str(docker_config)],
+        [sys.executable, script, "--child", action, str(path), reference, str(docker_config)],
         check=True,
         capture_output=True,
         text=True,
