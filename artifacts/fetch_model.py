@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from artifacts import mediatypes as mt
-from artifacts.errors import InvalidInputError
+from artifacts.errors import ArtifactError, InvalidInputError
 from artifacts.modelcache import ModelCache, hub_key, oci_key
 from artifacts.pull import pull, resolve
 from artifacts.reference import Reference
@@ -71,6 +71,7 @@ def fetch_model(
     endpoint: str | None = None,
     config_only: bool = False,
     max_cache_bytes: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> ModelFetch:
     """Fetch ``image`` or ``hub`` (``repo_id@revision``) into ``dest`` (via ``cache`` when given)."""
     if bool(image) == bool(hub):
@@ -86,7 +87,7 @@ def fetch_model(
 
         def fill(target: Path) -> None:
             skip = _skip_weights if config_only else None
-            fetched[0] = pull(pinned, target, options=options, skip=skip).bytes_total
+            fetched[0] = pull(pinned, target, options=options, skip=skip, progress=progress).bytes_total
 
     else:
         from artifacts.hub import check_hub_access, fetch_hub_snapshot  # huggingface_hub: 0.3 s to import
@@ -105,10 +106,13 @@ def fetch_model(
             )
             fetched[0] = result.bytes_total
 
-    if cache is None or config_only:
-        fill(dest)
-        return ModelFetch(source, pinned, digest, dest, fetched[0], cached=False)
-    path, cached = cache.get_or_fill(key, fill)
+    try:
+        if cache is None or config_only:
+            fill(dest)
+            return ModelFetch(source, pinned, digest, dest, fetched[0], cached=False)
+        path, cached = cache.get_or_fill(key, fill)
+    except ArtifactError as exc:  # say which model: a blob digest alone does not tell a person
+        raise type(exc)(f"model {pinned}: {exc}") from exc
     _link(dest, path)
     if max_cache_bytes:
         cache.evict(max_cache_bytes, keep=key)

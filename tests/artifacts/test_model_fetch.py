@@ -122,6 +122,37 @@ def test_registry_errors_name_the_reference(oci_registry, options, tiny_ref, tmp
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+def test_a_registry_that_dies_mid_pull_leaves_no_entry_and_a_retry_fills_it(oci_registry, tiny_ref, tmp_path):
+    options = ClientOptions(
+        docker_config=tmp_path / "config.json", retries=0, chunk_bytes=64 * 1024, backoff_s=0.1
+    )
+    options.docker_config.write_text(oci_registry.docker_config_json())
+    cache = ModelCache(tmp_path / "cache")
+    received: list[int] = []
+
+    def die_after_the_first_bytes(count: int) -> None:
+        received.append(count)
+        if len(received) == 1:
+            oci_registry.stop()
+
+    try:
+        with pytest.raises(ArtifactError, match="models/tiny-llama"):
+            fetch_model(
+                image=tiny_ref,
+                dest=tmp_path / "pod" / "weights",
+                cache=cache,
+                options=options,
+                progress=die_after_the_first_bytes,
+            )
+    finally:
+        oci_registry.start()
+    assert received, "the registry was never stopped: the test did not exercise a failure"
+    assert cache.list() == [] and not (tmp_path / "pod" / "weights").exists()
+    assert [p.name for p in cache.entries.iterdir()] == []  # no half-written entry left behind
+    retry = fetch_model(image=tiny_ref, dest=tmp_path / "pod" / "weights", cache=cache, options=options)
+    assert not retry.cached and (tmp_path / "pod" / "weights" / "model.safetensors").is_file()
+
+
 def test_model_push_refuses_a_truncated_safetensors_file(tiny_dir, tmp_path, oci_registry, options):
     broken = tmp_path / "broken"
     broken.mkdir()
