@@ -14,15 +14,27 @@ import sys
 import tomllib
 
 
+def _extra(project: dict, extra: str) -> list[str]:
+    """An extra's pins, with the project's own extras it names (``kaito-tune[preflight]``) expanded."""
+    optional = project.get("optional-dependencies", {})
+    if extra not in optional:
+        raise SystemExit(f"requirements.py: pyproject.toml has no extra {extra}")
+    lines: list[str] = []
+    for line in optional[extra]:
+        name, _, rest = line.partition("[")
+        if name.strip() == project["name"]:
+            for inner in rest.rstrip("]").split(","):
+                lines += _extra(project, inner.strip())
+        else:
+            lines.append(line)
+    return lines
+
+
 def requirements(pyproject: dict, extras: list[str]) -> list[str]:
     project = pyproject["project"]
-    optional = project.get("optional-dependencies", {})
-    unknown = sorted(set(extras) - set(optional))
-    if unknown:
-        raise SystemExit(f"requirements.py: pyproject.toml has no extra {', '.join(unknown)}")
     lines = [*pyproject["build-system"]["requires"], *project["dependencies"]]
     for extra in extras:
-        lines += optional[extra]
+        lines += _extra(project, extra)
     return list(dict.fromkeys(lines))
 
 

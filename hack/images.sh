@@ -5,6 +5,7 @@
 #   base        localhost/kaito-tune/base:bookworm-py311   Debian bookworm (mmdebstrap, minbase) + python3.11
 #   controller  ghcr.io/kaito-tune/controller:VERSION      docker/controller.Dockerfile on the base
 #   tools       ghcr.io/kaito-tune/tools:VERSION           docker/tools.Dockerfile on the base
+#   preflight   ghcr.io/kaito-tune/preflight:VERSION       docker/preflight.Dockerfile on the base (no torch)
 #   runtime     ghcr.io/kaito-tune/runtime:VERSION         docker/runtime.Dockerfile on the base (torch)
 #   pause       localhost/kaito-tune/pause:3.10            Kubernetes' pause.c, static, FROM scratch
 #   busybox     localhost/kaito-tune/busybox:1.35          Debian's busybox-static, FROM scratch
@@ -85,7 +86,7 @@ BUSYBOX_IMAGE="localhost/kaito-tune/busybox:$(busybox_version)"
 
 PROJECT_VERSION=$(python3 -c \
   'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-PROJECT_IMAGES=(controller tools runtime)
+PROJECT_IMAGES=(controller tools preflight runtime)
 project_image() { echo "ghcr.io/kaito-tune/$1:$PROJECT_VERSION"; }
 # What the node pulls (the base is only built upon).
 pushed_images() {

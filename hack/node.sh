@@ -206,10 +206,11 @@ EOF
 }
 
 # Registry mirrors: image names the chart uses (ghcr.io/...) and the add-ons' (localhost/...) resolve to
-# the node's registry, so nothing is pulled from outside and the rendered image names stay as they are.
+# the node's registry, so nothing is pulled from outside and the rendered image names stay as they are;
+# and the node's registry by its own name (plain HTTP): the local model mirror, mounted as image volumes.
 write_registry_hosts() {
   local host
-  for host in ghcr.io localhost; do
+  for host in ghcr.io localhost "$IMAGE_REGISTRY"; do
     mkdir -p "node/certs.d/$host"
     printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
       "$IMAGE_REGISTRY" "$IMAGE_REGISTRY" >"node/certs.d/$host/hosts.toml"

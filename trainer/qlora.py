@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import config as cfg
     from trainer.data import DataError, combined_sha256, read_rows
     from trainer.model import PresetNotFound, load_tokenizer, resolve_preset
-    from trainer.output import is_complete
     from trainer.preflight import prepare
 
     if not args.preset:
@@ -74,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         preset = resolve_preset(args.preset, args.weights)
     except (cfg.ConfigError, PresetNotFound) as exc:
         return _fail(exc.problems)
-    if is_complete(args.output) and not args.dry_run:
-        log.info("%s already holds a complete adapter: nothing to do", args.output)
-        return 0
+    if not args.dry_run:  # the dry run (the CPU pre-flight) imports no torch: trainer.output does
+        from trainer.output import is_complete
+
+        if is_complete(args.output):
+            log.info("%s already holds a complete adapter: nothing to do", args.output)
+            return 0
     try:
         tokenizer = load_tokenizer(preset, config)
     except (OSError, ValueError) as exc:  # not in the image/cache (no download allowed), or no tokenizer

@@ -4,7 +4,8 @@ Every variable is ``KAITO_TUNE_<NAME>``; a bad value stops the controller at sta
 the value and what is allowed, rather than surfacing later inside a Job.
 
     KAITO_TUNE_TRAINER_IMAGE=ghcr.io/kaito-tune/runtime:0.1.0   # trainer, pre-flight, inference server
-    KAITO_TUNE_TOOLS_IMAGE=ghcr.io/kaito-tune/tools:0.1.0       # fetch-data, push (no torch)
+    KAITO_TUNE_TOOLS_IMAGE=ghcr.io/kaito-tune/tools:0.1.0       # fetch-data, fetch-model, push (no torch)
+    KAITO_TUNE_PREFLIGHT_IMAGE=ghcr.io/kaito-tune/preflight:0.1.0  # the CPU data check (no torch)
     KAITO_TUNE_AUTO_PROVISIONING=true                           # Karpenter NodeClaims for instanceType
     KAITO_TUNE_ALLOWED_URL_NETWORKS=10.250.0.1/32,127.0.0.0/8   # input URL hosts allowed despite the policy
     KAITO_TUNE_INSECURE_REGISTRIES=10.250.0.1:5000              # registries spoken to over plain http
@@ -28,6 +29,7 @@ from artifacts.reference import Reference
 PREFIX = "KAITO_TUNE_"
 RESULTS_VOLUMES = ("pvc", "emptyDir")
 MODEL_CACHES = ("pvc", "emptyDir")
+PUSH_FORMATS = ("modelpack", "kaito")  # artifacts.mediatypes.FORMATS
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
 INFERENCE_RUNTIMES = ("transformers", "vllm")
 TORCH_DIST_PORT = 29500
@@ -51,6 +53,9 @@ class Settings:
     pre-flight, the training and (unless inference_image says otherwise) the inference server."""
     tools_image: str = "ghcr.io/kaito-tune/tools:0.1.0"
     """Image with artifacts/ only (fetch-data, push): small, and no torch next to the push secret."""
+    preflight_image: str = "ghcr.io/kaito-tune/preflight:0.1.0"
+    """The CPU pre-flight's image (docker/preflight.Dockerfile): the trainer's dry run without torch, so a
+    bad dataset is found without pulling the gigabytes of the runtime image."""
     workspace_api_version: str = "kaito.sh/v1beta1"
     """The version the controller reads and writes Workspaces in (the storage version)."""
     auto_provisioning: bool = False
@@ -87,6 +92,9 @@ class Settings:
     model_cache_storage_class: str = ""
     model_cache_access_mode: str = "ReadWriteOnce"
     """ReadWriteMany where the storage class has it (pods on several nodes share one copy)."""
+    model_image_volumes: bool = False
+    """Mount an OCI model in KAITO's layout as an image volume instead of copying it (render/model.py
+    says what it needs: Kubernetes 1.36, containerd >= 2.1)."""
     model_cache_max_gib: int = 180
     """Least recently used cache entries not in use are deleted while the cache holds more than this."""
     backoff_limit: int = 2
@@ -116,7 +124,11 @@ class Settings:
     KAITO_TUNE_TRAINER_IMAGE the chart sets serves both."""
     inference_vllm_image: str = "vllm/vllm-openai:v0.11.0"
     inference_adapter_image_volumes: bool = False
-    """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers."""
+    """Mount adapter images as Kubernetes image volumes instead of pulling them in init containers: the
+    adapters must be in KAITO's layout (files under /data; push_format kaito), as for model_image_volumes."""
+    push_format: str = "modelpack"
+    """Layout of the adapters the push container writes: modelpack (CNCF ModelPack, one layer per file) or
+    kaito (an image with the files under /data: what KAITO and Kubernetes image volumes read)."""
     inference_port: int = 5000
     """The server's container port (KAITO's); the Service maps port 80 to it."""
     inference_max_new_tokens: int = 2048
@@ -153,6 +165,10 @@ class Settings:
         if self.model_cache not in MODEL_CACHES:
             raise SettingsError(
                 f"{PREFIX}MODEL_CACHE={self.model_cache!r}: must be one of {', '.join(MODEL_CACHES)}"
+            )
+        if self.push_format not in PUSH_FORMATS:
+            raise SettingsError(
+                f"{PREFIX}PUSH_FORMAT={self.push_format!r}: must be one of {', '.join(PUSH_FORMATS)}"
             )
         if self.model_cache_access_mode not in ACCESS_MODES:
             raise SettingsError(

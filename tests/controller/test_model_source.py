@@ -145,3 +145,30 @@ def test_the_tiny_preset_needs_a_mirror_or_an_image():
 def test_bad_model_settings_are_refused_at_start(env, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         settings_from_env(env)
+
+
+def test_model_image_volumes_mount_the_pinned_artifact_without_a_copy():
+    settings = Settings(model_registry=MIRROR, model_image_volumes=True, push_format="kaito")
+    ws = parsed(with_preset("phi-3-mini-4k-instruct", image="r.example.com/m:v1", imagePullSecrets=["acr"]))
+    pinned = f"r.example.com/m@sha256:{'c' * 64}"
+    job = render_training_job(ws, settings, rev(ws), data_sha256=SHA, gpus=1, model_reference=pinned)
+    spec = job["spec"]["template"]["spec"]
+    assert "fetch-model" not in containers(job)
+    volume = next(v for v in spec["volumes"] if v["name"] == "model")
+    assert volume["image"] == {"reference": pinned, "pullPolicy": "IfNotPresent"}
+    (weights,) = [m for m in containers(job)["train"]["volumeMounts"] if m["name"] == "model"]
+    assert weights == {
+        "name": "model",
+        "mountPath": "/mnt/model/weights",
+        "readOnly": True,
+        "subPath": "data",
+    }
+    assert spec["imagePullSecrets"] == [{"name": "acr"}]
+    push = containers(job)["push"]["command"]
+    assert push[push.index("--format") + 1] == "kaito"  # what an image volume can mount
+    # the pre-flight still fetches the configs: it pins the digest and proves the credentials
+    assert "fetch-model" in containers(render_data_job(ws, settings, rev(ws)))
+    # a hub source cannot be an image volume: fetch-model as before
+    hub = parsed(workspace())
+    job = render_training_job(hub, Settings(model_image_volumes=True), rev(hub), data_sha256=SHA, gpus=1)
+    assert "fetch-model" in containers(job)

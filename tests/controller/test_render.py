@@ -134,6 +134,11 @@ def test_data_job_is_cpu_only_and_fails_at_once_on_bad_data():
     assert all("nvidia.com/gpu" not in str(c.get("resources")) for c in containers(job).values())
     assert spec["automountServiceAccountToken"] is False and "tolerations" not in spec
     assert "--allow-network 127.0.0.0/8" in " ".join(containers(job)["fetch-data"]["command"])
+    # no torch: the node does not pull the GPU runtime image to check the data
+    assert {c["image"] for c in containers(job).values()} == {
+        Settings().tools_image,
+        Settings().preflight_image,
+    }
     preflight = containers(job)["preflight"]["command"]
     assert preflight[:6] == [
         "python",

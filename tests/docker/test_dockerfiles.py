@@ -75,10 +75,11 @@ def requirement_extras(dockerfile: Path) -> list[str]:
     return match.group(1).split()
 
 
-def test_there_are_the_three_images():
+def test_there_are_the_four_images():
     assert {p.name for p in DOCKERFILES} == {
         "controller.Dockerfile",
         "tools.Dockerfile",
+        "preflight.Dockerfile",
         "runtime.Dockerfile",
     }
 
@@ -159,16 +160,26 @@ def test_images_run_as_the_pods_user(dockerfile: Path):
 
 def test_only_the_runtime_image_installs_the_training_extra():
     extras = {p.name: requirement_extras(p) for p in DOCKERFILES}
-    assert extras == {"runtime.Dockerfile": ["train"], "tools.Dockerfile": [], "controller.Dockerfile": []}
+    assert extras == {
+        "runtime.Dockerfile": ["train"],
+        "preflight.Dockerfile": ["preflight"],
+        "tools.Dockerfile": [],
+        "controller.Dockerfile": [],
+    }
 
 
 def test_requirements_are_pyprojects_pins():
     project = PYPROJECT["project"]
+    optional = project["optional-dependencies"]
     slim = requirements.requirements(PYPROJECT, [])
+    preflight = requirements.requirements(PYPROJECT, ["preflight"])
     runtime = requirements.requirements(PYPROJECT, ["train"])
     assert slim == [*PYPROJECT["build-system"]["requires"], *project["dependencies"]]
-    assert runtime == slim + project["optional-dependencies"]["train"]
-    assert not any(r.startswith("torch") for r in slim)
+    assert preflight == slim + optional["preflight"]
+    # train names the project's own preflight extra: expanded in place, so the runtime has both
+    assert optional["train"][0] == "kaito-tune[preflight]"
+    assert runtime == preflight + optional["train"][1:]
+    assert not any(r.startswith("torch") for r in preflight)
     assert "torch==" + project_pins()["torch"] in runtime
 
 
@@ -199,6 +210,7 @@ def test_images_list_maps_each_built_image_to_its_path_in_the_registry(tmp_path:
         "localhost/kaito-tune/pause:3.10",
         f"ghcr.io/kaito-tune/controller:{VERSION}",
         f"ghcr.io/kaito-tune/tools:{VERSION}",
+        f"ghcr.io/kaito-tune/preflight:{VERSION}",
         f"ghcr.io/kaito-tune/runtime:{VERSION}",
         "localhost/kaito-tune/base:bookworm-py311",  # built upon, never pushed
         "docker.io/library/unrelated:1",
@@ -215,6 +227,7 @@ def test_images_list_maps_each_built_image_to_its_path_in_the_registry(tmp_path:
         "localhost/kaito-tune/pause:3.10": "kaito-tune/pause:3.10",
         f"ghcr.io/kaito-tune/controller:{VERSION}": f"kaito-tune/controller:{VERSION}",
         f"ghcr.io/kaito-tune/tools:{VERSION}": f"kaito-tune/tools:{VERSION}",
+        f"ghcr.io/kaito-tune/preflight:{VERSION}": f"kaito-tune/preflight:{VERSION}",
         f"ghcr.io/kaito-tune/runtime:{VERSION}": f"kaito-tune/runtime:{VERSION}",
     }
     assert "not built: localhost/kaito-tune/busybox" in out.stderr  # and says what it left out
@@ -224,10 +237,11 @@ def test_images_are_named_as_the_chart_and_settings_expect():
     settings = Settings()
     assert settings.trainer_image == f"ghcr.io/kaito-tune/runtime:{VERSION}"
     assert settings.tools_image == f"ghcr.io/kaito-tune/tools:{VERSION}"
+    assert settings.preflight_image == f"ghcr.io/kaito-tune/preflight:{VERSION}"
     chart = yaml.safe_load((ROOT / "charts" / "kaito-tune" / "Chart.yaml").read_text())
     values = yaml.safe_load((ROOT / "charts" / "kaito-tune" / "values.yaml").read_text())
     assert chart["appVersion"] == VERSION
-    for name in ("controller", "tools", "runtime"):
+    for name in ("controller", "tools", "preflight", "runtime"):
         assert values["image"][name]["repository"] == f"ghcr.io/kaito-tune/{name}"
     assert 'project_image() { echo "ghcr.io/kaito-tune/$1:$PROJECT_VERSION"; }' in IMAGES_SH.read_text()
 
@@ -255,6 +269,7 @@ def buildah_images() -> set[str]:
 CHECKS = {
     "controller": "import tuning_controller.operator",
     "tools": "import artifacts, tuning_controller.cli",
+    "preflight": "import transformers, tokenizers, pyarrow, jinja2, trainer.workspace_status",
     "runtime": "import torch, transformers, peft, trl, bitsandbytes, inference.server, trainer.qlora",
 }
 

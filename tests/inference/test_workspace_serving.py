@@ -10,11 +10,15 @@ import json
 
 import requests
 
+from artifacts.models import push_model
 from artifacts.push import push
 from artifacts.registry import ClientOptions
 from hack.local_stack import write_docker_config
+from presets.catalog import get_model
+from presets.tiny import TINY_PRESET_NAME, ensure_tiny_preset
 from tests.controller.conftest import API, condition, get_workspace, wait_status
 from tests.fixtures.cluster import kube_json, wait_for
+from tuning_controller.model_source import mirror_reference
 
 QUESTION = {"messages": [{"role": "user", "content": "what is the code word?"}]}
 ANSWER = "the code word is orange river garden"
@@ -117,6 +121,43 @@ def test_adapter_is_pulled_and_served_and_a_new_strength_rolls_the_pod(
     # the rolled pod found the weights in the namespace's cache: nothing downloaded again
     rolled_pod = [s for s in fetch_model_summaries(kube_client, namespace).values() if s != first]
     assert rolled_pod and rolled_pod[0]["cached"] is True and rolled_pod[0]["bytesFetched"] == 0
+
+
+def test_model_and_adapter_mounted_as_image_volumes_serve_without_a_copy(
+    kube_client, namespace, node, run_operator, code_word_adapter
+):
+    """Both in KAITO's layout on the node's registry, mounted by the kubelet and containerd as image volumes
+    (subPath data): no fetch-model and no pull init container, and the adapter still answers."""
+    plain = ClientOptions(plain_http=True)
+    mirror = f"{node.image_registry}/kaito-tune/models-kaito"
+    model = mirror_reference(get_model(TINY_PRESET_NAME), mirror)
+    push_model(str(ensure_tiny_preset()), model, fmt="kaito", options=plain, preset=TINY_PRESET_NAME)
+    adapter = f"{node.image_registry}/kaito-tune/adapters/code-word:kaito"
+    push(code_word_adapter, adapter, fmt="kaito", options=plain)
+    run_operator(
+        KAITO_TUNE_MODEL_REGISTRY=mirror,
+        KAITO_TUNE_MODEL_IMAGE_VOLUMES="true",
+        KAITO_TUNE_INFERENCE_ADAPTER_IMAGE_VOLUMES="true",
+    )
+    ws = inference_workspace("mounted", namespace, adapter, "1.0")
+    del ws["inference"]["adapters"][0]["source"]["imagePullSecrets"]  # the node's registry is open
+    kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
+    wait_status(
+        kube_client,
+        namespace,
+        "mounted",
+        lambda w: condition(w, "InferenceReady").get("status") == "True",
+        240,
+        "InferenceReady with image volumes",
+    )
+    (pod,) = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+    assert "initContainers" not in pod["spec"]
+    images = {v["name"]: v["image"]["reference"] for v in pod["spec"]["volumes"] if "image" in v}
+    assert images == {"model": model, "adapter-0": adapter}
+    service = kube_json(kube_client, "GET", f"/api/v1/namespaces/{namespace}/services/mounted")
+    url = f"http://{service['spec']['clusterIP']}"
+    assert wait_for(lambda: answer(url), 180, "the server to answer /chat") == ANSWER
+    assert answer(url, "tiny-llama") != ANSWER
 
 
 def fetch_model_summaries(kube_client, namespace: str) -> dict[str, dict]:

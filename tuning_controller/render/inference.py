@@ -15,8 +15,8 @@ Pod, transformers runtime (``python -m inference``):
 vLLM runtime: the same pulls, then ``[init] merge-adapters`` (``python -m inference.merge``) bakes the
 strengths into plain LoRA adapters under /mnt/merged, and vLLM serves them with ``--enable-lora
 --lora-modules``. Adapters with a ``volumeSource`` are mounted as given; with image volumes enabled, an
-adapter image is mounted read-only as a Kubernetes ``image`` volume (Kubernetes >= 1.31 with the
-ImageVolume feature; its pull secrets go to the pod's imagePullSecrets).
+adapter image in KAITO's layout is mounted read-only as a Kubernetes ``image`` volume, subPath ``data``
+(the requirements are render.model's; its pull secrets go to the pod's imagePullSecrets).
 
 The pod template's ``kaito.sh/adapters-hash`` annotation hashes preset, runtime and adapters, so a changed
 adapter (image, strength, source) rolls the pods even when nothing else in the template would change.
@@ -84,6 +84,7 @@ def adapters_hash(ws: Workspace, settings: Settings) -> str:
         "adapters": [to_dict(a) for a in (spec.adapters if spec else [])],
         "runtime": settings.inference_runtime,
         "imageVolumes": settings.inference_adapter_image_volumes,
+        "modelImageVolumes": settings.model_image_volumes,
     }
     return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -109,11 +110,11 @@ def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[
             volumes.append({"name": f"adapter-{i}", **source.volume_source})
             mounts.append(mount(f"adapter-{i}", path, read_only=True))
             continue
-        if settings.inference_adapter_image_volumes:
+        if settings.inference_adapter_image_volumes:  # KAITO's layout: the files are under /data
             volumes.append(
                 {"name": f"adapter-{i}", "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
             )
-            mounts.append(mount(f"adapter-{i}", path, read_only=True))
+            mounts.append(mount(f"adapter-{i}", path, read_only=True, sub_path="data"))
             pod_secrets += [s for s in source.image_pull_secrets if s not in pod_secrets]
             continue
         command = [
@@ -259,12 +260,11 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
         raise ValueError(f"Workspace {ws.name!r} has no inference.preset to serve")
     gpus = max(1, int(gpus))
     image = settings.inference_image or settings.trainer_image
-    fetch_model, model_volumes, model_mounts = fetch_model_parts(
-        workspace_model_source(spec.preset, settings), settings
-    )
+    model = fetch_model_parts(workspace_model_source(spec.preset, settings), settings)
     init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings)
-    init.insert(0, fetch_model)
-    volumes += [*model_volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    init[:0] = model.init
+    volumes += [*model.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    pod_secrets = [*model.pull_secrets, *pod_secrets]
     if settings.inference_runtime == "vllm":
         server = _vllm_server(ws, settings, gpus)
         if spec.adapters:  # the merge reads the adapters only; vLLM reads the merged ones
@@ -281,7 +281,7 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
         ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
     server.update(
         ports=ports,
-        volumeMounts=[*mounts, *model_mounts, mount("dshm", "/dev/shm")],
+        volumeMounts=[*mounts, *model.readers, mount("dshm", "/dev/shm")],
         terminationMessagePolicy="FallbackToLogsOnError",
         **_probes(settings.inference_port),
     )

@@ -201,11 +201,10 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
     if ws.tuning is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
     fetch = _fetch_container(ws, settings)
-    model = workspace_model_source(ws.tuning.preset, settings)
-    fetch_model, model_volumes, model_mounts = fetch_model_parts(model, settings, config_only=True)
+    model = fetch_model_parts(workspace_model_source(ws.tuning.preset, settings), settings, config_only=True)
     preflight = {
         "name": PREFLIGHT,
-        "image": settings.trainer_image,
+        "image": settings.preflight_image,
         "command": [
             "python",
             "-m",
@@ -219,7 +218,7 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         "volumeMounts": [
             mount("data", DATA_DIR, read_only=True),
             mount("config", CONFIG_DIR, read_only=True),
-            *model_mounts,
+            *model.readers,
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -230,8 +229,8 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         "automountServiceAccountToken": False,  # the pre-flight talks to nobody
         "securityContext": pod_security(settings),
         "containers": [preflight],
-        "initContainers": [c for c in (fetch, fetch_model) if c is not None],
-        "volumes": [*_data_volumes(ws), _config_volume(ws), *model_volumes],
+        "initContainers": [*([fetch] if fetch else []), *model.init],
+        "volumes": [*_data_volumes(ws), _config_volume(ws), *model.volumes],
     }
     # Bad data exits 1: deterministic, so fail at once; a fetch may be retried once.
     return _job(
@@ -310,8 +309,7 @@ def render_training_job(
     ``model_reference`` is the weights' reference the pre-flight pinned (a digest or a commit)."""
     if ws.tuning is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
-    model = workspace_model_source(ws.tuning.preset, settings, pinned=model_reference)
-    fetch_model, model_volumes, model_mounts = fetch_model_parts(model, settings)
+    model = fetch_model_parts(workspace_model_source(ws.tuning.preset, settings, model_reference), settings)
     gpus = max(1, int(gpus))
     module = ["-m", "trainer.workspace_status", "train", "--expect-data-sha256", data_sha256, "--"]
     launcher = ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
@@ -340,7 +338,7 @@ def render_training_job(
             mount("results", RESULTS_DIR, sub_path=results_sub_path(ws, settings, rev)),
             mount("dshm", "/dev/shm"),
             mount("progress-token", TOKEN_DIR, read_only=True),
-            *model_mounts,
+            *model.readers,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
@@ -352,9 +350,10 @@ def render_training_job(
         _results_volume(ws, settings),
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         _token_volume(),
-        *model_volumes,
+        *model.volumes,
     ]
-    init = [c for c in (_fetch_container(ws, settings), fetch_model) if c is not None]
+    fetch = _fetch_container(ws, settings)
+    init = [*([fetch] if fetch else []), *model.init]
     if output.image:
         push = {
             "name": PUSH,
@@ -370,6 +369,8 @@ def render_training_job(
                 TERMINATION_LOG,
                 "--termination-log",
                 TERMINATION_LOG,
+                "--format",
+                settings.push_format,
                 *(["--plain-http"] if settings.is_insecure_registry(output.image) else []),
             ],
             "volumeMounts": [
@@ -396,6 +397,8 @@ def render_training_job(
     }
     if init:
         pod_spec["initContainers"] = init
+    if model.pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in model.pull_secrets]
     affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
     if affinity:
         pod_spec["affinity"] = affinity

@@ -9,10 +9,19 @@ preset: the CPU pre-flight (config and tokenizer only), the training Job and the
 The source's credentials (``presetOptions.imagePullSecrets[0]`` or ``modelAccessSecret``) are mounted in
 fetch-model only. With ``model_cache: pvc`` the cache is the namespace's ``kaito-tune-model-cache``
 claim, shared by every Job and server there; with ``emptyDir`` each pod fetches its own copy.
+
+With ``model_image_volumes`` an OCI source in KAITO's layout (files under ``/data``: ``kaito-tune model
+push --format kaito``) is mounted read-only as a Kubernetes image volume at /mnt/model/weights (subPath
+``data``) instead: no copy, the node's runtime pulls and caches it like an image, and its pull secret goes
+to the pod's imagePullSecrets. Runtimes cannot mount ModelPack's raw layers, hence the layout. It needs
+Kubernetes 1.36 (ImageVolume GA; 1.33-1.35 with the ImageVolume feature gate, for subPath) and a runtime
+that implements image volumes (containerd >= 2.1, CRI-O >= 1.31). The CPU pre-flight still fetches the
+configs with fetch-model, to pin the digest and check the credentials before a GPU is requested.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from presets.catalog import get_model
@@ -38,13 +47,25 @@ def workspace_model_source(spec: PresetSpec, settings: Settings, pinned: str = "
     return source
 
 
-def fetch_model_parts(
-    source: ModelSource, settings: Settings, *, config_only: bool = False
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(fetch-model container, pod volumes, the readers' mounts) for ``source``.
+@dataclass(frozen=True)
+class ModelParts:
+    """What a pod needs to see the weights at /mnt/model/weights."""
+
+    init: list[dict[str, Any]]  # the fetch-model container, or none with an image volume
+    volumes: list[dict[str, Any]]
+    readers: list[dict[str, Any]]  # mounts for the containers that load the model
+    pull_secrets: list[str] = field(default_factory=list)  # the pod's imagePullSecrets (image volume)
+
+
+def fetch_model_parts(source: ModelSource, settings: Settings, *, config_only: bool = False) -> ModelParts:
+    """The fetch-model step (or the image volume) for ``source``.
 
     The pre-flight (``config_only``) fetches into its own emptyDir and never touches the shared cache.
     """
+    if settings.model_image_volumes and source.kind == "oci" and not config_only:
+        volume = {"name": "model", "image": {"reference": source.reference, "pullPolicy": "IfNotPresent"}}
+        readers = [mount("model", MODEL_WEIGHTS, read_only=True, sub_path="data")]
+        return ModelParts([], [volume], readers, [source.pull_secret] if source.pull_secret else [])
     command = ["kaito-tune", "fetch-model", "--dest", MODEL_WEIGHTS]
     mounts = [mount("model", MODEL_DIR)]
     volumes: list[dict[str, Any]] = [{"name": "model", "emptyDir": {}}]
@@ -85,7 +106,7 @@ def fetch_model_parts(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
-    return container, volumes, readers
+    return ModelParts([container], volumes, readers)
 
 
 def model_cache_volume(settings: Settings) -> dict[str, Any]:
