@@ -204,6 +204,10 @@ def _extract_members(
 ) -> int:
     written = 0
     prefix = folder or DATA_PREFIX.rstrip("/")
+    # Symbolic links may only point down, never with '..' nor absolute, and nothing may be written
+    # beneath one: then no chain of links can climb out, whatever the tarfile filter of this Python
+    # does (its "data" filter missed chains before 3.11.13: CVE-2025-4517).
+    links: set[str] = set()
     for member in tar:
         budget[0] -= max(member.size, 0)
         if budget[0] < 0:
@@ -231,6 +235,18 @@ def _extract_members(
             else:
                 _remove(root, posixpath.join(parent, base[len(WHITEOUT) :]))
             continue
+        if any(relative == link or relative.startswith(link + "/") for link in links):
+            raise UnsafeContentError(
+                f"{label}: member {member.name!r} lies beneath a symbolic link; refusing it"
+            )
+        if member.issym():
+            parts = member.linkname.split("/")
+            if member.linkname.startswith("/") or ".." in parts:
+                raise UnsafeContentError(
+                    f"{label}: symbolic link {member.name!r} -> {member.linkname!r} is absolute or climbs "
+                    "with '..'; refusing it"
+                )
+            links.add(relative)
         entry = member.replace(name=relative, deep=False)
         if member.islnk():
             target = _relative_to(member.linkname, prefix)

@@ -18,7 +18,7 @@ import typing
 from typing import Any
 
 from tuning_controller import workspace as api
-from tuning_controller.workspace import GROUP, KIND, api_fields, unwrap_optional
+from tuning_controller.workspace import ALLOWED_VOLUME_TYPES, GROUP, KIND, api_fields, unwrap_optional
 
 PLURAL = "workspaces"
 SHORT_NAMES = ["wk", "wks"]
@@ -27,7 +27,23 @@ LABEL_VALUE_MAX = 63  # the only string maps are matchLabels
 
 # CEL rules by schema location ("" is the root, "a.b[]" the items of list a.b). Messages name the field
 # and say what to do, because kubectl shows them verbatim.
+
+
+def _volume_rules(field: str) -> list[dict[str, str]]:
+    allowed = ", ".join(ALLOWED_VOLUME_TYPES)
+    return [
+        {
+            "rule": f"self.all(k, k in {list(ALLOWED_VOLUME_TYPES)})",
+            "message": f"{field}: only {allowed} volumes are allowed (hostPath, and Secret or ConfigMap "
+            "volumes, would reach what the Workspace's author may not)",
+        }
+    ]
+
+
 RULES: dict[str, list[dict[str, str]]] = {
+    "tuning.input.volumeSource": _volume_rules("tuning.input.volumeSource"),
+    "tuning.output.volumeSource": _volume_rules("tuning.output.volumeSource"),
+    "inference.adapters[].source.volumeSource": _volume_rules("inference.adapters[].source.volumeSource"),
     "": [
         {
             "rule": "has(self.inference) != has(self.tuning)",
@@ -180,6 +196,9 @@ def type_schema(tp: Any, meta: dict[str, Any], location: str) -> dict[str, Any]:
         _, value_tp = typing.get_args(tp)
         if value_tp is str:
             out = {"type": "object", "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_MAX}}
+        elif typing.get_origin(value_tp) is dict:  # VolumeSource: exactly one type -> its settings
+            item = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            out = {"type": "object", "additionalProperties": item, "minProperties": 1, "maxProperties": 1}
         else:
             out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     else:
@@ -187,7 +206,7 @@ def type_schema(tp: Any, meta: dict[str, Any], location: str) -> dict[str, Any]:
     if meta.get("doc"):
         out["description"] = meta["doc"]
     if location in RULES and not dataclasses.is_dataclass(tp):
-        out["x-kubernetes-validations"] = RULES[location]
+        out["x-kubernetes-validations"] = copy.deepcopy(RULES[location])
     return out
 
 
@@ -208,7 +227,7 @@ def object_schema(cls: type, location: str) -> dict[str, Any]:
     if required:
         out["required"] = required
     if location in RULES:
-        out["x-kubernetes-validations"] = RULES[location]
+        out["x-kubernetes-validations"] = copy.deepcopy(RULES[location])
     return out
 
 

@@ -24,6 +24,7 @@ from tuning_controller.model_source import source_problems
 from tuning_controller.problems import Problem, Severity
 from tuning_controller.training_config import METHODS, default_training_config, validate_training_config
 from tuning_controller.workspace import (
+    ALLOWED_VOLUME_TYPES,
     API_VERSIONS,
     KIND,
     MAX_ADAPTERS,
@@ -202,6 +203,27 @@ def _resource_problems(resource: ResourceSpec | None, ws: Workspace) -> tuple[Gp
     return sku, problems
 
 
+def volume_problems(path: str, volume: Mapping[str, Any]) -> list[Problem]:
+    """A Workspace's volumeSource goes into pods the controller creates, so only volume types that give
+    no access to the node or to objects the user might not read are allowed (ALLOWED_VOLUME_TYPES): a
+    hostPath would hand the node to anyone allowed to create Workspaces; a secret or configMap volume
+    would copy data the user's RBAC may hide into a trained, pushed adapter."""
+    hint = "e.g. persistentVolumeClaim: {claimName: data}"
+    if len(volume) != 1:
+        return [Problem(path, "must name exactly one volume type", sorted(volume), hint)]
+    (kind,) = volume
+    if kind not in ALLOWED_VOLUME_TYPES:
+        return [
+            Problem(
+                f"{path}.{kind}",
+                f"is not an allowed volume type; allowed: {', '.join(ALLOWED_VOLUME_TYPES)}",
+                kind,
+                "put the data on a PersistentVolumeClaim (or a CSI or NFS volume) and name that",
+            )
+        ]
+    return []
+
+
 def _source_problems(
     path: str, source: DataSource, *, allowed_networks: Sequence[str], for_adapter: bool
 ) -> list[Problem]:
@@ -237,14 +259,8 @@ def _source_problems(
         problems += _name_problems(
             f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False, placeholder_ok=True
         )
-    if source.volume_source is not None and len(source.volume_source) != 1:
-        problems.append(
-            Problem(
-                f"{path}.volumeSource",
-                "must name exactly one volume type (e.g. persistentVolumeClaim: {claimName: data})",
-                sorted(source.volume_source),
-            )
-        )
+    if source.volume_source is not None:
+        problems += volume_problems(f"{path}.volumeSource", source.volume_source)
     return problems
 
 
@@ -274,10 +290,8 @@ def _output_problems(output: DataDestination) -> list[Problem]:
             label=False,
             placeholder_ok=True,
         )
-    if output.volume_source is not None and len(output.volume_source) != 1:
-        problems.append(
-            Problem(f"{path}.volumeSource", "must name exactly one volume type", sorted(output.volume_source))
-        )
+    if output.volume_source is not None:
+        problems += volume_problems(f"{path}.volumeSource", output.volume_source)
     return problems
 
 

@@ -29,8 +29,13 @@ KIND = "Workspace"
 VERSIONS = ("v1alpha1", "v1beta1")
 API_VERSIONS = tuple(f"{GROUP}/{v}" for v in VERSIONS)
 
-# Open objects: the Kubernetes core types KAITO embeds (PodTemplateSpec, VolumeSource) and free-form status.
+# Open objects: the Kubernetes core types KAITO embeds (PodTemplateSpec) and free-form status.
 OpenObject = dict[str, Any]
+# A Kubernetes VolumeSource: one key, the volume type, mapped to its settings. Only these types: the
+# restricted Pod Security Standard's list less secret, configMap, projected and downwardAPI (what the
+# Workspace's author may not be allowed to read), plus nfs; checked by validation and a CEL rule (crd.py).
+VolumeSource = dict[str, OpenObject]
+ALLOWED_VOLUME_TYPES = ("persistentVolumeClaim", "emptyDir", "ephemeral", "csi", "nfs")
 
 MAX_ADAPTERS = 10
 NAME_MAX = 253
@@ -172,7 +177,7 @@ class DataSource:
         min_items=1,
         max_length=URL_MAX,
     )
-    volume_source: OpenObject | None = api_field(
+    volume_source: VolumeSource | None = api_field(
         "volumeSource", doc="volumeSource: a Kubernetes VolumeSource."
     )
     image: str = api_field(
@@ -191,7 +196,7 @@ class DataSource:
 class DataDestination:
     """output: where the adapter goes. Exactly one of image (+ imagePushSecret) or volumeSource."""
 
-    volume_source: OpenObject | None = api_field(
+    volume_source: VolumeSource | None = api_field(
         "volumeSource", doc="volumeSource: a Kubernetes VolumeSource."
     )
     image: str = api_field(
@@ -383,12 +388,13 @@ def _parse_value(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any
             problems.append(Problem(path, "must be a mapping", value, "write it as key: value lines"))
             return {}
         _, value_tp = typing.get_args(tp)
-        if value_tp is str:
-            for key, item in value.items():
-                if not isinstance(item, str):
-                    problems.append(
-                        Problem(f"{path}.{key}", "must be a string", item, f'quote it: {key}: "{item}"')
-                    )
+        for key, item in value.items():
+            if value_tp is str and not isinstance(item, str):
+                problems.append(
+                    Problem(f"{path}.{key}", "must be a string", item, f'quote it: {key}: "{item}"')
+                )
+            elif typing.get_origin(value_tp) is dict and not isinstance(item, Mapping):
+                problems.append(Problem(f"{path}.{key}", "must be a mapping", item, f"write {key}: {{...}}"))
         return dict(value)
     ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     if not ok:

@@ -200,6 +200,34 @@ WORKSPACE_CASES = [
         "tuning.input.volumeSource",
         "exactly one volume type",
     ),
+    ws_case(
+        "input-volume-hostpath",
+        "tuning",
+        [
+            ("tuning.input.urls", DELETE),
+            ("tuning.input.volumeSource", {"hostPath": {"path": "/var/lib/kubelet"}}),
+        ],
+        "tuning.input.volumeSource.hostPath",
+        "not an allowed volume type",
+    ),
+    ws_case(
+        "output-volume-hostpath",
+        "tuning",
+        [
+            ("tuning.output.image", DELETE),
+            ("tuning.output.imagePushSecret", DELETE),
+            ("tuning.output.volumeSource", {"hostPath": {"path": "/etc/cron.d"}}),
+        ],
+        "tuning.output.volumeSource.hostPath",
+        "not an allowed volume type",
+    ),
+    ws_case(
+        "input-volume-not-a-mapping",
+        "tuning",
+        [("tuning.input.urls", DELETE), ("tuning.input.volumeSource", {"persistentVolumeClaim": "data"})],
+        "tuning.input.volumeSource.persistentVolumeClaim",
+        "must be a mapping",
+    ),
     ws_case("output-missing", "tuning", [("tuning.output", DELETE)], "tuning.output", "is required"),
     ws_case(
         "output-image-without-secret",

@@ -104,6 +104,28 @@ CREATE_CASES = [
         "imagePushSecret",
     ),
     (
+        "input-hostpath",
+        edit(TUNING, "tuning.input", {"volumeSource": {"hostPath": {"path": "/var/lib/kubelet"}}}),
+        "tuning.input.volumeSource",
+        "self.all(k",
+    ),
+    (
+        "output-hostpath",
+        edit(TUNING, "tuning.output", {"volumeSource": {"hostPath": {"path": "/etc/cron.d"}}}),
+        "tuning.output.volumeSource",
+        "self.all(k",
+    ),
+    (
+        "adapter-secret-volume",
+        edit(
+            INFERENCE,
+            "inference.adapters[0].source",
+            {"name": "a", "volumeSource": {"secret": {"secretName": "s"}}},
+        ),
+        "inference.adapters[].source.volumeSource",
+        "self.all(k",
+    ),
+    (
         "push-secret-v1alpha1",
         edit(edit(TUNING, "tuning.output.imagePushSecret", delete=True), "apiVersion", "kaito.sh/v1alpha1"),
         "tuning.output",

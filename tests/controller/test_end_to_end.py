@@ -24,7 +24,7 @@ from tests.controller.conftest import (
     make_parquet,
     tuning_workspace,
 )
-from tests.fixtures.cluster import kube_json
+from tests.fixtures.cluster import kube_json, wait_for
 
 STEPS = 60
 
@@ -221,3 +221,18 @@ def test_tuning_workspace_end_to_end(
     base = AutoModelForCausalLM.from_pretrained(ensure_tiny_preset())
     model = PeftModel.from_pretrained(base, str(pulled))
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    # The finished Job deleted (a TTL, or by hand): the outcome stays, nothing is trained or pushed again.
+    kube_json(
+        kube_client,
+        "DELETE",
+        f"/apis/batch/v1/namespaces/{namespace}/jobs/e2e",
+        {"propagationPolicy": "Background"},
+    )
+    wait_for(
+        lambda: "e2e" not in {j["metadata"]["name"] for j in jobs(kube_client, namespace)}, 60, "the Job gone"
+    )
+    time.sleep(8)  # the operator has seen the deletion (events arrive within a second here)
+    assert "e2e" not in {j["metadata"]["name"] for j in jobs(kube_client, namespace)}
+    after = get_workspace(kube_client, namespace, "e2e")["status"]["tuning"]
+    assert after["phase"] == "Succeeded" and after["adapter"]["digest"] == digest

@@ -344,6 +344,11 @@ def _reconcile(
     if job is not None and _revision_of(job) != rev:
         _replace_job(ctl, ws_obj, job, f"the Workspace changed (revision {_revision_of(job)} -> {rev})")
         job = None
+    if job is None and known.get("phase") in (st.SUCCEEDED, st.FAILED):
+        # This revision's Job finished and is gone (its TTL, or deleted by hand). The outcome stays in
+        # status; training again would buy a GPU node and move the pushed tag. A changed spec retrains.
+        _release_nodeclaim(ctl, ws, ws_obj)
+        return known["phase"]
 
     # 2. GPU nodes, only now, and 3. the training Job with its least-privilege progress identity and
     # results claim. An existing Job has its node already.
