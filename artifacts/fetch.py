@@ -23,7 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 
 from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
-from artifacts.hosts import address_refusal, host_refusal
+from artifacts.hosts import address_refusal, host_refusal, redact_url
 from artifacts.registry import GIB, IO_BLOCK, RETRY_STATUSES, TRANSIENT_ERRORS, Session
 
 MAX_REDIRECTS = 5
@@ -47,19 +47,23 @@ def check_url(url: str, allowed_networks: Sequence[str] = ()) -> None:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise FetchError(f"URL {url!r} must use http or https, not {parts.scheme or 'no scheme'!r}")
+        raise FetchError(
+            f"URL {redact_url(url)!r} must use http or https, not {parts.scheme or 'no scheme'!r}"
+        )
     host = parts.hostname or ""
     reason = host_refusal(host, allowed_networks=allowed_networks)
     if reason:
-        raise BlockedHostError(f"URL {url!r} refused: {reason}; data URLs must be public hosts")
+        raise BlockedHostError(f"URL {redact_url(url)!r} refused: {reason}; data URLs must be public hosts")
     try:
         infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
     except socket.gaierror as exc:
-        raise FetchError(f"URL {url!r}: host {host!r} does not resolve ({exc.strerror})") from None
+        raise FetchError(
+            f"URL {redact_url(url)!r}: host {host!r} does not resolve ({exc.strerror})"
+        ) from None
     for info in infos:
         reason = address_refusal(str(info[4][0]), allowed_networks=allowed_networks)
         if reason:
-            raise BlockedHostError(f"URL {url!r} refused: {host} resolves to {reason}")
+            raise BlockedHostError(f"URL {redact_url(url)!r} refused: {host} resolves to {reason}")
 
 
 def file_name(url: str, index: int, taken: set[str]) -> str:
@@ -94,7 +98,7 @@ class _Downloader:
                 response.close()
                 continue
             return response
-        raise FetchError(f"URL {url!r} redirected more than {MAX_REDIRECTS} times")
+        raise FetchError(f"URL {redact_url(url)!r} redirected more than {MAX_REDIRECTS} times")
 
     def download(self, url: str, target: Path) -> int:
         partial = target.with_name(f".{target.name}.partial")
@@ -103,7 +107,9 @@ class _Downloader:
             with partial.open("wb") as out:
                 while True:
                     if failures > self.options.retries:
-                        raise FetchError(f"URL {url!r} kept failing after {failures} attempts (last: {last})")
+                        raise FetchError(
+                            f"URL {redact_url(url)!r} kept failing after {failures} attempts (last: {last})"
+                        )
                     if failures:
                         time.sleep(
                             self.options.backoff_s * 2 ** (failures - 1) * (0.75 + random.random() / 2)
@@ -115,7 +121,8 @@ class _Downloader:
                             continue
                         if response.status_code not in (200, 206):
                             raise FetchError(
-                                f"URL {url!r} answered HTTP {response.status_code}; check that it is public"
+                                f"URL {redact_url(url)!r} answered HTTP {response.status_code}; "
+                                "check that it is public"
                             )
                         if response.status_code == 200 and offset:  # no resume support: start over
                             out.seek(0)
@@ -125,15 +132,15 @@ class _Downloader:
                         length = int(response.headers.get("Content-Length", "0") or 0)
                         if length > self.remaining:
                             raise SizeLimitError(
-                                f"URL {url!r} is {length + offset} bytes, over what the size cap leaves; "
-                                "raise --max-size-gib"
+                                f"URL {redact_url(url)!r} is {length + offset} bytes, over what the "
+                                "size cap leaves; raise --max-size-gib"
                             )
                         with response:  # read1: a dropped connection keeps every byte that arrived
                             while chunk := response.raw.read1(IO_BLOCK):
                                 self.remaining -= len(chunk)
                                 if self.remaining < 0:
                                     raise SizeLimitError(
-                                        f"URL {url!r} exceeds the size cap; raise --max-size-gib"
+                                        f"URL {redact_url(url)!r} exceeds the size cap; raise --max-size-gib"
                                     )
                                 out.write(chunk)
                                 offset += len(chunk)

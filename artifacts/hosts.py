@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,6 +34,8 @@ METADATA_HOSTS = frozenset(
     }
 )
 
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 # Resolvers read "0177.1", "0x7f.1" or "2130706433" as 127.0.0.1; only canonical IP literals are accepted.
 _NUMERIC_HOST = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}")
@@ -80,8 +83,11 @@ def address_refusal(address: str, *, allowed_networks: Sequence[str] = ()) -> st
         ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # IPv4 inside IPv6 (mapped, 6to4, NAT64) is that IPv4
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        ip = embedded or ip
     if _allowed(ip, allowed_networks):
         return None
     if ip.is_loopback:
@@ -121,3 +127,34 @@ def host_refusal(host: str, *, allowed_networks: Sequence[str] = ()) -> str | No
     if _NUMERIC_HOST.fullmatch(name) and not _is_ip(name):
         return f"{host} is a non-canonical IP address (octal, hex or integer); write the address plainly"
     return address_refusal(name, allowed_networks=allowed_networks)
+
+
+def registry_refusal(host: str, *, allowed_networks: Sequence[str] = ()) -> str | None:
+    """Why a registry or token-service host is refused, or None. Registries on private addresses are
+    normal (air-gapped mirrors, the local node), so only what no registry is refuses: cloud metadata
+    names, link-local, multicast and unspecified addresses."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name in METADATA_HOSTS:
+        return f"{host} is a cloud metadata service"
+    refusal = address_refusal(name, allowed_networks=allowed_networks)
+    if refusal and any(k in refusal for k in ("link-local", "multicast", "unspecified")):
+        return refusal
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a message, a log, an Event or a status: credentials in the userinfo and the query
+    (signed URLs carry their token there) and the fragment replaced; scheme, host, port and path kept."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = ("<redacted>@" if parts.username or parts.password else "") + host
+    if port is not None:
+        netloc += f":{port}"
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, "<redacted>" if parts.fragment else ""))

@@ -40,6 +40,7 @@ from artifacts.errors import (
     RegistryUnavailableError,
     SizeLimitError,
 )
+from artifacts.hosts import registry_refusal
 from artifacts.reference import Reference
 
 MIB = 1 << 20
@@ -265,6 +266,14 @@ class RegistryClient:
         header = oras.auth.utils.parse_auth_header(challenge)
         if not header.realm:
             raise AuthError(f"registry {self.ref.registry} sent a Bearer challenge without a realm")
+        realm = urlsplit(header.realm)
+        refusal = registry_refusal(realm.hostname or "")
+        schemes = ("https", "http") if self.base.startswith("http://") else ("https",)  # plain-HTTP registry
+        if realm.scheme not in schemes or not realm.hostname or refusal:
+            raise AuthError(
+                f"registry {self.ref.registry} sent the token service {header.realm!r}, which gets no "
+                f"credentials: {refusal or 'it must be an https URL'}"
+            )
         scope = header.scope or f"repository:{self.ref.repository}:{self.actions}"
         credential = self.credential
         if credential is not None and credential.registry_token:

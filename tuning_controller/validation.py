@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from artifacts.errors import InvalidInputError
-from artifacts.hosts import host_refusal
+from artifacts.hosts import host_refusal, redact_url, registry_refusal
 from artifacts.reference import Reference
 from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
 from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
@@ -76,9 +76,12 @@ def _name_problems(
 
 
 def image_problems(path: str, image: str) -> list[Problem]:
-    """The reference must parse (registry/repository[:tag][@digest]); uppercase is a placeholder: warn."""
+    """The reference must parse (registry/repository[:tag][@digest]) and name a possible registry host
+    (no cloud metadata service, no link-local address); uppercase is a placeholder: warn."""
     try:
-        Reference.parse(image)
+        refusal = registry_refusal(Reference.parse(image).host_name)
+        if refusal:
+            return [Problem(path, f"names no registry: {refusal}", image, "write your registry's host")]
     except InvalidInputError as exc:
         try:
             Reference.parse(image.lower())
@@ -107,14 +110,15 @@ def url_problems(path: str, url: str, *, allowed_networks: Sequence[str] = ()) -
     """https (or http, warned) URLs to public hosts (or hosts in the admin's ``allowed_networks``) only,
     without credentials (they would sit in the spec)."""
     parts = urlsplit(url)
+    shown = redact_url(url)  # the value as messages, Events and the status show it
     if parts.scheme not in ("http", "https"):
         return [
-            Problem(path, "must be an http(s) URL", url, "host the data on a web server or use input.image")
+            Problem(path, "must be an http(s) URL", shown, "host the data on a web server or use input.image")
         ]
     problems = []
     if parts.username or parts.password:
         problems.append(
-            Problem(path, "must not carry credentials", "<redacted>", "use input.image with imagePullSecrets")
+            Problem(path, "must not carry credentials", shown, "use input.image with imagePullSecrets")
         )
     refusal = host_refusal(parts.hostname or "", allowed_networks=allowed_networks)
     if refusal:
@@ -122,14 +126,16 @@ def url_problems(path: str, url: str, *, allowed_networks: Sequence[str] = ()) -
             Problem(
                 path,
                 f"is refused: {refusal}",
-                url,
+                shown,
                 "data URLs must point at public hosts (SSRF protection) or, for an in-cluster data server, "
                 "the cluster admin allows its network with KAITO_TUNE_ALLOWED_URL_NETWORKS",
             )
         )
     elif parts.scheme == "http":
         problems.append(
-            Problem(path, "uses plain http: the data travels unencrypted", url, "use https", Severity.WARNING)
+            Problem(
+                path, "uses plain http: the data travels unencrypted", shown, "use https", Severity.WARNING
+            )
         )
     return problems
 
@@ -386,6 +392,15 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None, model_regi
     problems: list[Problem] = []
     if (inference.preset is None) == (inference.template is None):
         problems.append(Problem("inference", "set exactly one of preset or template", None))
+    elif inference.template is not None:  # KAITO's custom pod template: nothing here would run it
+        problems.append(
+            Problem(
+                "inference.template",
+                "is not supported: this operator serves presets (with adapters), not custom pod templates",
+                None,
+                "use inference.preset with a name from `kaito-tune presets`, or run your own Deployment",
+            )
+        )
     if inference.preset is not None:
         preset, found = _lookup("inference.preset.name", inference.preset.name, get_model, "model preset")
         problems += found

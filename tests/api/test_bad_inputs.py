@@ -244,6 +244,13 @@ WORKSPACE_CASES = [
         "exactly one of image",
     ),
     ws_case(
+        "output-image-on-a-metadata-address",
+        "tuning",
+        [("tuning.output.image", "169.254.169.254/latest/meta-data:v1")],
+        "tuning.output.image",
+        "link-local",
+    ),
+    ws_case(
         "output-image-with-scheme",
         "tuning",
         [("tuning.output.image", "https://myacr.azurecr.io/a:1")],
@@ -271,6 +278,13 @@ WORKSPACE_CASES = [
         [("inference.template", {"spec": {"containers": []}})],
         "inference",
         "exactly one of preset or template",
+    ),
+    ws_case(
+        "inference-template-alone",
+        "inference",
+        [("inference.preset", DELETE), ("inference.template", {"spec": {"containers": []}})],
+        "inference.template",
+        "not supported",
     ),
     ws_case(
         "inference-preset-unknown",

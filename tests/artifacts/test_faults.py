@@ -16,7 +16,7 @@ from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import ClientOptions
 from tests.artifacts.conftest import snapshot
-from tests.fixtures.registry import Registry, write_docker_config
+from tests.fixtures.registry import Registry, TokenService, launch_registry, write_docker_config
 from tuning_controller.cli import main
 
 
@@ -227,3 +227,23 @@ def test_server_errors_are_retried_with_backoff(
 
     assert handler.count[0] >= 30  # many requests, so about ten 503s were met and survived
     assert pulled.digest == pushed.digest and snapshot(tmp_path / "out") == snapshot(adapter_dir)
+
+
+def test_a_token_realm_on_a_metadata_address_gets_no_credentials(tmp_path: Path) -> None:
+    """A registry (or someone in its path) that names a cloud metadata address as its token service gets
+    nothing sent there: the realm must be https (http only for a plain-HTTP registry) on a host that
+    could be a registry."""
+    service = TokenService(tmp_path)
+    try:
+        config = service.auth_config().replace(service.realm, "http://169.254.169.254/latest/api/token")
+        (tmp_path / "registry").mkdir()
+        registry = launch_registry(tmp_path / "registry", with_auth=True, token_auth=config)
+        try:
+            docker_config = write_docker_config(tmp_path / "c.json", registry.host, "user", "s3cret")
+            options = ClientOptions(docker_config=docker_config)
+            with pytest.raises(AuthError, match=r"169\.254\.169\.254.*link-local"):
+                pull(registry.ref("realm/check"), tmp_path / "out", options=options)
+        finally:
+            registry.stop()
+    finally:
+        service.stop()

@@ -13,6 +13,7 @@ from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
 from artifacts.fetch import FetchOptions, check_url, fetch_urls
 from artifacts.hosts import address_refusal, host_refusal, parse_network
 from tuning_controller.cli import main
+from tuning_controller.validation import url_problems
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
 
@@ -25,6 +26,9 @@ PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
         "127.0.0.1",
         "::1",
         "::ffff:127.0.0.1",
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
         "10.1.2.3",
         "172.16.0.1",
         "192.168.1.1",
@@ -142,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         count = self.hits[self.path] = self.hits.get(self.path, 0) + 1
         self.ranges.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/gone.parquet"):
+            self.send_error(404)
+            return
         if self.path == "/flaky.jsonl" and count == 1:
             self.send_error(503)
             return
@@ -252,3 +259,16 @@ def test_cli_fetch_data_refuses_loopback_without_its_network_and_a_bad_network(
         main([*argv, "--allow-network", "10.250.0.0/33"])
     assert exit_.value.code == 2
     assert "'10.250.0.0/33' is not an IP network" in capsys.readouterr().err
+
+
+def test_signed_url_tokens_and_credentials_stay_out_of_messages(data_server: str, tmp_path: Path) -> None:
+    """Errors are copied into the Workspace status and Events: a signed URL's query token and userinfo
+    never appear there (one redact_url for every message)."""
+    signed = f"{data_server}/gone.parquet?sv=2024&sig=SECRETSIGNATURE"
+    with pytest.raises(FetchError) as refused:
+        fetch_urls([signed], tmp_path / "data", FAST)
+    assert "SECRETSIGNATURE" not in str(refused.value) and "gone.parquet" in str(refused.value)
+    problems = url_problems(
+        "tuning.input.urls[0]", "http://user:SECRETPASS@127.0.0.1/a.parquet?sig=SECRETSIG"
+    )
+    assert problems and all("SECRET" not in f"{p} {p.value}" for p in problems)
