@@ -178,6 +178,11 @@ def test_vllm_serves_merged_adapters_by_name():
     assert " phi-3-mini-128k-instruct+adapters=/mnt/merged/phi-3-mini-128k-instruct+adapters " in script
     assert '--max-lora-rank "$(cat /mnt/merged/max-lora-rank)"' in script
     assert "--model /mnt/model/weights " in script  # what fetch-model filled, never the hub
+    for container in [*spec["initContainers"], *spec["containers"]]:  # vLLM's image runs as root
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
     mounts = [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]]
     assert mounts == ["/mnt/merged", "/mnt/model", "/mnt/model-cache", "/dev/shm"]
 

@@ -238,6 +238,7 @@ def _merge_container(ws: Workspace, image: str, mounts: list[dict]) -> dict[str,
         "volumeMounts": [*mounts, mount("merged", MERGED_ROOT)],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
     }
 
 
@@ -273,7 +274,7 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
             mounts = [mount("merged", MERGED_ROOT, read_only=True)]
     else:
         server = _transformers_server(ws, settings, gpus, image)
-        server["securityContext"] = container_security()
+    server["securityContext"] = container_security()  # vLLM's image runs as root: no caps, no escalation
     if node_count(ws) > 1:
         server["env"] = [*server["env"], *_multi_node_env(ws)]
     ports = [{"name": "http", "containerPort": settings.inference_port}]
