@@ -44,6 +44,18 @@ STEP_PHASES = {
     TRAIN: TRAINING,
     PUSH: PUSHING,
 }
+# The order one revision's phase goes through; a terminal phase (Succeeded, Failed) is never left.
+PHASE_ORDER = (
+    CHECKING_DATA,
+    WAITING_FOR_NODES,
+    QUEUED,
+    PENDING,
+    FETCHING_DATA,
+    FETCHING_MODEL,
+    TRAINING,
+    PUSHING,
+)
+TERMINAL = (SUCCEEDED, FAILED)
 # status.state (v1beta1's State column) per phase.
 STATES = {
     SUCCEEDED: "Succeeded",
@@ -236,6 +248,18 @@ def training_conditions(outcome: JobOutcome, generation: int, now: str) -> list[
         started,
         c.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_IN_PROGRESS, outcome.message, generation, now),
     ]
+
+
+def moves_back(old: str | None, new: str) -> bool:
+    """Whether writing ``new`` over ``old`` (same revision) would move the phase backwards: what a
+    reconcile computed from a read older than the stored status. Invalid is outside the order."""
+    if not old or old == new:
+        return False
+    if old in TERMINAL:
+        return new in PHASE_ORDER or new in TERMINAL
+    if old in PHASE_ORDER and new in PHASE_ORDER:
+        return PHASE_ORDER.index(new) < PHASE_ORDER.index(old)
+    return False
 
 
 def state_for(phase: str) -> str:

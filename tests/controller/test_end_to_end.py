@@ -236,3 +236,19 @@ def test_tuning_workspace_end_to_end(
     assert "e2e" not in {j["metadata"]["name"] for j in jobs(kube_client, namespace)}
     after = get_workspace(kube_client, namespace, "e2e")["status"]["tuning"]
     assert after["phase"] == "Succeeded" and after["adapter"]["digest"] == digest
+
+    # The user's ConfigMap deleted after training (its content was copied when the Job started): a
+    # reconcile (here from a label change) keeps the outcome instead of turning the Workspace Invalid.
+    kube_json(kube_client, "DELETE", f"/api/v1/namespaces/{namespace}/configmaps/{config}")
+    kube_json(
+        kube_client,
+        "PATCH",
+        f"{API}/namespaces/{namespace}/workspaces/e2e",
+        {"metadata": {"labels": {"touched": "yes"}}},
+        content_type="application/merge-patch+json",
+    )
+    time.sleep(8)
+    after = get_workspace(kube_client, namespace, "e2e")
+    assert after["status"]["tuning"]["phase"] == "Succeeded", after["status"]
+    assert after["status"]["tuning"]["adapter"]["digest"] == digest
+    assert condition(after, "WorkspaceSucceeded")["status"] == "True"

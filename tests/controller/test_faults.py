@@ -173,8 +173,12 @@ def test_volume_output_keeps_the_adapter_and_the_node_is_released(
         30,
         "the NodeClaim released",
     )
-    reasons = [e["reason"] for e in events(kube_client, namespace, "to-volume")]
-    assert "NodeClaimCreated" in reasons and "NodeClaimReleased" in reasons and "Succeeded" in reasons
+    expected = {"NodeClaimCreated", "NodeClaimReleased", "Succeeded"}  # Succeeded follows its status write
+    wait_for(
+        lambda: expected <= {e["reason"] for e in events(kube_client, namespace, "to-volume")},
+        15,
+        f"the Events {sorted(expected)}",
+    )
 
 
 def test_deleting_a_workspace_releases_its_nodeclaim(

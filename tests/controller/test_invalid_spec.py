@@ -7,7 +7,7 @@ import json
 import yaml
 
 from tests.controller.conftest import apply, condition, events, jobs, tuning_workspace, wait_status
-from tests.fixtures.cluster import kube_json
+from tests.fixtures.cluster import kube_json, wait_for
 
 
 def test_invalid_training_config_sets_condition_and_creates_no_job(kube_client, namespace, run_operator):
@@ -40,8 +40,12 @@ def test_invalid_training_config_sets_condition_and_creates_no_job(kube_client, 
     assert cond["observedGeneration"] == ws["metadata"]["generation"]
     assert ws["status"]["tuning"]["phase"] == "Invalid"
     assert jobs(kube_client, namespace) == []
-    reasons = {e["reason"] for e in events(kube_client, namespace, "bad-config")}
-    assert "Invalid" in reasons
+    # the Event follows the status write that changed the phase
+    wait_for(
+        lambda: "Invalid" in {e["reason"] for e in events(kube_client, namespace, "bad-config")},
+        15,
+        "the Invalid Event",
+    )
     # Operations: the reconcile is counted by result, and every log line is a JSON object.
     assert 'kaito_tune_reconciles_total{kind="tuning",result="invalid"}' in operator.metrics()
     assert 'kaito_tune_workspaces{kind="tuning",state="Failed"}' in operator.metrics()

@@ -89,6 +89,51 @@ def test_status_write_rereads_and_retries_on_conflict(kube_client, namespace, co
     assert kube.conflicts >= 1  # the first write used the stale resourceVersion
 
 
+def test_a_revisions_phase_only_moves_forward_and_each_transition_is_one_event(
+    kube_client, namespace, control_plane, workspace_crd
+):
+    """What concurrent reconciles at a Job's completion produce: phases computed from reads older than
+    the stored status (Training after Pushing, Pending after Succeeded). The demo's Events once read
+    Pending, Training, Pushing, Training, Succeeded, Pending, Succeeded."""
+    apply(kube_client, tuning_workspace("flapping", namespace))
+    posted: list[str] = []
+    ctl = Controller(
+        Kube.from_environment(str(control_plane.kubeconfig)),
+        Settings(),
+        lambda _o, _t, reason, _m: posted.append(reason),
+    )
+    stored = []
+    for phase in (
+        "Pending",
+        "Training",
+        "Pushing",
+        "Training",
+        "Succeeded",
+        "Pending",
+        "Succeeded",
+        "Training",
+    ):
+        stale = get_workspace(kube_client, namespace, "flapping")
+        section = {"revision": "r1", "phase": phase, "message": f"now {phase}"}
+        write_status(ctl, stale, [], section, "Running", key="tuning", announce=True)
+        stored.append(get_workspace(kube_client, namespace, "flapping")["status"]["tuning"]["phase"])
+    assert stored == [
+        "Pending",
+        "Training",
+        "Pushing",
+        "Pushing",
+        "Succeeded",
+        "Succeeded",
+        "Succeeded",
+        "Succeeded",
+    ]
+    assert posted == ["Pending", "Training", "Pushing", "Succeeded"]
+    # a new revision starts its own sequence
+    section = {"revision": "r2", "phase": "CheckingData", "message": "checking the data"}
+    write_status(ctl, get_workspace(kube_client, namespace, "flapping"), [], section, "Pending", key="tuning")
+    assert get_workspace(kube_client, namespace, "flapping")["status"]["tuning"]["phase"] == "CheckingData"
+
+
 def _config_map(api, namespace: str, name: str, r: int) -> None:
     doc = training_config(4)
     doc["training_config"]["LoraConfig"]["r"] = r

@@ -194,10 +194,15 @@ def write_status(
     state: str,
     *,
     key: str,
+    announce: bool = False,
 ) -> dict[str, Any]:
     """Merge ``section`` into status.<key> (``tuning`` or ``inference``) and set the conditions and
     status.state; conditional on resourceVersion, re-read and re-applied on conflict, skipped when
-    nothing would change. Returns the Workspace."""
+    nothing would change. Returns the Workspace.
+
+    A tuning phase of the same revision only moves forward (``status.moves_back``): a write computed
+    from Job and pod reads older than the stored status is dropped, so the status never flaps. With
+    ``announce``, an Event (reason: the phase) is posted once, by the write that changed the phase."""
     meta = ws_obj["metadata"]
     api_version = ctl.settings.workspace_api_version
     current: Mapping[str, Any] | None = ws_obj
@@ -209,8 +214,12 @@ def write_status(
         if obj is None:
             return {}
         status = obj.get("status") or {}
-        merged_conditions = c.set_conditions(status.get("conditions"), new_conditions)
         old_section = status.get(key) or {}
+        phase, old_phase = section.get("phase"), old_section.get("phase")
+        same_revision = section.get("revision", old_section.get("revision")) == old_section.get("revision")
+        if key == "tuning" and phase and same_revision and st.moves_back(old_phase, phase):
+            return dict(obj)
+        merged_conditions = c.set_conditions(status.get("conditions"), new_conditions)
         changed = {k: v for k, v in section.items() if old_section.get(k) != v}
         if (
             not changed
@@ -222,20 +231,15 @@ def write_status(
             "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
             "status": {"conditions": merged_conditions, key: changed, "state": state},
         }
-        return ctl.kube.merge_patch(
+        written = ctl.kube.merge_patch(
             api_version, "Workspace", meta["namespace"], meta["name"], patch, subresource="status"
         )
+        if announce and phase and phase != old_phase:
+            warning = phase in (st.FAILED, st.INVALID)
+            ctl.post_event(obj, "Warning" if warning else "Normal", phase, section.get("message", ""))
+        return written
 
     return retry_on_conflict(attempt)
-
-
-def _announce(ctl: Controller, ws_obj: Mapping[str, Any], phase: str, message: str) -> None:
-    """An Event when the phase changes (reconciles repeat; events should not)."""
-    old = ((ws_obj.get("status") or {}).get("tuning") or {}).get("phase")
-    if old == phase:
-        return
-    warning = phase in (st.FAILED, st.INVALID)
-    ctl.post_event(ws_obj, "Warning" if warning else "Normal", phase, message)
 
 
 # ---- the reconcile -----------------------------------------------------------------------------
@@ -276,11 +280,9 @@ def _invalid(ctl: Controller, ws_obj: Mapping[str, Any], problems: list[Problem]
         c.condition(c.RESOURCE_READY, False, reason, message, generation, now),
         c.condition(c.WORKSPACE_SUCCEEDED, False, reason, message, generation, now),
     ]
-    _announce(ctl, ws_obj, st.INVALID, message)
     state = st.state_for(st.INVALID)
-    write_status(
-        ctl, ws_obj, conds, {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}, state, key="tuning"
-    )
+    section = {"phase": st.INVALID, "message": message[: st.MESSAGE_MAX]}
+    write_status(ctl, ws_obj, conds, section, state, key="tuning", announce=True)
     metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises after this
     return st.INVALID
 
@@ -303,6 +305,10 @@ def _reconcile(
             _invalid(ctl, ws_obj, immutable, c.REASON_IMMUTABLE_FIELD)
             raise kopf.PermanentError("; ".join(str(p) for p in immutable))
     user_config, config_problems = read_user_config(ctl, ws)
+    if config_problems and _finished_unchanged(ws_obj):
+        # The config was copied into <ws>-training-config when the training began; a finished
+        # Workspace whose spec did not change since keeps its outcome (and its adapter digest).
+        return ws_obj["status"]["tuning"]["phase"]
     problems = config_problems + errors(
         validate_workspace(
             ws_obj,
@@ -400,9 +406,17 @@ def _reconcile(
         now,
     )
     conds = [*gpus_conds, resource, *st.training_conditions(result, generation, now)]
-    _announce(ctl, ws_obj, phase, tuning["message"])
-    write_status(ctl, ws_obj, conds, tuning, st.state_for(phase), key=KIND)
+    write_status(ctl, ws_obj, conds, tuning, st.state_for(phase), key=KIND, announce=True)
     return phase
+
+
+def _finished_unchanged(ws_obj: Mapping[str, Any]) -> bool:
+    """Succeeded or Failed, and the outcome is of the Workspace's current generation."""
+    status = ws_obj.get("status") or {}
+    if (status.get("tuning") or {}).get("phase") not in st.TERMINAL:
+        return False
+    done = next((x for x in status.get("conditions") or [] if x.get("type") == c.WORKSPACE_SUCCEEDED), {})
+    return done.get("observedGeneration") == ws_obj["metadata"].get("generation")
 
 
 def _check_data(
@@ -453,10 +467,9 @@ def _check_data(
                 f"credentials from Secret {secret})" if secret else "no credentials)"
             )
         _release_nodeclaim(ctl, ws, ws_obj)
-        _announce(ctl, ws_obj, st.FAILED, message)
         conds = [c.condition(c.WORKSPACE_SUCCEEDED, False, reason, message, generation, now)]
         tuning = {**fresh, "phase": st.FAILED, "message": message, "data": summary, "model": model}
-        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.FAILED), key=KIND)
+        write_status(ctl, ws_obj, conds, tuning, st.state_for(st.FAILED), key=KIND, announce=True)
         return {}, {}, st.FAILED
     return summary, model, ""
 
@@ -535,7 +548,6 @@ def _waiting_status(
     summary: Mapping[str, Any],
     fresh: Mapping[str, Any],
 ) -> None:
-    _announce(ctl, ws_obj, st.WAITING_FOR_NODES, message)
     conds = [
         *conds,
         c.condition(c.RESOURCE_READY, False, c.REASON_NO_MATCHING_NODES, message, generation, now),
@@ -543,7 +555,7 @@ def _waiting_status(
     ]
     tuning = {**fresh, "phase": st.WAITING_FOR_NODES, "message": message, "data": dict(summary)}
     state = st.state_for(st.WAITING_FOR_NODES)
-    write_status(ctl, ws_obj, conds, tuning, state, key=KIND)
+    write_status(ctl, ws_obj, conds, tuning, state, key=KIND, announce=True)
     metrics.set_state(KIND, _key(ws_obj), state)  # the reconcile raises Waiting after this
 
 
