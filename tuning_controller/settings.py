@@ -111,6 +111,9 @@ class Settings:
     """Non-root uid for the pods (the images are built with this user)."""
     node_retry_seconds: int = 30
     """How often a Workspace waiting for a matching own node looks again."""
+    resync_seconds: int = 60
+    """A tuning Workspace in progress is reconciled again after this long without an event, so a lost
+    Job or pod event (an API server blip) costs at most this much, not a GPU node billing forever."""
     metrics_port: int = 8080
     health_port: int = 8081
     max_workers: int = 96
@@ -193,6 +196,8 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}INFERENCE_PORT={self.inference_port}: must be 1..65535 and not {TORCH_DIST_PORT}"
             )
+        if self.resync_seconds < 1:
+            raise SettingsError(f"{PREFIX}RESYNC_SECONDS={self.resync_seconds}: must be >= 1")
         for name in (
             "backoff_limit",
             "active_deadline_seconds",

@@ -23,6 +23,7 @@ from tests.controller.conftest import (
     jobs,
     make_parquet,
     tuning_workspace,
+    wait_status,
 )
 from tests.fixtures.cluster import kube_json, wait_for
 
@@ -107,7 +108,7 @@ def test_tuning_workspace_end_to_end(
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=24)
-    chart_operator(progressIntervalSeconds=1)
+    chart_operator(progressIntervalSeconds=1, resyncSeconds=5)
     create_push_secret(kube_client, namespace, node_registry)
     config = create_config(kube_client, namespace)
     image = node_registry.ref("adapters/e2e", "v1")
@@ -221,6 +222,24 @@ def test_tuning_workspace_end_to_end(
     base = AutoModelForCausalLM.from_pretrained(ensure_tiny_preset())
     model = PeftModel.from_pretrained(base, str(pulled))
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    # A lost completion event (as after an API blip): the status still says Training and nothing else
+    # will happen to the Workspace; the resync timer reconciles it from the Job within resyncSeconds.
+    kube_json(
+        kube_client,
+        "PATCH",
+        f"{API}/namespaces/{namespace}/workspaces/e2e/status",
+        {"status": {"tuning": {"phase": "Training", "message": "as if the completion were lost"}}},
+        content_type="application/merge-patch+json",
+    )
+    wait_status(
+        kube_client,
+        namespace,
+        "e2e",
+        lambda w: w["status"]["tuning"]["phase"] == "Succeeded",
+        60,
+        "the resync to find the completed Job",
+    )
 
     # The finished Job deleted (a TTL, or by hand): the outcome stays, nothing is trained or pushed again.
     kube_json(

@@ -685,6 +685,28 @@ def workspace_wait_for_nodes(body: kopf.Body, logger: Any, **_: Any) -> None:
         logger.debug("still waiting: %s", wait)
 
 
+def _in_progress(body: Mapping[str, Any], **_: Any) -> bool:
+    phase = ((body.get("status") or {}).get("tuning") or {}).get("phase")
+    return bool(phase) and phase not in (*st.TERMINAL, st.INVALID, st.WAITING_FOR_NODES)
+
+
+@kopf.timer(
+    GROUP,
+    "workspaces",
+    interval=settings_from_env(os.environ).resync_seconds,
+    idle=settings_from_env(os.environ).resync_seconds,
+    when=_in_progress,
+)
+def workspace_resync(body: kopf.Body, logger: Any, **_: Any) -> None:
+    """A lost Job or pod event (an API blip at completion) must not leave a Workspace Running and its
+    GPU node billing: a Workspace in progress is reconciled again once nothing happened to it for
+    resync_seconds (the idle time), so a lost event costs at most that long."""
+    try:
+        _run(body)
+    except kopf.TemporaryError as wait:
+        logger.debug("still waiting: %s", wait)
+
+
 @kopf.on.delete(
     GROUP, "workspaces", when=is_tuning, optional=not settings_from_env(os.environ).auto_provisioning
 )
