@@ -43,7 +43,9 @@ from tuning_controller.render.pod import (
     gpu_tolerations,
     mount,
     node_affinity,
+    plain_http_args,
     pod_security,
+    tools_container,
 )
 from tuning_controller.settings import TORCH_DIST_PORT, Settings
 from tuning_controller.workspace import GROUP, AdapterSpec, Workspace, to_dict
@@ -125,26 +127,15 @@ def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[
             "--replace",
             "--termination-log",
             TERMINATION_LOG,
+            *plain_http_args(settings, source.image),
         ]
-        if settings.is_insecure_registry(source.image):
-            command.append("--plain-http")
         pull_mounts = [mount(PULLED_VOLUME, ADAPTER_ROOT)]
         if source.image_pull_secrets:
             secret_dir = f"{PULL_SECRET_ROOT}/{i}"
             command += ["--docker-config", f"{secret_dir}/.dockerconfigjson"]
             volumes.append(docker_config_volume(f"adapter-{i}-pull-secret", source.image_pull_secrets[0]))
             pull_mounts.append(mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
-        init.append(
-            {
-                "name": bounded_name(f"pull-{source.name}"),
-                "image": settings.tools_image,
-                "command": command,
-                "volumeMounts": pull_mounts,
-                "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": container_security(),
-            }
-        )
+        init.append(tools_container(bounded_name(f"pull-{source.name}"), command, pull_mounts, settings))
     if init:  # the shared volume goes first: the per-adapter mounts nest inside it
         volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
         mounts.insert(0, mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))

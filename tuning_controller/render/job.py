@@ -35,7 +35,9 @@ from tuning_controller.render.pod import (
     gpu_tolerations,
     mount,
     node_affinity,
+    plain_http_args,
     pod_security,
+    tools_container,
 )
 from tuning_controller.settings import Settings
 from tuning_controller.workspace import GROUP, Workspace, to_dict
@@ -105,21 +107,11 @@ def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None
         for network in settings.allowed_url_networks:
             command += ["--allow-network", network]
     else:
-        command += ["--image", source.image]
-        if settings.is_insecure_registry(source.image):
-            command.append("--plain-http")
+        command += ["--image", source.image, *plain_http_args(settings, source.image)]
         if source.image_pull_secrets:
             command += ["--docker-config", f"{PULL_SECRET_DIR}/.dockerconfigjson"]
             mounts.append(mount("pull-secret", PULL_SECRET_DIR, read_only=True))
-    return {
-        "name": FETCH,
-        "image": settings.tools_image,
-        "command": command,
-        "volumeMounts": mounts,
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(),
-    }
+    return tools_container(FETCH, command, mounts, settings)
 
 
 def _data_volumes(ws: Workspace) -> list[dict[str, Any]]:
@@ -355,32 +347,26 @@ def render_training_job(
     fetch = _fetch_container(ws, settings)
     init = [*([fetch] if fetch else []), *model.init]
     if output.image:
-        push = {
-            "name": PUSH,
-            "image": settings.tools_image,
-            "command": [
-                "kaito-tune",
-                "push",
-                RESULTS_DIR,
-                output.image,
-                "--docker-config",
-                f"{PUSH_SECRET_DIR}/.dockerconfigjson",
-                "--digest-file",
-                TERMINATION_LOG,
-                "--termination-log",
-                TERMINATION_LOG,
-                "--format",
-                settings.push_format,
-                *(["--plain-http"] if settings.is_insecure_registry(output.image) else []),
-            ],
-            "volumeMounts": [
-                mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
-                mount("push-secret", PUSH_SECRET_DIR, read_only=True),
-            ],
-            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": container_security(),
-        }
+        command = [
+            "kaito-tune",
+            "push",
+            RESULTS_DIR,
+            output.image,
+            "--docker-config",
+            f"{PUSH_SECRET_DIR}/.dockerconfigjson",
+            "--digest-file",
+            TERMINATION_LOG,
+            "--termination-log",
+            TERMINATION_LOG,
+            "--format",
+            settings.push_format,
+            *plain_http_args(settings, output.image),
+        ]
+        mounts = [
+            mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
+            mount("push-secret", PUSH_SECRET_DIR, read_only=True),
+        ]
+        push = tools_container(PUSH, command, mounts, settings)
         volumes.append(docker_config_volume("push-secret", output.image_push_secret))
         init.append(train)
         containers = [push]

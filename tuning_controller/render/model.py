@@ -26,7 +26,13 @@ from typing import Any
 
 from presets.catalog import get_model
 from tuning_controller.model_source import HUB_TOKEN_KEY, ModelSource, model_source
-from tuning_controller.render.pod import TERMINATION_LOG, container_security, docker_config_volume, mount
+from tuning_controller.render.pod import (
+    TERMINATION_LOG,
+    docker_config_volume,
+    mount,
+    plain_http_args,
+    tools_container,
+)
 from tuning_controller.settings import Settings
 from tuning_controller.workspace import PresetSpec
 
@@ -71,9 +77,7 @@ def fetch_model_parts(source: ModelSource, settings: Settings, *, config_only: b
     volumes: list[dict[str, Any]] = [{"name": "model", "emptyDir": {}}]
     readers = [mount("model", MODEL_DIR, read_only=True)]
     if source.kind == "oci":
-        command += ["--image", source.reference]
-        if settings.is_insecure_registry(source.reference):
-            command.append("--plain-http")
+        command += ["--image", source.reference, *plain_http_args(settings, source.reference)]
         if source.pull_secret:
             command += ["--docker-config", f"{MODEL_SECRET_DIR}/.dockerconfigjson"]
             volumes.append(docker_config_volume("model-secret", source.pull_secret))
@@ -97,16 +101,7 @@ def fetch_model_parts(source: ModelSource, settings: Settings, *, config_only: b
         readers.append(mount("model-cache", MODEL_CACHE_DIR, read_only=True))
         volumes.append(model_cache_volume(settings))
     command += ["--summary-file", TERMINATION_LOG, "--termination-log", TERMINATION_LOG]
-    container = {
-        "name": FETCH_MODEL,
-        "image": settings.tools_image,
-        "command": command,
-        "volumeMounts": mounts,
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(),
-    }
-    return ModelParts([container], volumes, readers)
+    return ModelParts([tools_container(FETCH_MODEL, command, mounts, settings)], volumes, readers)
 
 
 def model_cache_volume(settings: Settings) -> dict[str, Any]:

@@ -30,6 +30,25 @@ def pod_security(settings: Settings) -> dict[str, Any]:
     }
 
 
+def tools_container(name: str, command: list[str], mounts: list[dict[str, Any]], settings: Settings) -> dict:
+    """A step in the tools image (fetch-data, fetch-model, push, adapter pulls): small, no torch, and its
+    one-line failure reason in the termination message."""
+    return {
+        "name": name,
+        "image": settings.tools_image,
+        "command": command,
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
+    }
+
+
+def plain_http_args(settings: Settings, image: str) -> list[str]:
+    """``--plain-http`` for a tools command that talks to ``image``'s registry, when it is insecure."""
+    return ["--plain-http"] if settings.is_insecure_registry(image) else []
+
+
 def mount(name: str, path: str, read_only: bool = False, sub_path: str = "") -> dict[str, Any]:
     volume_mount: dict[str, Any] = {"name": name, "mountPath": path}
     if read_only:
