@@ -24,14 +24,22 @@ from typing import Any
 
 from artifacts.errors import InvalidInputError
 from artifacts.hosts import parse_network
+from artifacts.mediatypes import FORMATS
 from artifacts.reference import Reference
 
 PREFIX = "KAITO_TUNE_"
 RESULTS_VOLUMES = ("pvc", "emptyDir")
 MODEL_CACHES = ("pvc", "emptyDir")
-PUSH_FORMATS = ("modelpack", "kaito")  # artifacts.mediatypes.FORMATS
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
 INFERENCE_RUNTIMES = ("transformers", "vllm")
+# Settings that take one of a few words (the allowed words, for the error message).
+_CHOICES = {
+    "results_volume": RESULTS_VOLUMES,
+    "model_cache": MODEL_CACHES,
+    "model_cache_access_mode": ACCESS_MODES,
+    "push_format": FORMATS,
+    "inference_runtime": INFERENCE_RUNTIMES,
+}
 TORCH_DIST_PORT = 29500
 """Multi-node inference pods rendezvous on this port, so the server cannot use it."""
 _TRUE = {"1", "true", "yes", "on"}
@@ -161,23 +169,11 @@ class Settings:
                     "e.g. 10.250.0.1:5000,registry.local"
                 )
         object.__setattr__(self, "insecure_registries", registries)
-        if self.results_volume not in RESULTS_VOLUMES:
-            raise SettingsError(
-                f"{PREFIX}RESULTS_VOLUME={self.results_volume!r}: must be one of {', '.join(RESULTS_VOLUMES)}"
-            )
-        if self.model_cache not in MODEL_CACHES:
-            raise SettingsError(
-                f"{PREFIX}MODEL_CACHE={self.model_cache!r}: must be one of {', '.join(MODEL_CACHES)}"
-            )
-        if self.push_format not in PUSH_FORMATS:
-            raise SettingsError(
-                f"{PREFIX}PUSH_FORMAT={self.push_format!r}: must be one of {', '.join(PUSH_FORMATS)}"
-            )
-        if self.model_cache_access_mode not in ACCESS_MODES:
-            raise SettingsError(
-                f"{PREFIX}MODEL_CACHE_ACCESS_MODE={self.model_cache_access_mode!r}: must be one of "
-                f"{', '.join(ACCESS_MODES)}"
-            )
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()}={getattr(self, name)!r}: must be one of {', '.join(allowed)}"
+                )
         if self.model_registry and not _model_registry_ok(self.model_registry):
             raise SettingsError(
                 f"{PREFIX}MODEL_REGISTRY={self.model_registry!r}: must be a registry and optional path "
@@ -186,11 +182,6 @@ class Settings:
         if not 1 <= self.progress_interval_seconds <= 30:
             raise SettingsError(
                 f"{PREFIX}PROGRESS_INTERVAL_SECONDS={self.progress_interval_seconds}: must be 1..30"
-            )
-        if self.inference_runtime not in INFERENCE_RUNTIMES:
-            allowed = ", ".join(INFERENCE_RUNTIMES)
-            raise SettingsError(
-                f"{PREFIX}INFERENCE_RUNTIME={self.inference_runtime!r}: must be one of {allowed}"
             )
         if not 1 <= self.inference_port <= 65535 or self.inference_port == TORCH_DIST_PORT:
             raise SettingsError(
