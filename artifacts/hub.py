@@ -2,7 +2,7 @@
 
 ``fetch_hub_snapshot`` asks the hub which commit the revision is, then downloads exactly that commit with
 ``huggingface_hub.snapshot_download`` into a staging directory beside ``dest``, which is renamed into
-place only when every file arrived (``artifacts.pull``'s ``_staging``/``_publish``); on any error the
+place only when every file arrived (``artifacts.pull``'s ``stage``/``publish``); on any error the
 destination is untouched. ``check_hub_access`` is the CPU pre-flight: the repo info at the revision (its
 commit) and one file's metadata (the hub gates files, not repo info), no file content.
 
@@ -52,7 +52,7 @@ from artifacts.errors import (
     RegistryError,
     RegistryUnavailableError,
 )
-from artifacts.pull import _publish, _staging
+from artifacts.pull import publish, stage
 
 SECRET_HINT = "set presetOptions.modelAccessSecret to a Secret with key HF_TOKEN"
 _HF_CACHE = Path(".cache") / "huggingface"  # where snapshot_download keeps metadata inside local_dir
@@ -176,7 +176,7 @@ def fetch_hub_snapshot(
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInputError(f"destination {dest} exists and is not an empty directory")
     commit = check_hub_access(repo_id, revision, token=token, endpoint=endpoint)
-    staging, inside = _staging(dest)
+    staging, inside = stage(dest)
     try:
         with _mapped_errors(repo_id, revision, token, endpoint):
             snapshot_download(
@@ -197,7 +197,7 @@ def fetch_hub_snapshot(
             wanted = f" matching {allow_patterns}" if allow_patterns else ""
             raise NotFoundError(f"hub model {repo_id}@{revision} (commit {commit}) has no files{wanted}")
         total = sum(p.stat().st_size for p in files)
-        _publish(staging, dest, inside, replace=False)
+        publish(staging, dest, inside, replace=False)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

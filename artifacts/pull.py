@@ -140,7 +140,7 @@ def resolve(client: RegistryClient, ref: Reference) -> Manifest:
     return resolved
 
 
-def _staging(dest: Path) -> tuple[Path, bool]:
+def stage(dest: Path) -> tuple[Path, bool]:
     """A scratch directory on dest's filesystem: beside it, or inside it when the parent is read-only."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _umask() -> int:
     return mask
 
 
-def _publish(staging: Path, dest: Path, inside: bool, replace: bool) -> None:
+def publish(staging: Path, dest: Path, inside: bool, replace: bool) -> None:
     staging.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; it becomes dest unless inside
     existing = [p for p in dest.iterdir() if p != staging] if dest.is_dir() else []
     if dest.exists() and not dest.is_dir():
@@ -230,7 +230,7 @@ def pull(
         )
     if dest.exists() and not replace and dest.is_dir() and any(dest.iterdir()):
         raise InvalidInputError(f"destination {dest} is not empty; empty it or pass --replace")
-    staging, inside = _staging(dest)
+    staging, inside = stage(dest)
     try:
         budget = [options.max_bytes]
         files = 0
@@ -255,7 +255,7 @@ def pull(
                 raise UnsafeContentError(f"{label}: path {relative!r} leads outside the destination")
             client.download_blob(layer, target, progress)
             files += 1
-        _publish(staging, dest, inside, replace)
+        publish(staging, dest, inside, replace)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

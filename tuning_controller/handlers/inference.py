@@ -13,7 +13,6 @@ without polling. The tuning handlers' controller (client, settings, events) is s
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,14 @@ import kopf
 
 from tuning_controller import conditions as c
 from tuning_controller import metrics
-from tuning_controller.handlers.tuning import Controller, Waiting, controller, create_or_get, write_status
+from tuning_controller.handlers.tuning import (
+    STARTUP_SETTINGS,
+    Controller,
+    Waiting,
+    controller,
+    create_or_get,
+    write_status,
+)
 from tuning_controller.inference_status import inference_status, pod_model
 from tuning_controller.kube import KubeError
 from tuning_controller.nodes import choose_node, nodeclaim_state
@@ -41,7 +47,6 @@ from tuning_controller.render.nodeclaim import (
     provisions_node,
     render_nodeclaim,
 )
-from tuning_controller.settings import settings_from_env
 from tuning_controller.validation import validate_workspace
 from tuning_controller.workspace import GROUP, Workspace, parse_workspace
 
@@ -200,9 +205,7 @@ def inference_pod_event(body: kopf.Body, type: str, logger: Any, **_: Any) -> No
         _follow(body, logger)
 
 
-@kopf.on.delete(
-    GROUP, "workspaces", when=is_inference, optional=not settings_from_env(os.environ).auto_provisioning
-)
+@kopf.on.delete(GROUP, "workspaces", when=is_inference, optional=not STARTUP_SETTINGS.auto_provisioning)
 def inference_workspace_delete(body: kopf.Body, **_: Any) -> None:
     """Owner references remove the Service and the workload; the cluster-scoped NodeClaim goes here."""
     ws, _ = parse_workspace(body)

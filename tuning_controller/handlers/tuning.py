@@ -70,6 +70,8 @@ class Controller:
     post_event: Callable[[Mapping[str, Any], str, str, str], None]
 
 
+# Read once at import: kopf's decorators fix timer intervals and optional deletes at registration.
+STARTUP_SETTINGS = settings_from_env(os.environ)
 _controller: Controller | None = None
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -85,7 +87,7 @@ def controller() -> Controller:
         if _controller is None:
             _controller = Controller(
                 Kube.from_environment(os.environ.get("KUBECONFIG") or None),
-                settings_from_env(os.environ),
+                STARTUP_SETTINGS,
                 _kopf_event,
             )
         return _controller
@@ -674,7 +676,7 @@ def _waiting_for_nodes(body: Mapping[str, Any], **_: Any) -> bool:
 @kopf.timer(
     GROUP,
     "workspaces",
-    interval=settings_from_env(os.environ).node_retry_seconds,
+    interval=STARTUP_SETTINGS.node_retry_seconds,
     when=_waiting_for_nodes,
 )
 def workspace_wait_for_nodes(body: kopf.Body, logger: Any, **_: Any) -> None:
@@ -693,8 +695,8 @@ def _in_progress(body: Mapping[str, Any], **_: Any) -> bool:
 @kopf.timer(
     GROUP,
     "workspaces",
-    interval=settings_from_env(os.environ).resync_seconds,
-    idle=settings_from_env(os.environ).resync_seconds,
+    interval=STARTUP_SETTINGS.resync_seconds,
+    idle=STARTUP_SETTINGS.resync_seconds,
     when=_in_progress,
 )
 def workspace_resync(body: kopf.Body, logger: Any, **_: Any) -> None:
@@ -707,9 +709,7 @@ def workspace_resync(body: kopf.Body, logger: Any, **_: Any) -> None:
         logger.debug("still waiting: %s", wait)
 
 
-@kopf.on.delete(
-    GROUP, "workspaces", when=is_tuning, optional=not settings_from_env(os.environ).auto_provisioning
-)
+@kopf.on.delete(GROUP, "workspaces", when=is_tuning, optional=not STARTUP_SETTINGS.auto_provisioning)
 def workspace_delete(body: kopf.Body, **_: Any) -> None:
     """Owner references remove Jobs, ConfigMap, RBAC and the claim; the cluster-scoped NodeClaim is
     deleted here. Without auto-provisioning the handler is optional: no finalizer, so a Workspace never
