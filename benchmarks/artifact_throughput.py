@@ -132,6 +132,30 @@ def run_skopeo(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def skopeo_copies(
+    layout_dir: Path, ref: str, creds: str, back: Path, run: Callable[..., float] = run_skopeo
+) -> tuple[float, float]:
+    """Seconds of the baseline: ``skopeo copy`` of the OCI layout to ``ref`` and back into ``back``."""
+    target = f"docker://{ref}"
+    push = run("--dest-tls-verify=false", "--dest-creds", creds, f"oci:{layout_dir}:v1", target)
+    pull = run("--src-tls-verify=false", "--src-creds", creds, target, f"oci:{back}:v1")
+    return push, pull
+
+
+def transfer_figures(total: int, pushed: dict, pulled: dict, skopeo_push: float, skopeo_pull: float) -> dict:
+    """MB/s of ours and of skopeo side by side, their ratios and our peak RSS (the JSON's shared keys)."""
+    mb = total / 1e6
+    return {
+        "push_mb_s": round(mb / pushed["seconds"], 1),
+        "pull_mb_s": round(mb / pulled["seconds"], 1),
+        "skopeo_push_mb_s": round(mb / skopeo_push, 1),
+        "skopeo_pull_mb_s": round(mb / skopeo_pull, 1),
+        "push_ratio_vs_skopeo": round(skopeo_push / pushed["seconds"], 2),
+        "pull_ratio_vs_skopeo": round(skopeo_pull / pulled["seconds"], 2),
+        "peak_rss_mib": round(max(pushed["peak_rss_mib"], pulled["peak_rss_mib"]), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="total size of the adapter directory")
@@ -163,25 +187,14 @@ def main() -> None:
 
         layout_dir = work / "layout"
         write_oci_layout(source, layout_dir, reference, config)
-        target = f"docker://{skopeo_registry.ref('bench/adapter')}"
-        skopeo_push = run_skopeo(
-            "--dest-tls-verify=false", "--dest-creds", skopeo_creds, f"oci:{layout_dir}:v1", target
-        )
-        skopeo_pull = run_skopeo(
-            "--src-tls-verify=false", "--src-creds", skopeo_creds, target, f"oci:{work / 'back'}:v1"
+        skopeo_push, skopeo_pull = skopeo_copies(
+            layout_dir, skopeo_registry.ref("bench/adapter"), skopeo_creds, work / "back"
         )
 
-        mb = total / 1e6
         result = {
             "size_mib": round(total / (1 << 20), 1),
             "files": len(FILE_SHARES) + len(SMALL_FILES),
-            "push_mb_s": round(mb / pushed["seconds"], 1),
-            "pull_mb_s": round(mb / pulled["seconds"], 1),
-            "skopeo_push_mb_s": round(mb / skopeo_push, 1),
-            "skopeo_pull_mb_s": round(mb / skopeo_pull, 1),
-            "push_ratio_vs_skopeo": round(skopeo_push / pushed["seconds"], 2),
-            "pull_ratio_vs_skopeo": round(skopeo_pull / pulled["seconds"], 2),
-            "peak_rss_mib": round(max(pushed["peak_rss_mib"], pulled["peak_rss_mib"]), 1),
+            **transfer_figures(total, pushed, pulled, skopeo_push, skopeo_pull),
             "cpu_count": os.cpu_count(),
         }
         print(json.dumps(result))

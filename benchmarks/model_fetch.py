@@ -47,7 +47,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.artifact_throughput import child, run_ours, run_skopeo, write_oci_layout  # noqa: E402
+from benchmarks.artifact_throughput import (  # noqa: E402
+    child,
+    run_ours,
+    run_skopeo,
+    skopeo_copies,
+    transfer_figures,
+    write_oci_layout,
+)
 
 GIB = 1 << 30
 SHARD_SHARES = (0.4, 0.4, 0.2)  # like a 3-shard checkpoint: two full shards and the rest
@@ -210,25 +217,15 @@ def main() -> None:
         skopeo_registry = launch_registry(work / "registry-skopeo", with_auth=True)
         registries.append(skopeo_registry)
         skopeo_creds = f"{skopeo_registry.username}:{skopeo_registry.password}"
-        target = f"docker://{skopeo_registry.ref('bench/model')}"
-        skopeo_push = timed_skopeo(
-            "--dest-tls-verify=false", "--dest-creds", skopeo_creds, f"oci:{layout_dir}:v1", target
-        )
-        skopeo_pull = timed_skopeo(
-            "--src-tls-verify=false", "--src-creds", skopeo_creds, target, f"oci:{work / 'back'}:v1"
+        skopeo_push, skopeo_pull = skopeo_copies(
+            layout_dir, skopeo_registry.ref("bench/model"), skopeo_creds, work / "back", run=timed_skopeo
         )
 
         mb = total / 1e6
         result = {
             "size_gib": round(total / GIB, 2),
             "files": files,
-            "push_mb_s": round(mb / pushed["seconds"], 1),
-            "pull_mb_s": round(mb / pulled["seconds"], 1),
-            "skopeo_push_mb_s": round(mb / skopeo_push, 1),
-            "skopeo_pull_mb_s": round(mb / skopeo_pull, 1),
-            "push_ratio_vs_skopeo": round(skopeo_push / pushed["seconds"], 2),
-            "pull_ratio_vs_skopeo": round(skopeo_pull / pulled["seconds"], 2),
-            "peak_rss_mib": round(max(pushed["peak_rss_mib"], pulled["peak_rss_mib"]), 1),
+            **transfer_figures(total, pushed, pulled, skopeo_push, skopeo_pull),
             "init_cold_s": round(cold["seconds"], 2),
             "init_cold_mb_s": round(mb / cold["seconds"], 1),
             "init_cold_peak_rss_mib": round(cold["peak_rss_mib"], 1),
