@@ -74,7 +74,7 @@ _VOCABULARY = (
 
 def kaito_template(method: str, target_modules: list[str]) -> dict:
     """KAITO's qlora/lora-params-template, with the target modules both sides share."""
-    from tuning_controller.training_config import default_training_config
+    from contract.training_config import default_training_config
 
     doc = default_training_config(method)
     doc["training_config"]["LoraConfig"]["target_modules"] = target_modules
@@ -223,9 +223,10 @@ def run_ours(model_dir: Path, data_dir: Path, config: dict, steps: int, catalog_
 
     import yaml
 
+    from presets.resolve import resolve_preset
     from trainer import config as cfg
     from trainer.data import read_rows
-    from trainer.model import load_tokenizer, resolve_preset
+    from trainer.model import load_tokenizer
     from trainer.preflight import prepare
     from trainer.qlora import make_parser
     from trainer.train import build_trainer

@@ -18,6 +18,7 @@ RUN set -eu; python3 -m venv /opt/venv; \
 # Then the project itself, a small top layer (its dependencies are already in the venv).
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY tuning_controller ./tuning_controller
 COPY presets ./presets
 COPY artifacts ./artifacts

@@ -178,7 +178,7 @@ fill_wheelhouse() {
 
 # ---- the project's images --------------------------------------------------------------------------
 
-COPIED=(pyproject.toml README.md docker/requirements.py tuning_controller presets artifacts trainer inference)
+COPIED=(pyproject.toml README.md docker/requirements.py contract tuning_controller presets artifacts trainer inference)
 
 # The build context: only what the Dockerfiles copy, without bytecode (a fresh copy per build).
 stage_context() {

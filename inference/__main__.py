@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from inference.adapters import ADAPTER_ROOT, STRENGTHS_ENV, AdapterError, discover, parse_strengths
+from contract.pod import ADAPTER_ROOT, PRESET_ENV, STRENGTHS_ENV, WEIGHTS_ENV, StrengthError, parse_strengths
+from inference.adapters import AdapterError, discover
 
 DEFAULT_PORT = 5000
 
@@ -27,15 +28,17 @@ DEFAULT_PORT = 5000
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--preset", default=os.environ.get("KAITO_TUNE_PRESET"), help="catalog name or model directory"
+        "--preset", default=os.environ.get(PRESET_ENV), help="catalog name or model directory"
     )
     parser.add_argument(
         "--weights",
         type=Path,
-        default=os.environ.get("KAITO_TUNE_WEIGHTS"),
+        default=os.environ.get(WEIGHTS_ENV),
         help="the preset's model directory (what fetch-model filled), read offline",
     )
-    parser.add_argument("--adapter-root", type=Path, default=ADAPTER_ROOT, help="one directory per adapter")
+    parser.add_argument(
+        "--adapter-root", type=Path, default=Path(ADAPTER_ROOT), help="one directory per adapter"
+    )
     parser.add_argument(
         "--adapter-strength",
         action="append",
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiohttp import web
 
-    from inference.model import COMBINED_SUFFIX, ModelLoadError, load_engine
+    from contract.pod import COMBINED_SUFFIX
+    from inference.model import ModelLoadError, load_engine
     from inference.protocol import Limits
     from inference.server import make_app
 
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             local_files_only=not args.allow_download,
             weights=args.weights,
         )
-    except (AdapterError, ModelLoadError) as exc:
+    except (AdapterError, StrengthError, ModelLoadError) as exc:
         message = f"error: {exc}"
         print(message, file=sys.stderr)
         if args.termination_log:

@@ -7,8 +7,8 @@ same layout and the same strengths:
     /mnt/adapter/<name>/data/adapter_config.json     (a KAITO adapter image mounted as an image volume)
 
 Strengths come as ``NAME=VALUE`` items (``--adapter-strength``, or the comma-separated
-``KAITO_ADAPTER_STRENGTHS`` env the controller sets), each a number in [0, 1]; an adapter without one
-is served at 1.0, KAITO's default.
+``KAITO_ADAPTER_STRENGTHS`` env the controller sets), read by ``contract.pod.parse_strengths``; an
+adapter without one is served at 1.0, KAITO's default.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ADAPTER_ROOT = Path("/mnt/adapter")
+from contract.pod import DEFAULT_STRENGTH
+
 ADAPTER_CONFIG = "adapter_config.json"
-STRENGTHS_ENV = "KAITO_ADAPTER_STRENGTHS"
-DEFAULT_STRENGTH = 1.0
 
 
 class AdapterError(ValueError):
@@ -34,26 +33,6 @@ class Adapter:
     name: str
     path: Path
     strength: float
-
-
-def parse_strengths(items: Iterable[str]) -> dict[str, float]:
-    """``["a=0.5", "b=1"]`` (or ``"a=0.5,b=1"`` items) -> ``{"a": 0.5, "b": 1.0}``, each in [0, 1]."""
-    out: dict[str, float] = {}
-    for item in items:
-        for part in filter(None, (p.strip() for p in item.split(","))):
-            name, sep, value = part.partition("=")
-            if not sep or not name:
-                raise AdapterError(f"adapter strength {part!r}: write NAME=VALUE, e.g. my-adapter=0.5")
-            try:
-                strength = float(value)
-            except ValueError:
-                raise AdapterError(
-                    f"adapter strength {part!r}: {value!r} is not a number; use 0.0..1.0"
-                ) from None
-            if not 0.0 <= strength <= 1.0:
-                raise AdapterError(f"adapter strength {part!r}: {strength} is outside 0.0..1.0")
-            out[name] = strength
-    return out
 
 
 def adapter_dir(directory: Path) -> Path | None:

@@ -28,16 +28,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference.adapters import (
-    ADAPTER_CONFIG,
-    ADAPTER_ROOT,
-    STRENGTHS_ENV,
-    Adapter,
-    AdapterError,
-    discover,
-    parse_strengths,
-)
-from inference.model import COMBINED_SUFFIX
+from contract.pod import ADAPTER_ROOT, COMBINED_SUFFIX, STRENGTHS_ENV, StrengthError, parse_strengths
+from inference.adapters import ADAPTER_CONFIG, Adapter, AdapterError, discover
 
 WEIGHTS = "adapter_model.safetensors"
 MAX_LORA_RANK_FILE = "max-lora-rank"
@@ -164,7 +156,7 @@ def write_merged(adapters: Sequence[Adapter], output: Path, combined_id: str) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.merge", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", required=True, help="served base model id (names the combination)")
-    parser.add_argument("--adapter-root", type=Path, default=ADAPTER_ROOT)
+    parser.add_argument("--adapter-root", type=Path, default=Path(ADAPTER_ROOT))
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--adapter-strength", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--termination-log", type=Path, help="also write a failure here")
@@ -174,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         strengths = parse_strengths([os.environ.get(STRENGTHS_ENV, ""), *args.adapter_strength])
         adapters = discover(args.adapter_root, strengths, reserved=(Path(args.preset).name, combined_id))
         written = write_merged(adapters, args.output, combined_id)
-    except AdapterError as exc:
+    except (AdapterError, StrengthError) as exc:
         message = f"error: {exc}"
         print(message, file=sys.stderr)
         if args.termination_log:

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from contract.pod import COMBINED_SUFFIX
 from inference.adapters import Adapter
 
 log = logging.getLogger(__name__)
 
-COMBINED_SUFFIX = "+adapters"
 _COMBINED = "combined"
 
 
@@ -313,7 +313,7 @@ def load_engine(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.model import PresetNotFound, resolve_preset
+    from presets.resolve import PresetNotFound, resolve_preset
 
     try:
         resolved = resolve_preset(preset, weights)

@@ -9,7 +9,7 @@ The six sections and what they become:
     DatasetConfig        -> ``DatasetOptions``
     DataCollator         -> ``CollatorOptions``
 
-Keys, types and KAITO's rules are checked by ``tuning_controller.training_config`` (one implementation,
+Keys, types and KAITO's rules are checked by ``contract.training_config`` (one implementation,
 shared with the controller, which runs it when a Workspace is applied), so a typo fails before a model
 loads, with the section, the key and the close matches. ``DatasetOptions`` and ``CollatorOptions``
 are what this trainer reads; a test keeps them equal to the controller's option sets.
@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from tuning_controller.problems import Problem
-from tuning_controller.training_config import MODEL_CONFIG_OPTIONS
+from contract.problems import Problem
+from contract.training_config import MODEL_CONFIG_OPTIONS
 
 # from_pretrained kwargs a config may set (the controller's option set: one list for both sides).
 MODEL_KEYS = frozenset(MODEL_CONFIG_OPTIONS)
@@ -93,14 +93,14 @@ class ConfigError(ValueError):
 
 def validate(doc: dict[str, Any], method: str | None) -> list[Problem]:
     """Every problem in a ``training_config`` document, by the same rules the controller applies."""
-    from tuning_controller.training_config import validate_training_config
+    from contract.training_config import validate_training_config
 
     return validate_training_config(doc, method)
 
 
 def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
     """Validate and type a loaded YAML document; raises ConfigError listing every problem."""
-    from tuning_controller.problems import errors
+    from contract.problems import errors
 
     problems = errors(validate(doc, method))
     if problems:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.problems import Problem
 from trainer.config import DatasetOptions
-from tuning_controller.problems import Problem
 
 SUFFIXES = (".parquet", ".json", ".jsonl", ".csv", ".arrow")
 ROLES = ("system", "user", "assistant")

@@ -61,9 +61,10 @@ def _fail(problems) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from presets.resolve import PresetNotFound, resolve_preset
     from trainer import config as cfg
     from trainer.data import DataError, combined_sha256, read_rows
-    from trainer.model import PresetNotFound, load_tokenizer, resolve_preset
+    from trainer.model import load_tokenizer
     from trainer.preflight import prepare
 
     if not args.preset:

@@ -25,16 +25,16 @@ from typing import Any
 import yaml
 
 from artifacts.hosts import parse_network
+from contract.problems import Problem, Severity, errors
+from contract.training_config import ROOT, validate_training_config
+from contract.workspace import KIND, parse_workspace
 from presets.catalog import GpuSku, UnknownName, get_model, get_sku, models, skus
 from presets.memory import estimate
 from tuning_controller.crd import build_crd
-from tuning_controller.problems import Problem, Severity, errors
 from tuning_controller.render import render_workspace_objects
 from tuning_controller.render.configmap import CONFIG_KEY
 from tuning_controller.settings import settings_from_env
-from tuning_controller.training_config import ROOT, validate_training_config
 from tuning_controller.validation import validate_workspace
-from tuning_controller.workspace import KIND, parse_workspace
 
 DEFAULT_SEQ_LEN = 1024  # TRL SFTConfig.max_length
 # Objects a Workspace refers to, accepted beside it in one file (examples/ ships them) but not checked here.

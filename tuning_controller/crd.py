@@ -17,8 +17,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from tuning_controller import workspace as api
-from tuning_controller.workspace import ALLOWED_VOLUME_TYPES, GROUP, KIND, api_fields, unwrap_optional
+from contract import workspace as api
+from contract.workspace import ALLOWED_VOLUME_TYPES, GROUP, KIND, api_fields, unwrap_optional
 
 PLURAL = "workspaces"
 SHORT_NAMES = ["wk", "wks"]

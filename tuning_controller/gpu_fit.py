@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from contract.problems import Problem
+from contract.training_config import ROOT, effective_options
 from presets.catalog import GpuSku, ModelPreset, skus
 from presets.memory import MemoryEstimate, estimate, largest_micro_batch
-from tuning_controller.problems import Problem
-from tuning_controller.training_config import ROOT, effective_options
 
 DTYPE_ALIASES = {
     "auto": "bfloat16",

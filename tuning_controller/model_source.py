@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from artifacts.reference import TAG_RE
+from contract.problems import Problem
+from contract.workspace import PresetOptions
 from presets.catalog import ModelPreset
-from tuning_controller.problems import Problem
-from tuning_controller.workspace import PresetOptions
 
 HUB_TOKEN_KEY = "HF_TOKEN"
 """The key of ``modelAccessSecret`` that holds the hub token (KAITO's)."""

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from contract.workspace import LabelSelector
 from presets.catalog import skus
 from tuning_controller.render.pod import GPU_RESOURCE
-from tuning_controller.workspace import LabelSelector
 
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

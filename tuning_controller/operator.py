@@ -20,9 +20,9 @@ from typing import Any
 
 import kopf
 
+from contract.workspace import GROUP
 from tuning_controller import metrics
 from tuning_controller.settings import SettingsError, settings_from_env
-from tuning_controller.workspace import GROUP
 
 HANDLER_MODULES = ("tuning_controller.handlers.tuning", "tuning_controller.handlers.inference")
 log = logging.getLogger("kaito-tune")

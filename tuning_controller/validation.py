@@ -18,12 +18,10 @@ from urllib.parse import urlsplit
 from artifacts.errors import InvalidInputError
 from artifacts.hosts import host_refusal, redact_url, registry_refusal
 from artifacts.reference import Reference
-from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
-from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
-from tuning_controller.model_source import source_problems
-from tuning_controller.problems import Problem, Severity
-from tuning_controller.training_config import METHODS, default_training_config, validate_training_config
-from tuning_controller.workspace import (
+from contract.pod import StrengthError, parse_strength
+from contract.problems import Problem, Severity
+from contract.training_config import METHODS, default_training_config, validate_training_config
+from contract.workspace import (
     ALLOWED_VOLUME_TYPES,
     API_VERSIONS,
     KIND,
@@ -39,11 +37,14 @@ from tuning_controller.workspace import (
     parse_workspace,
     to_dict,
 )
+from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
+from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
+from tuning_controller.model_source import source_problems
+from tuning_controller.training_targets import target_problems
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-STRENGTH = re.compile(r"^[0-9]*\.?[0-9]+$")
 
 
 def _name_problems(
@@ -355,7 +356,8 @@ def _tuning_problems(
         doc = default_training_config(method)
         path = f"{method}-params-template.training_config"
     if doc is not None:
-        problems += validate_training_config(doc, method, sku=sku, preset=preset, path=path)
+        problems += validate_training_config(doc, method, path=path)
+        problems += target_problems(doc, sku=sku, preset=preset, path=path)
     if preset is not None and sku is not None:
         problems += fit_problems(preset, method, sku, doc)
     return problems
@@ -436,7 +438,9 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None, model_regi
                     )
                 seen.setdefault(source.name, i)
             problems += _source_problems(f"{path}.source", source, allowed_networks=(), for_adapter=True)
-        if not STRENGTH.match(adapter.strength) or not 0.0 <= float(adapter.strength) <= 1.0:
+        try:
+            parse_strength(adapter.strength)
+        except StrengthError:
             problems.append(
                 Problem(
                     f"{path}.strength",

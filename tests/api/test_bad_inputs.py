@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from contract.problems import Problem, errors
+from contract.training_config import default_training_config, validate_training_config
 from tests.api.builders import ADAPTERS_SEED, INFERENCE_SEED, TUNING_SEED, edit, load
-from tuning_controller.problems import Problem, errors
-from tuning_controller.training_config import default_training_config, validate_training_config
+from tuning_controller.training_targets import target_problems
 from tuning_controller.validation import validate_workspace
 
 DELETE = object()
@@ -619,7 +620,8 @@ def test_bad_workspace_is_rejected_at_its_field(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=lambda c: c.id)
 def test_bad_training_config_is_rejected_at_its_field(case: Case) -> None:
-    problems = validate_training_config(_build_config(case), case.base, **case.options)
+    doc = _build_config(case)
+    problems = validate_training_config(doc, case.base) + target_problems(doc, **case.options)
     _assert_reported(problems, case)
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from contract.training_config import default_training_config
 from hack.local_stack import LOCAL_MODEL_REGISTRY
 from tests.api.builders import ADAPTERS_SEED, EXAMPLES, TUNING_SEED, edit, load
 from tuning_controller.cli import main
-from tuning_controller.training_config import default_training_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tuning_controller import workspace as api
+from contract import workspace as api
+from contract.workspace import api_fields, unwrap_optional
 from tuning_controller.crd import PRINTER_COLUMNS, RULES, build_crd, workspace_schema
-from tuning_controller.workspace import api_fields, unwrap_optional
 
 SPEC_FIELDS = ("resource", "inference", "tuning")
 

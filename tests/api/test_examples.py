@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.problems import Severity, errors
 from hack.local_stack import LOCAL_MODEL_REGISTRY
 from tests.api.builders import EXAMPLES, TUNING_SEED
-from tuning_controller.problems import Severity, errors
 from tuning_controller.validation import validate_workspace
 
 EXAMPLE_FILES = sorted(EXAMPLES.rglob("*.yaml"))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.problems import Severity, errors
+from contract.training_config import default_training_config, validate_training_config
 from presets.catalog import get_model, get_sku
 from tests.api.builders import edit
 from tuning_controller.gpu_fit import fit_problems, training_shape
-from tuning_controller.problems import Severity, errors
-from tuning_controller.training_config import default_training_config, validate_training_config
+from tuning_controller.training_targets import target_problems
 from tuning_controller.validation import validate_workspace
 
 ARGS = "training_config.TrainingArguments"
@@ -65,7 +66,8 @@ def test_own_nodes_skip_the_fit_check(tuning_ws: dict[str, Any]) -> None:
 def test_pre_ampere_gpus_get_warnings_not_errors() -> None:
     doc = edit(default_training_config("lora"), f"{ARGS}.bf16", True)
     doc = edit(doc, "training_config.ModelConfig.attn_implementation", "flash_attention_2")
-    v100 = validate_training_config(doc, "lora", sku="Standard_NC6s_v3")
+    assert validate_training_config(doc, "lora") == []
+    v100 = target_problems(doc, sku="Standard_NC6s_v3")
     assert {p.severity for p in v100} == {Severity.WARNING}
     assert {p.path.rsplit(".", 1)[-1] for p in v100} == {"torch_dtype", "bf16", "attn_implementation"}
-    assert validate_training_config(doc, "lora", sku="Standard_NC24ads_A100_v4") == []
+    assert target_problems(doc, sku="Standard_NC24ads_A100_v4") == []

@@ -7,15 +7,16 @@ import subprocess
 import sys
 import typing
 
+from contract import training_options
+from contract.training_config import SECTIONS, option_sets
+from hack import training_options as introspection
 from trainer import config as trainer_config
-from tuning_controller import training_options
-from tuning_controller.training_config import SECTIONS, option_sets
 
 
 def test_snapshot_matches_the_installed_libraries() -> None:
-    current = training_options.introspect()
+    current = introspection.introspect()
     assert current == training_options.load(), (
-        "training_options.json is stale: run python -m tuning_controller.training_options --write"
+        "training_options.json is stale: run python -m hack.training_options --write"
     )
 
 
@@ -36,7 +37,7 @@ def test_the_controller_side_does_not_import_torch() -> None:
     """Validation runs in the slim controller image: loading the snapshot and validating needs no torch."""
     code = (
         "import sys; from tuning_controller.validation import validate_workspace; "
-        "from tuning_controller.training_config import option_sets; option_sets(); "
+        "from contract.training_config import option_sets; option_sets(); "
         "sys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -57,6 +58,6 @@ def test_project_sections_match_what_the_trainer_reads() -> None:
 def test_type_names_do_not_depend_on_which_union_was_built_first() -> None:
     """typing caches Unions by equality: Union[str, list] can come back as Union[list, str] when some
     imported module built that one first (seen in CI); the snapshot must not depend on import order."""
-    first = training_options._type_info(typing.Optional[typing.Union[list[str], str]])  # noqa: UP007, UP045
-    second = training_options._type_info(typing.Optional[typing.Union[str, list[str]]])  # noqa: UP007, UP045
+    first = introspection._type_info(typing.Optional[typing.Union[list[str], str]])  # noqa: UP007, UP045
+    second = introspection._type_info(typing.Optional[typing.Union[str, list[str]]])  # noqa: UP007, UP045
     assert first == second == (["str", "list", "null"], None)

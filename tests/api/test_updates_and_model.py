@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from contract.problems import errors
+from contract.workspace import Workspace, parse_workspace, to_dict
 from tests.api.builders import edit
-from tuning_controller.problems import errors
 from tuning_controller.validation import validate_workspace
-from tuning_controller.workspace import Workspace, parse_workspace, to_dict
 
 
 def test_parse_round_trips_the_seed(tuning_ws: dict[str, Any]) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import yaml
 
+from contract.training_config import default_training_config, option_sets
 from tests.fixtures.cluster import hack_module
 from tuning_controller.crd import build_crd
-from tuning_controller.training_config import default_training_config, option_sets
 
 generate = hack_module("generate_files")
 

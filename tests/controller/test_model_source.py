@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from contract.problems import errors
 from tests.controller.test_render import SHA, containers, parsed, rev, workspace
-from tuning_controller.problems import errors
 from tuning_controller.render.inference import render_pod_template
 from tuning_controller.render.job import render_data_job, render_training_job
 from tuning_controller.render.model import render_model_cache_claim

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contract.workspace import parse_workspace
 from tuning_controller.render import render_workspace_objects, training_config_doc
 from tuning_controller.render.job import (
     render_data_job,
@@ -13,7 +14,6 @@ from tuning_controller.render.job import (
 from tuning_controller.render.nodeclaim import render_nodeclaim
 from tuning_controller.render.rbac import render_progress_rbac
 from tuning_controller.settings import Settings, SettingsError, settings_from_env
-from tuning_controller.workspace import parse_workspace
 
 SHA = "a" * 64
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from contract.workspace import LabelSelector, LabelSelectorRequirement
 from tuning_controller import status as st
 from tuning_controller.nodes import choose_node, gpu_memory_gib, nodeclaim_state
-from tuning_controller.workspace import LabelSelector, LabelSelectorRequirement
 
 DIGEST = "sha256:" + "b" * 64
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.adapters import AdapterError, discover, parse_strengths
+from contract.pod import StrengthError, parse_strengths
+from inference.adapters import AdapterError, discover
 
 
 def make_adapter(directory: Path) -> Path:
@@ -43,7 +44,7 @@ def test_strengths_from_env_style_and_flags_merge():
     ],
 )
 def test_bad_strengths_say_what_is_allowed(item, words):
-    with pytest.raises(AdapterError, match=words):
+    with pytest.raises(StrengthError, match=words):
         parse_strengths([item])
 
 

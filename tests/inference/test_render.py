@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contract.workspace import parse_workspace
 from tests.api.builders import ADAPTERS_SEED, edit, load
 from tuning_controller.render import sku_gpus
 from tuning_controller.render.inference import (
@@ -12,7 +13,6 @@ from tuning_controller.render.inference import (
     stale_objects,
 )
 from tuning_controller.settings import Settings, settings_from_env
-from tuning_controller.workspace import parse_workspace
 
 IMAGE = "ACR_REPO_HERE.azurecr.io/ADAPTER_HERE:0.0.1"
 

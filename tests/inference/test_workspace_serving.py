@@ -211,10 +211,10 @@ def test_no_matching_node_and_an_unknown_preset_are_reported_on_the_workspace(
 
 def test_every_rendered_variant_is_accepted_by_the_api_server(kube_client, namespace):
     """Server-side dry run of each shape: multi-node, image volumes, volumeSource, vLLM, pull secrets."""
+    from contract.workspace import parse_workspace
     from tests.api.builders import ADAPTERS_SEED, edit, load
     from tuning_controller.render.inference import render_inference_objects
     from tuning_controller.settings import Settings
-    from tuning_controller.workspace import parse_workspace
 
     seed = edit(load(ADAPTERS_SEED), "metadata.namespace", namespace)
     seed = edit(seed, "inference.adapters[0].source.imagePullSecrets", ["registry-login"])

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
+from contract.training_config import default_training_config
 from presets.tiny_task import CITIES, TEMPLATES, code_words, row
-from tuning_controller.training_config import default_training_config
 
 
 def code_word_rows() -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import kopf
 
+from contract.problems import errors
+from contract.workspace import GROUP, Workspace, parse_workspace
 from tuning_controller import conditions as c
 from tuning_controller import metrics
 from tuning_controller.handlers.tuning import (
@@ -32,7 +34,6 @@ from tuning_controller.handlers.tuning import (
 from tuning_controller.inference_status import inference_status, pod_model
 from tuning_controller.kube import KubeError
 from tuning_controller.nodes import choose_node, nodeclaim_state
-from tuning_controller.problems import errors
 from tuning_controller.render import sku_gpus
 from tuning_controller.render.inference import (
     render_inference_objects,
@@ -48,7 +49,6 @@ from tuning_controller.render.nodeclaim import (
     render_nodeclaim,
 )
 from tuning_controller.validation import validate_workspace
-from tuning_controller.workspace import GROUP, Workspace, parse_workspace
 
 KIND = "inference"
 MANAGED = {"app.kubernetes.io/managed-by": "kaito-tune", WORKSPACE_LABEL: kopf.PRESENT}

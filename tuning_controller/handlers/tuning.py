@@ -23,13 +23,15 @@ from typing import Any
 import kopf
 import yaml
 
+from contract.problems import Problem, errors
+from contract.training_config import ROOT
+from contract.workspace import GROUP, Workspace, parse_workspace
 from tuning_controller import conditions as c
 from tuning_controller import metrics
 from tuning_controller import status as st
 from tuning_controller.gpu_fit import training_shape
 from tuning_controller.kube import Kube, KubeError, retry_on_conflict
 from tuning_controller.nodes import choose_node, nodeclaim_state
-from tuning_controller.problems import Problem, errors
 from tuning_controller.render import sku_gpus, training_config_doc
 from tuning_controller.render.configmap import CONFIG_KEY, render_training_configmap
 from tuning_controller.render.job import (
@@ -52,9 +54,7 @@ from tuning_controller.render.nodeclaim import (
 )
 from tuning_controller.render.rbac import render_progress_rbac
 from tuning_controller.settings import Settings, settings_from_env
-from tuning_controller.training_config import ROOT
 from tuning_controller.validation import validate_workspace
-from tuning_controller.workspace import GROUP, Workspace, parse_workspace
 
 log = logging.getLogger("kaito-tune.tuning")
 KIND = "tuning"

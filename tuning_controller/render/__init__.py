@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from contract.workspace import Workspace
 from tuning_controller.settings import Settings
-from tuning_controller.workspace import Workspace
 
 PENDING_DATA_SHA = "set-by-the-data-check"
 
 
 def training_config_doc(ws: Workspace, user_config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The training config the Job uses: the user's ConfigMap content, else the method's template."""
-    from tuning_controller.training_config import default_training_config
+    from contract.training_config import default_training_config
 
     return dict(user_config) if user_config is not None else default_training_config(ws.tuning.method.lower())
 

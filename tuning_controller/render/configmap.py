@@ -12,11 +12,11 @@ from typing import Any
 
 import yaml
 
+from contract.pod import CONFIG_KEY
+from contract.training_config import default_training_config
+from contract.workspace import GROUP, Workspace
 from tuning_controller.render.meta import metadata
-from tuning_controller.training_config import default_training_config
-from tuning_controller.workspace import GROUP, Workspace
 
-CONFIG_KEY = "training_config.yaml"
 SOURCE_ANNOTATION = f"{GROUP}/training-config-source"
 
 

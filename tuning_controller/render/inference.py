@@ -30,13 +30,21 @@ import json
 import shlex
 from typing import Any
 
-from inference.adapters import STRENGTHS_ENV
-from inference.model import COMBINED_SUFFIX
+from contract.pod import (
+    ADAPTER_ROOT,
+    COMBINED_SUFFIX,
+    MERGED_ROOT,
+    MODEL_WEIGHTS,
+    STRENGTHS_ENV,
+    TERMINATION_LOG,
+    format_strengths,
+    parse_strength,
+)
+from contract.workspace import GROUP, AdapterSpec, Workspace, to_dict
 from tuning_controller.render.job import child_name
 from tuning_controller.render.meta import WORKSPACE_LABEL, bounded_name, labels, metadata
-from tuning_controller.render.model import MODEL_WEIGHTS, fetch_model_parts, workspace_model_source
+from tuning_controller.render.model import fetch_model_parts, workspace_model_source
 from tuning_controller.render.pod import (
-    TERMINATION_LOG,
     container_security,
     docker_config_volume,
     gpu_resources,
@@ -48,14 +56,11 @@ from tuning_controller.render.pod import (
     tools_container,
 )
 from tuning_controller.settings import TORCH_DIST_PORT, Settings
-from tuning_controller.workspace import GROUP, AdapterSpec, Workspace, to_dict
 
 COMPONENT = "inference"
 SERVER = "server"
 MERGE = "merge-adapters"
 ADAPTERS_HASH_ANNOTATION = f"{GROUP}/adapters-hash"
-ADAPTER_ROOT = "/mnt/adapter"
-MERGED_ROOT = "/mnt/merged"
 PULLED_VOLUME = "adapters"
 PULL_SECRET_ROOT = "/mnt/pull-secrets"
 SERVICE_PORT = 80
@@ -92,8 +97,8 @@ def adapters_hash(ws: Workspace, settings: Settings) -> str:
 
 
 def _strengths(adapters: list[AdapterSpec]) -> str:
-    """``name=strength,...`` as inference.adapters.parse_strengths reads it."""
-    return ",".join(f"{a.source.name}={float(a.strength)}" for a in adapters)
+    """The STRENGTHS_ENV value for ``adapters`` (validation has checked every strength)."""
+    return format_strengths({a.source.name: parse_strength(a.strength) for a in adapters})
 
 
 def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -162,6 +167,7 @@ def _transformers_server(ws: Workspace, settings: Settings, gpus: int, image: st
     command += [
         "--adapter-root",
         ADAPTER_ROOT,
+        COMBINED_SUFFIX,
         "--port",
         str(settings.inference_port),
         "--max-new-tokens",
@@ -220,6 +226,7 @@ def _merge_container(ws: Workspace, image: str, mounts: list[dict]) -> dict[str,
             ws.inference.preset.name,
             "--adapter-root",
             ADAPTER_ROOT,
+            COMBINED_SUFFIX,
             "--output",
             MERGED_ROOT,
             "--termination-log",

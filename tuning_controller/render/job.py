@@ -24,11 +24,24 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tuning_controller.render.configmap import CONFIG_KEY, training_configmap_name
-from tuning_controller.render.meta import bounded_name, labels, metadata
-from tuning_controller.render.model import MODEL_WEIGHTS, fetch_model_parts, workspace_model_source
-from tuning_controller.render.pod import (
+from contract.pod import (
+    CONFIG_DIR,
+    CONFIG_KEY,
+    DATA_DIR,
+    EXIT_UNUSABLE,
+    MODEL_WEIGHTS,
+    PROGRESS_INTERVAL_ENV,
+    RESULTS_DIR,
     TERMINATION_LOG,
+    WORKSPACE_API_VERSION_ENV,
+    WORKSPACE_NAME_ENV,
+    WORKSPACE_NAMESPACE_ENV,
+)
+from contract.workspace import GROUP, Workspace, to_dict
+from tuning_controller.render.configmap import training_configmap_name
+from tuning_controller.render.meta import bounded_name, labels, metadata
+from tuning_controller.render.model import fetch_model_parts, workspace_model_source
+from tuning_controller.render.pod import (
     container_security,
     docker_config_volume,
     gpu_resources,
@@ -40,23 +53,17 @@ from tuning_controller.render.pod import (
     tools_container,
 )
 from tuning_controller.settings import Settings
-from tuning_controller.workspace import GROUP, Workspace, to_dict
 
 REVISION_ANNOTATION = f"{GROUP}/revision"
 DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
-DATA_DIR = "/mnt/data"
-CONFIG_DIR = "/mnt/config"
-RESULTS_DIR = "/mnt/results"
 PUSH_SECRET_DIR = "/mnt/push-secret"
 PULL_SECRET_DIR = "/mnt/pull-secret"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # Container names: the status code reads termination messages by these.
 FETCH, PREFLIGHT, TRAIN, PUSH = "fetch-data", "preflight", "train", "push"
-# Exit status of the trainer for an unusable config/data/preset: retrying cannot help.
-TRAINER_UNUSABLE_EXIT = 1
 
 
 def child_name(ws: Workspace, suffix: str = "") -> str:
@@ -234,7 +241,7 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         backoff_limit=1,
         deadline=settings.data_deadline_seconds,
         settings=settings,
-        failure_rules=[_fail_job_on_exit(PREFLIGHT, TRAINER_UNUSABLE_EXIT)],
+        failure_rules=[_fail_job_on_exit(PREFLIGHT, EXIT_UNUSABLE)],
     )
 
 
@@ -318,10 +325,10 @@ def render_training_job(
             str(min(5, settings.progress_interval_seconds)),
         ],
         "env": [
-            {"name": "KAITO_WORKSPACE_NAME", "value": ws.name},
-            {"name": "KAITO_WORKSPACE_NAMESPACE", "value": ws.namespace},
-            {"name": "KAITO_WORKSPACE_API_VERSION", "value": settings.workspace_api_version},
-            {"name": "KAITO_PROGRESS_INTERVAL_S", "value": str(settings.progress_interval_seconds)},
+            {"name": WORKSPACE_NAME_ENV, "value": ws.name},
+            {"name": WORKSPACE_NAMESPACE_ENV, "value": ws.namespace},
+            {"name": WORKSPACE_API_VERSION_ENV, "value": settings.workspace_api_version},
+            {"name": PROGRESS_INTERVAL_ENV, "value": str(settings.progress_interval_seconds)},
         ],
         "resources": gpu_resources(gpus),
         "volumeMounts": [
@@ -397,6 +404,6 @@ def render_training_job(
         backoff_limit=settings.backoff_limit,
         deadline=settings.active_deadline_seconds,
         settings=settings,
-        failure_rules=[_fail_job_on_exit(TRAIN, TRAINER_UNUSABLE_EXIT)],
+        failure_rules=[_fail_job_on_exit(TRAIN, EXIT_UNUSABLE)],
         extra_annotations={DATA_SHA_ANNOTATION: data_sha256},
     )

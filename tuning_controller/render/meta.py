@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from tuning_controller.workspace import GROUP, Workspace
+from contract.workspace import GROUP, Workspace
 
 WORKSPACE_LABEL = f"{GROUP}/workspace"
 NAME_MAX = 63  # DNS label: Job names end up in their pods' job-name label, container names are labels

@@ -24,22 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.pod import MODEL_CACHE_DIR, MODEL_DIR, MODEL_WEIGHTS, TERMINATION_LOG
+from contract.workspace import PresetSpec
 from presets.catalog import get_model
 from tuning_controller.model_source import HUB_TOKEN_KEY, ModelSource, model_source
 from tuning_controller.render.pod import (
-    TERMINATION_LOG,
     docker_config_volume,
     mount,
     plain_http_args,
     tools_container,
 )
 from tuning_controller.settings import Settings
-from tuning_controller.workspace import PresetSpec
 
 FETCH_MODEL = "fetch-model"
-MODEL_DIR = "/mnt/model"
-MODEL_WEIGHTS = f"{MODEL_DIR}/weights"
-MODEL_CACHE_DIR = "/mnt/model-cache"
 MODEL_SECRET_DIR = "/mnt/model-secret"
 MODEL_CACHE_CLAIM = "kaito-tune-model-cache"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from contract.workspace import GROUP, Workspace
 from tuning_controller.render.meta import NAME_MAX, labels
 from tuning_controller.render.pod import GPU_RESOURCE
 from tuning_controller.settings import Settings
-from tuning_controller.workspace import GROUP, Workspace
 
 NODECLAIM_API_VERSION = "karpenter.sh/v1"
 NAMESPACE_LABEL = f"{GROUP}/workspacenamespace"

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.workspace import LabelSelector
 from tuning_controller.settings import Settings
-from tuning_controller.workspace import LabelSelector
 
 GPU_RESOURCE = "nvidia.com/gpu"
-TERMINATION_LOG = "/dev/termination-log"
 
 
 def container_security() -> dict[str, Any]:

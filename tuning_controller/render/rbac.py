@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.workspace import GROUP, Workspace
 from tuning_controller.render.job import service_account_name
 from tuning_controller.render.meta import metadata
-from tuning_controller.workspace import GROUP, Workspace
 
 
 def render_progress_rbac(ws: Workspace) -> list[dict[str, Any]]:

@@ -1,15 +1,9 @@
-"""A snapshot of the option names, types, choices and defaults of the library classes a training config feeds.
+"""Introspect the installed training libraries into ``contract/training_options.json`` (imports torch).
 
-The controller must stay slim (no torch), yet check every key of ``training_config.yaml`` against the
-real option sets: BitsAndBytesConfig (QuantizationConfig), peft LoraConfig (LoraConfig) and TRL
-SFTConfig (TrainingArguments). So they are introspected once into ``training_options.json``; a test
-introspects the installed libraries again and asserts equality, so a library bump cannot drift silently.
+    python -m hack.training_options --write   # regenerate after bumping a pin
+    python -m hack.training_options --check   # exit 1 if the snapshot is stale
 
-    python -m tuning_controller.training_options --write   # regenerate after bumping a pin
-    python -m tuning_controller.training_options --check   # exit 1 if the snapshot is stale
-
-Each option is ``{"types": [...], "default": ..., "choices": [...]?}`` with types from
-bool, int, float, str, list, dict, null, object (anything else: not checked further).
+The snapshot's format is described in ``contract.training_options``.
 """
 
 from __future__ import annotations
@@ -17,16 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import functools
 import inspect
 import json
 import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
-SNAPSHOT = Path(__file__).resolve().with_name("training_options.json")
+from contract.training_options import SNAPSHOT
+
 LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes")
 
 # BitsAndBytesConfig.__init__ has no annotations; these are its documented types.
@@ -153,12 +146,6 @@ def introspect() -> dict[str, Any]:
     }
 
 
-@functools.cache
-def load() -> dict[str, Any]:
-    """The snapshot: {"versions": {...}, "sections": {section: {option: {types, default, choices?}}}}."""
-    return json.loads(SNAPSHOT.read_text())
-
-
 def render(snapshot: dict[str, Any]) -> str:
     return json.dumps(snapshot, indent=1, sort_keys=True) + "\n"
 
@@ -177,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {SNAPSHOT}")
         return 0
     if SNAPSHOT.read_text() != current:
-        print(
-            f"{SNAPSHOT} is stale: run python -m tuning_controller.training_options --write", file=sys.stderr
-        )
+        print(f"{SNAPSHOT} is stale: run python -m hack.training_options --write", file=sys.stderr)
         return 1
     print(f"{SNAPSHOT.name} matches the installed libraries")
     return 0

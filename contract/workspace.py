@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuning_controller.problems import Problem
-from tuning_controller.suggest import did_you_mean
+from contract.problems import Problem
+from contract.suggest import did_you_mean
 
 GROUP = "kaito.sh"
 KIND = "Workspace"

@@ -5,8 +5,9 @@ pod, or worse, is ignored. Here every key of every section is checked up front a
 sets: BitsAndBytesConfig, peft LoraConfig and TRL SFTConfig (snapshotted in ``training_options.json``,
 so the controller needs no torch) and this project's ModelConfig, DatasetConfig and DataCollator
 (defined below; the trainer reads exactly these). Then types, ranges, choices, KAITO's own rules
-(load_in_4bit/8bit vs method, output_dir under /mnt) and, given a preset and a GPU SKU, target modules
-and bfloat16 support. Every problem is collected; nothing stops at the first.
+(load_in_4bit/8bit vs method, output_dir under /mnt). The rules that need the preset and GPU catalogs
+(target modules, bfloat16 support) are the operator's: ``tuning_controller.training_targets``. Every
+problem is collected; nothing stops at the first.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import copy
 import posixpath
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Any
 
-from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
-from tuning_controller import training_options
-from tuning_controller.problems import Problem, Severity
-from tuning_controller.suggest import did_you_mean
+from contract import training_options
+from contract.problems import Problem
+from contract.suggest import did_you_mean
 
 ROOT = "training_config"
 SECTIONS = (
@@ -30,11 +31,27 @@ SECTIONS = (
     "DatasetConfig",
     "DataCollator",
 )
-METHODS = ("lora", "qlora")
+
+
+class Method(StrEnum):
+    """KAITO's tuning methods; ``tuning.method`` is matched case-insensitively (``Method.parse``)."""
+
+    LORA = "lora"
+    QLORA = "qlora"
+
+    @classmethod
+    def parse(cls, value: str | None) -> Method | None:
+        """The method ``value`` names (any case), or None when it names none."""
+        try:
+            return cls(str(value or "").strip().lower())
+        except ValueError:
+            return None
+
+
+METHODS = tuple(m.value for m in Method)
 TORCH_DTYPES = ["auto", "bfloat16", "float16", "float32"]
 COMPUTE_DTYPES = ["bfloat16", "float16", "float32", "float", "half"]
 STORAGE_DTYPES = ["uint8", "bfloat16", "float16", "float32"]
-BF16_NAMES = frozenset({"bfloat16", "bf16"})
 
 
 def _opt(types: list[str], default: Any, help_: str, choices: list[str] | None = None) -> dict[str, Any]:
@@ -350,96 +367,16 @@ def _conflicts(sections: Mapping[str, Any], path: str) -> list[Problem]:
     return problems
 
 
-def _resolve(kind: str, value: Any, getter: Callable[[str], Any]) -> tuple[Any, list[Problem]]:
-    if value is None or not isinstance(value, str):
-        return value, []
-    try:
-        return getter(value), []
-    except UnknownName as exc:
-        return None, [Problem(kind, str(exc), value)]
-
-
-def _preset_rules(sections: Mapping[str, Any], preset: ModelPreset, path: str) -> list[Problem]:
-    lora = sections.get("LoraConfig") or {}
-    modules = lora.get("target_modules") if isinstance(lora, Mapping) else None
-    if not isinstance(modules, list):
-        return []
-    known = preset.linear_shapes()
-    problems = []
-    for i, module in enumerate(modules):
-        if module not in known:
-            guess = did_you_mean(str(module), known)
-            hint = f"{guess} " if guess else ""
-            problems.append(
-                Problem(
-                    f"{path}.LoraConfig.target_modules[{i}]",
-                    f"is not a linear layer of {preset.name} ({preset.architecture})",
-                    module,
-                    f"{hint}its linear layers: {', '.join(known)}; or write target_modules: all-linear",
-                )
-            )
-    return problems
-
-
-def _is_bf16(value: Any) -> bool:
-    return isinstance(value, str) and value.lower() in BF16_NAMES
-
-
-def _sku_rules(sections: Mapping[str, Any], sku: GpuSku, path: str) -> list[Problem]:
-    """Known GPU limits as warnings: bfloat16 or flash-attention asked on a pre-Ampere GPU (V100, T4)."""
-    if sku.bf16:
-        return []
-    model = sections.get("ModelConfig") or {}
-    quant = sections.get("QuantizationConfig") or {}
-    args = sections.get("TrainingArguments") or {}
-    asked = [
-        (f"{path}.{section}.{key}", body.get(key))
-        for section, body, key in (
-            ("ModelConfig", model, "torch_dtype"),
-            ("ModelConfig", model, "dtype"),
-            ("QuantizationConfig", quant, "bnb_4bit_compute_dtype"),
-        )
-        if isinstance(body, Mapping) and _is_bf16(body.get(key))
-    ]
-    if isinstance(args, Mapping) and args.get("bf16") is True:
-        asked.append((f"{path}.TrainingArguments.bf16", True))
-    gpu = f"{sku.name} has {sku.gpu_model} GPUs (compute capability {sku.compute_capability})"
-    problems = [
-        Problem(
-            where,
-            f"{gpu} without bfloat16 support; bfloat16 needs 8.0+",
-            value,
-            "use float16 (in the ConfigMap named by tuning.config), or an Ampere or newer instance type",
-            Severity.WARNING,
-        )
-        for where, value in asked
-    ]
-    attention = model.get("attn_implementation") if isinstance(model, Mapping) else None
-    if isinstance(attention, str) and attention.startswith("flash_attention"):
-        problems.append(
-            Problem(
-                f"{path}.ModelConfig.attn_implementation",
-                f"{gpu}; flash-attention kernels need 8.0+",
-                attention,
-                "use sdpa on this GPU",
-                Severity.WARNING,
-            )
-        )
-    return problems
-
-
 def validate_training_config(
     doc: Mapping[str, Any],
     method: str | None = None,
     *,
-    sku: GpuSku | str | None = None,
-    preset: ModelPreset | str | None = None,
     path: str = ROOT,
 ) -> list[Problem]:
     """Every problem in a parsed ``training_config.yaml``; ``path`` is where its root sits in the file.
 
-    ``method`` enables KAITO's method rules, ``preset`` the target-module check, ``sku`` the GPU warnings.
-    Names are looked up in the catalogs; objects are used as they are.
+    ``method`` enables KAITO's method rules. The trainer runs exactly this; the operator adds the preset
+    and GPU rules of ``tuning_controller.training_targets``.
     """
     base = path.rsplit(".", 1)[0] if path.endswith(f".{ROOT}") else ""
     if not isinstance(doc, Mapping):
@@ -471,14 +408,6 @@ def validate_training_config(
         method = None
     problems += _kaito_rules(sections, method, path)
     problems += _conflicts(sections, path)
-    preset_obj, found = _resolve("preset", preset, get_model)
-    problems += found
-    if preset_obj is not None:
-        problems += _preset_rules(sections, preset_obj, path)
-    sku_obj, found = _resolve("instanceType", sku, get_sku)
-    problems += found
-    if sku_obj is not None:
-        problems += _sku_rules(sections, sku_obj, path)
     return problems
 
 
