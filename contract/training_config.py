@@ -129,11 +129,12 @@ _QLORA_TEMPLATE: dict[str, Any] = {
 
 
 def default_training_config(method: str) -> dict[str, Any]:
-    """KAITO's default template for ``method`` (lora or qlora), as the parsed YAML document."""
-    if method not in METHODS:
+    """KAITO's default template for ``method`` (lora or qlora, any case), as the parsed YAML document."""
+    known = Method.parse(method)
+    if known is None:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     doc = copy.deepcopy(_QLORA_TEMPLATE)
-    if method == "lora":
+    if known is Method.LORA:
         doc[ROOT]["QuantizationConfig"] = {"load_in_4bit": False}
     return doc
 

@@ -225,6 +225,11 @@ class AdapterSpec:
         pattern=r"^[0-9]*\.?[0-9]+$",
     )
 
+    @property
+    def name(self) -> str:
+        """The adapter's name (its source's); empty only in a Workspace that failed validation."""
+        return self.source.name if self.source is not None else ""
+
 
 @dataclass(frozen=True)
 class InferenceSpec:
@@ -240,6 +245,11 @@ class InferenceSpec:
     adapters: list[AdapterSpec] = api_field(
         "adapters", doc=f"adapters: at most {MAX_ADAPTERS}, unique names.", default=[], max_items=MAX_ADAPTERS
     )
+
+    @property
+    def preset_name(self) -> str:
+        """The served preset's name; empty only in a Workspace that failed validation."""
+        return self.preset.name if self.preset is not None else ""
 
 
 @dataclass(frozen=True)
@@ -331,11 +341,23 @@ class Workspace:
     def namespace(self) -> str:
         return str(self.metadata.get("namespace", "") or "default")
 
+    def require_tuning(self) -> TuningSpec:
+        """The tuning section, for code that only tuning Workspaces reach (ValueError otherwise)."""
+        if self.tuning is None:
+            raise ValueError(f"Workspace {self.name!r} has no tuning section")
+        return self.tuning
+
+    def require_inference(self) -> InferenceSpec:
+        """The inference section, for code that only inference Workspaces reach (ValueError otherwise)."""
+        if self.inference is None:
+            raise ValueError(f"Workspace {self.name!r} has no inference section")
+        return self.inference
+
 
 # ----------------------------------------------------------------------------------------------- typing
 
 
-def api_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+def api_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     """The dataclass fields of an API class with their resolved types."""
     hints = typing.get_type_hints(cls)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
@@ -373,7 +395,7 @@ def _describe(tp: Any) -> str:
 def _parse_value(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any:
     tp = unwrap_optional(tp)
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _parse_object(tp, value, path, problems)
     if origin is list:
         if not isinstance(value, list):

@@ -13,21 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from artifacts.errors import InvalidInputError
-from artifacts.hosts import host_refusal, redact_url, registry_refusal
-from artifacts.reference import Reference
 from contract.pod import StrengthError, parse_strength
 from contract.problems import Problem, Severity
-from contract.training_config import METHODS, default_training_config, validate_training_config
+from contract.training_config import Method, default_training_config, validate_training_config
 from contract.workspace import (
-    ALLOWED_VOLUME_TYPES,
     API_VERSIONS,
     KIND,
     MAX_ADAPTERS,
-    DataDestination,
-    DataSource,
+    AdapterSpec,
     InferenceSpec,
     LabelSelector,
     PresetSpec,
@@ -38,107 +32,17 @@ from contract.workspace import (
     to_dict,
 )
 from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
+from tuning_controller.field_checks import (
+    data_source_problems,
+    image_problems,
+    name_problems,
+    output_problems,
+)
 from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
 from tuning_controller.model_source import source_problems
 from tuning_controller.training_targets import target_problems
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def _name_problems(
-    path: str, value: str, *, what: str, label: bool = True, placeholder_ok: bool = False
-) -> list[Problem]:
-    """DNS-1123 label (63) or subdomain (253) names.
-
-    With ``placeholder_ok`` (names of Secrets the Workspace refers to, which KAITO's examples write as
-    ``ACR_REGISTRY_SECRET_HERE``) a name wrong only in case is a placeholder and gets a warning; the
-    Workspace's own names and the objects it creates must be valid, or the API server refuses them.
-    """
-    pattern, limit = (DNS1123_LABEL, 63) if label else (DNS1123_SUBDOMAIN, 253)
-    if pattern.match(value) and len(value) <= limit:
-        return []
-    kind = "DNS-1123 label" if label else "DNS-1123 subdomain"
-    rule = (
-        f"a {kind}: lowercase letters, digits and '-'{'' if label else ' or .'}, at most {limit} characters"
-    )
-    if placeholder_ok and pattern.match(value.lower().replace("_", "-")) and len(value) <= limit:
-        return [
-            Problem(
-                path,
-                f"{what} names are lowercase ({rule}); a {what} with this name cannot exist",
-                value,
-                "replace the placeholder with the real name",
-                Severity.WARNING,
-            )
-        ]
-    return [Problem(path, f"must be {rule}", value, f"rename the {what}")]
-
-
-def image_problems(path: str, image: str) -> list[Problem]:
-    """The reference must parse (registry/repository[:tag][@digest]) and name a possible registry host
-    (no cloud metadata service, no link-local address); uppercase is a placeholder: warn."""
-    try:
-        refusal = registry_refusal(Reference.parse(image).host_name)
-        if refusal:
-            return [Problem(path, f"names no registry: {refusal}", image, "write your registry's host")]
-    except InvalidInputError as exc:
-        try:
-            Reference.parse(image.lower())
-        except InvalidInputError:
-            return [
-                Problem(
-                    path,
-                    str(exc),
-                    None,
-                    "write registry/repository:tag, e.g. myacr.azurecr.io/adapters/phi-3:v1",
-                )
-            ]
-        return [
-            Problem(
-                path,
-                "registries accept only lowercase repository names (the OCI distribution spec)",
-                image,
-                "replace the placeholder with the real lowercase repository before the push",
-                Severity.WARNING,
-            )
-        ]
-    return []
-
-
-def url_problems(path: str, url: str, *, allowed_networks: Sequence[str] = ()) -> list[Problem]:
-    """https (or http, warned) URLs to public hosts (or hosts in the admin's ``allowed_networks``) only,
-    without credentials (they would sit in the spec)."""
-    parts = urlsplit(url)
-    shown = redact_url(url)  # the value as messages, Events and the status show it
-    if parts.scheme not in ("http", "https"):
-        return [
-            Problem(path, "must be an http(s) URL", shown, "host the data on a web server or use input.image")
-        ]
-    problems = []
-    if parts.username or parts.password:
-        problems.append(
-            Problem(path, "must not carry credentials", shown, "use input.image with imagePullSecrets")
-        )
-    refusal = host_refusal(parts.hostname or "", allowed_networks=allowed_networks)
-    if refusal:
-        problems.append(
-            Problem(
-                path,
-                f"is refused: {refusal}",
-                shown,
-                "data URLs must point at public hosts (SSRF protection) or, for an in-cluster data server, "
-                "the cluster admin allows its network with KAITO_TUNE_ALLOWED_URL_NETWORKS",
-            )
-        )
-    elif parts.scheme == "http":
-        problems.append(
-            Problem(
-                path, "uses plain http: the data travels unencrypted", shown, "use https", Severity.WARNING
-            )
-        )
-    return problems
 
 
 def _lookup(
@@ -210,98 +114,6 @@ def _resource_problems(resource: ResourceSpec | None, ws: Workspace) -> tuple[Gp
     return sku, problems
 
 
-def volume_problems(path: str, volume: Mapping[str, Any]) -> list[Problem]:
-    """A Workspace's volumeSource goes into pods the controller creates, so only volume types that give
-    no access to the node or to objects the user might not read are allowed (ALLOWED_VOLUME_TYPES): a
-    hostPath would hand the node to anyone allowed to create Workspaces; a secret or configMap volume
-    would copy data the user's RBAC may hide into a trained, pushed adapter."""
-    hint = "e.g. persistentVolumeClaim: {claimName: data}"
-    if len(volume) != 1:
-        return [Problem(path, "must name exactly one volume type", sorted(volume), hint)]
-    (kind,) = volume
-    if kind not in ALLOWED_VOLUME_TYPES:
-        return [
-            Problem(
-                f"{path}.{kind}",
-                f"is not an allowed volume type; allowed: {', '.join(ALLOWED_VOLUME_TYPES)}",
-                kind,
-                "put the data on a PersistentVolumeClaim (or a CSI or NFS volume) and name that",
-            )
-        ]
-    return []
-
-
-def _source_problems(
-    path: str, source: DataSource, *, allowed_networks: Sequence[str], for_adapter: bool
-) -> list[Problem]:
-    problems: list[Problem] = []
-    given = [
-        name
-        for name, set_ in (
-            ("urls", source.urls),
-            ("image", source.image),
-            ("volumeSource", source.volume_source),
-        )
-        if set_
-    ]
-    allowed = ("image", "volumeSource") if for_adapter else ("urls", "image", "volumeSource")
-    if for_adapter and source.urls:
-        problems.append(
-            Problem(f"{path}.urls", "adapters are not fetched from URLs", None, "use image or volumeSource")
-        )
-    elif len(given) != 1:
-        problems.append(
-            Problem(
-                path,
-                f"set exactly one of {', '.join(allowed)}",
-                given or None,
-                "remove the others" if given else "",
-            )
-        )
-    for i, url in enumerate(source.urls):
-        problems += url_problems(f"{path}.urls[{i}]", url, allowed_networks=allowed_networks)
-    if source.image:
-        problems += image_problems(f"{path}.image", source.image)
-    for i, secret in enumerate(source.image_pull_secrets):
-        problems += _name_problems(
-            f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False, placeholder_ok=True
-        )
-    if source.volume_source is not None:
-        problems += volume_problems(f"{path}.volumeSource", source.volume_source)
-    return problems
-
-
-def _output_problems(output: DataDestination) -> list[Problem]:
-    path = "tuning.output"
-    problems = []
-    if bool(output.image) == (output.volume_source is not None):
-        problems.append(
-            Problem(path, "set exactly one of image (with imagePushSecret) or volumeSource", None)
-        )
-    if output.image:
-        problems += image_problems(f"{path}.image", output.image)
-        if not output.image_push_secret:
-            problems.append(
-                Problem(
-                    f"{path}.imagePushSecret",
-                    "is required with tuning.output.image",
-                    None,
-                    "create a docker-registry Secret that may push there and name it here",
-                )
-            )
-    if output.image_push_secret:
-        problems += _name_problems(
-            f"{path}.imagePushSecret",
-            output.image_push_secret,
-            what="Secret",
-            label=False,
-            placeholder_ok=True,
-        )
-    if output.volume_source is not None:
-        problems += volume_problems(f"{path}.volumeSource", output.volume_source)
-    return problems
-
-
 def _tuning_problems(
     tuning: TuningSpec,
     sku: GpuSku | None,
@@ -310,45 +122,69 @@ def _tuning_problems(
     training_config: Mapping[str, Any] | None,
     model_registry: str,
 ) -> list[Problem]:
-    problems: list[Problem] = []
-    method = tuning.method.lower()
-    if method not in METHODS:
-        problems.append(Problem("tuning.method", "must be lora or qlora", tuning.method))
-        method = ""
-    elif tuning.method != method:
-        problems.append(
-            Problem(
-                "tuning.method",
-                "is accepted in any case; write it in lower case",
-                tuning.method,
-                severity=Severity.WARNING,
-            )
-        )
-    preset: ModelPreset | None = None
-    if tuning.preset is not None:
-        preset, found = _lookup("tuning.preset.name", tuning.preset.name, get_model, "model preset")
-        problems += found
-        if preset is not None:
-            problems += _preset_options_problems("tuning.preset", tuning.preset, preset, model_registry)
-        if preset is not None and method and method not in preset.methods:
-            problems.append(
-                Problem(
-                    "tuning.method",
-                    f"{preset.name} cannot be tuned with {method}",
-                    method,
-                    f"use {' or '.join(preset.methods)}",
-                )
-            )
+    method, problems = _method_problems(tuning.method)
+    preset, found = _tuning_preset_problems(tuning, method, model_registry)
+    problems += found
     if tuning.input is not None:
-        problems += _source_problems(
+        problems += data_source_problems(
             "tuning.input", tuning.input, allowed_networks=allowed_networks, for_adapter=False
         )
     if tuning.output is not None:
-        problems += _output_problems(tuning.output)
+        problems += output_problems(tuning.output)
     if tuning.config:
-        problems += _name_problems("tuning.config", tuning.config, what="ConfigMap", label=False)
-    if not method:
-        return problems
+        problems += name_problems("tuning.config", tuning.config, what="ConfigMap", label=False)
+    if method is not None:
+        problems += _training_config_problems(tuning, method, preset, sku, training_config)
+    return problems
+
+
+def _method_problems(value: str) -> tuple[Method | None, list[Problem]]:
+    """The method ``tuning.method`` names (any case, as KAITO accepts it), or None with the error."""
+    method = Method.parse(value)
+    if method is None:
+        return None, [Problem("tuning.method", "must be lora or qlora", value)]
+    if value != method:
+        return method, [
+            Problem(
+                "tuning.method",
+                "is accepted in any case; write it in lower case",
+                value,
+                severity=Severity.WARNING,
+            )
+        ]
+    return method, []
+
+
+def _tuning_preset_problems(
+    tuning: TuningSpec, method: Method | None, model_registry: str
+) -> tuple[ModelPreset | None, list[Problem]]:
+    if tuning.preset is None:
+        return None, []
+    preset, problems = _lookup("tuning.preset.name", tuning.preset.name, get_model, "model preset")
+    if preset is None:
+        return None, problems
+    problems += _preset_options_problems("tuning.preset", tuning.preset, preset, model_registry)
+    if method and method not in preset.methods:
+        problems.append(
+            Problem(
+                "tuning.method",
+                f"{preset.name} cannot be tuned with {method}",
+                str(method),
+                f"use {' or '.join(preset.methods)}",
+            )
+        )
+    return preset, problems
+
+
+def _training_config_problems(
+    tuning: TuningSpec,
+    method: Method,
+    preset: ModelPreset | None,
+    sku: GpuSku | None,
+    training_config: Mapping[str, Any] | None,
+) -> list[Problem]:
+    """The user's ConfigMap when the caller has it, else KAITO's template when none is named."""
+    problems: list[Problem] = []
     doc = training_config
     if doc is not None:
         path = f"configmap/{tuning.config or 'training'}[training_config.yaml].training_config"
@@ -373,7 +209,7 @@ def _preset_options_problems(
         if options.image:
             problems += image_problems(f"{path}.presetOptions.image", options.image)
         for i, secret in enumerate(options.image_pull_secrets):
-            problems += _name_problems(
+            problems += name_problems(
                 f"{path}.presetOptions.imagePullSecrets[{i}]",
                 secret,
                 what="Secret",
@@ -381,7 +217,7 @@ def _preset_options_problems(
                 placeholder_ok=True,
             )
         if options.model_access_secret:
-            problems += _name_problems(
+            problems += name_problems(
                 f"{path}.presetOptions.modelAccessSecret",
                 options.model_access_secret,
                 what="Secret",
@@ -411,33 +247,25 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None, model_regi
         if preset is not None and sku is not None:
             problems += inference_fit_problems(preset, sku)
     if inference.config:
-        problems += _name_problems("inference.config", inference.config, what="ConfigMap", label=False)
+        problems += name_problems("inference.config", inference.config, what="ConfigMap", label=False)
     if len(inference.adapters) > MAX_ADAPTERS:
         problems.append(
             Problem("inference.adapters", f"at most {MAX_ADAPTERS} adapters", len(inference.adapters))
         )
+    problems += _adapter_problems(inference.adapters)
+    return problems
+
+
+def _adapter_problems(adapters: Sequence[AdapterSpec]) -> list[Problem]:
+    """Each adapter's name (unique DNS-1123 label), image source and strength."""
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for i, adapter in enumerate(inference.adapters):
+    for i, adapter in enumerate(adapters):
         path = f"inference.adapters[{i}]"
         source = adapter.source
         if source is not None:
-            if not source.name:
-                problems.append(
-                    Problem(f"{path}.source.name", "is required", None, "name the adapter (DNS-1123 label)")
-                )
-            else:
-                problems += _name_problems(f"{path}.source.name", source.name, what="adapter")
-                if source.name in seen:
-                    problems.append(
-                        Problem(
-                            f"{path}.source.name",
-                            f"duplicates inference.adapters[{seen[source.name]}].source.name",
-                            source.name,
-                            "adapter names must be unique",
-                        )
-                    )
-                seen.setdefault(source.name, i)
-            problems += _source_problems(f"{path}.source", source, allowed_networks=(), for_adapter=True)
+            problems += _adapter_name_problems(f"{path}.source.name", source.name, seen, i)
+            problems += data_source_problems(f"{path}.source", source, allowed_networks=(), for_adapter=True)
         try:
             parse_strength(adapter.strength)
         except StrengthError:
@@ -451,7 +279,24 @@ def _inference_problems(inference: InferenceSpec, sku: GpuSku | None, model_regi
     return problems
 
 
-def _immutability_problems(new: Workspace, old: Workspace) -> list[Problem]:
+def _adapter_name_problems(path: str, name: str, seen: dict[str, int], index: int) -> list[Problem]:
+    if not name:
+        return [Problem(path, "is required", None, "name the adapter (DNS-1123 label)")]
+    problems = name_problems(path, name, what="adapter")
+    if name in seen:
+        problems.append(
+            Problem(
+                path,
+                f"duplicates inference.adapters[{seen[name]}].source.name",
+                name,
+                "adapter names must be unique",
+            )
+        )
+    seen.setdefault(name, index)
+    return problems
+
+
+def immutability_problems(new: Workspace, old: Workspace) -> list[Problem]:
     """KAITO's update rules: what a running Workspace cannot change."""
     problems = []
 
@@ -487,8 +332,8 @@ def _immutability_problems(new: Workspace, old: Workspace) -> list[Problem]:
         changed("tuning.preset", old.tuning.preset, new.tuning.preset, "the job tunes this model")
         changed(
             "tuning.method",
-            old.tuning.method.lower(),
-            new.tuning.method.lower(),
+            Method.parse(old.tuning.method) or old.tuning.method,
+            Method.parse(new.tuning.method) or new.tuning.method,
             "the job tunes with this method",
         )
         before_in, after_in = old.tuning.input, new.tuning.input
@@ -511,6 +356,26 @@ def _immutability_problems(new: Workspace, old: Workspace) -> list[Problem]:
     return problems
 
 
+def _identity_problems(obj: Mapping[str, Any], ws: Workspace) -> list[Problem]:
+    """apiVersion, kind, and the names the API server will need."""
+    problems: list[Problem] = []
+    if obj.get("apiVersion") not in API_VERSIONS:
+        problems.append(
+            Problem("apiVersion", f"must be one of {', '.join(API_VERSIONS)}", obj.get("apiVersion"))
+        )
+    if obj.get("kind") != KIND:
+        problems.append(Problem("kind", f"must be {KIND}", obj.get("kind")))
+    name = ws.metadata.get("name")
+    if isinstance(name, str) and name:
+        problems += name_problems("metadata.name", name, what="Workspace")
+    elif not ws.metadata.get("generateName"):
+        problems.append(Problem("metadata.name", "is required", None, "name the Workspace (DNS-1123 label)"))
+    namespace = ws.metadata.get("namespace")
+    if isinstance(namespace, str) and namespace:
+        problems += name_problems("metadata.namespace", namespace, what="namespace")
+    return problems
+
+
 def validate_workspace(
     obj: Mapping[str, Any],
     old: Mapping[str, Any] | None = None,
@@ -530,23 +395,8 @@ def validate_workspace(
     """
     if not isinstance(obj, Mapping):
         return [Problem("<root>", "a Workspace must be a mapping", obj)]
-    problems: list[Problem] = []
-    if obj.get("apiVersion") not in API_VERSIONS:
-        problems.append(
-            Problem("apiVersion", f"must be one of {', '.join(API_VERSIONS)}", obj.get("apiVersion"))
-        )
-    if obj.get("kind") != KIND:
-        problems.append(Problem("kind", f"must be {KIND}", obj.get("kind")))
     ws, shape = parse_workspace(obj)
-    problems += shape
-    name = ws.metadata.get("name")
-    if isinstance(name, str) and name:
-        problems += _name_problems("metadata.name", name, what="Workspace")
-    elif not ws.metadata.get("generateName"):
-        problems.append(Problem("metadata.name", "is required", None, "name the Workspace (DNS-1123 label)"))
-    namespace = ws.metadata.get("namespace")
-    if isinstance(namespace, str) and namespace:
-        problems += _name_problems("metadata.namespace", namespace, what="namespace")
+    problems = _identity_problems(obj, ws) + shape
     if (ws.inference is None) == (ws.tuning is None):
         problems.append(
             Problem(
@@ -570,5 +420,5 @@ def validate_workspace(
         problems += _inference_problems(ws.inference, sku, model_registry)
     if old is not None and isinstance(old, Mapping):
         old_ws, _ = parse_workspace(old)
-        problems += _immutability_problems(ws, old_ws)
+        problems += immutability_problems(ws, old_ws)
     return problems

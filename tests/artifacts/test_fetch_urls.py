@@ -13,7 +13,7 @@ from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
 from artifacts.fetch import FetchOptions, check_url, fetch_urls
 from artifacts.hosts import address_refusal, host_refusal, parse_network
 from tuning_controller.cli import main
-from tuning_controller.validation import url_problems
+from tuning_controller.field_checks import url_problems
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
 

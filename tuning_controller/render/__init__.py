@@ -19,7 +19,9 @@ def training_config_doc(ws: Workspace, user_config: Mapping[str, Any] | None) ->
     """The training config the Job uses: the user's ConfigMap content, else the method's template."""
     from contract.training_config import default_training_config
 
-    return dict(user_config) if user_config is not None else default_training_config(ws.tuning.method.lower())
+    return (
+        dict(user_config) if user_config is not None else default_training_config(ws.require_tuning().method)
+    )
 
 
 def sku_gpus(ws: Workspace) -> int:

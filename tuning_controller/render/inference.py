@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from dataclasses import dataclass, field
 from typing import Any
 
 from contract.pod import (
@@ -40,7 +41,7 @@ from contract.pod import (
     format_strengths,
     parse_strength,
 )
-from contract.workspace import GROUP, AdapterSpec, Workspace, to_dict
+from contract.workspace import GROUP, AdapterSpec, DataSource, Workspace, to_dict
 from tuning_controller.render.job import child_name
 from tuning_controller.render.meta import WORKSPACE_LABEL, bounded_name, labels, metadata
 from tuning_controller.render.model import fetch_model_parts, workspace_model_source
@@ -98,53 +99,67 @@ def adapters_hash(ws: Workspace, settings: Settings) -> str:
 
 def _strengths(adapters: list[AdapterSpec]) -> str:
     """The STRENGTHS_ENV value for ``adapters`` (validation has checked every strength)."""
-    return format_strengths({a.source.name: parse_strength(a.strength) for a in adapters})
+    return format_strengths({a.name: parse_strength(a.strength) for a in adapters})
 
 
-def _adapter_parts(ws: Workspace, settings: Settings) -> tuple[list[dict], list[dict], list[dict], list[str]]:
-    """(pull init containers, volumes, server mounts, extra pod imagePullSecrets) for the adapters.
+@dataclass
+class _AdapterParts:
+    """What the adapters add to the server pod."""
+
+    init: list[dict[str, Any]] = field(default_factory=list)  # pull init containers
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)  # the server's
+    pull_secrets: list[str] = field(default_factory=list)  # extra pod imagePullSecrets
+
+
+def _adapter_parts(ws: Workspace, settings: Settings) -> _AdapterParts:
+    """The adapters' init containers, volumes, server mounts and pod imagePullSecrets.
 
     Pulled adapters share one emptyDir mounted at /mnt/adapter: the pull stages next to its
     destination and renames it into place, which only works within one filesystem (a volume per
     adapter, mounted at /mnt/adapter/<name>, would make that rename cross a mount: EXDEV).
     Volume and image-volume adapters are mounted at /mnt/adapter/<name> on top.
     """
-    init, volumes, mounts, pod_secrets = [], [], [], []
-    for i, adapter in enumerate(ws.inference.adapters):
-        source = adapter.source
-        path = f"{ADAPTER_ROOT}/{source.name}"
-        if source.volume_source is not None:
-            volumes.append({"name": f"adapter-{i}", **source.volume_source})
-            mounts.append(mount(f"adapter-{i}", path, read_only=True))
-            continue
-        if settings.inference_adapter_image_volumes:  # KAITO's layout: the files are under /data
-            volumes.append(
-                {"name": f"adapter-{i}", "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
-            )
-            mounts.append(mount(f"adapter-{i}", path, read_only=True, sub_path="data"))
-            pod_secrets += [s for s in source.image_pull_secrets if s not in pod_secrets]
-            continue
-        command = [
-            "kaito-tune",
-            "pull",
-            source.image,
-            path,
-            "--replace",
-            "--termination-log",
-            TERMINATION_LOG,
-            *plain_http_args(settings, source.image),
-        ]
-        pull_mounts = [mount(PULLED_VOLUME, ADAPTER_ROOT)]
-        if source.image_pull_secrets:
-            secret_dir = f"{PULL_SECRET_ROOT}/{i}"
-            command += ["--docker-config", f"{secret_dir}/.dockerconfigjson"]
-            volumes.append(docker_config_volume(f"adapter-{i}-pull-secret", source.image_pull_secrets[0]))
-            pull_mounts.append(mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
-        init.append(tools_container(bounded_name(f"pull-{source.name}"), command, pull_mounts, settings))
-    if init:  # the shared volume goes first: the per-adapter mounts nest inside it
-        volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
-        mounts.insert(0, mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
-    return init, volumes, mounts, pod_secrets
+    parts = _AdapterParts()
+    for i, adapter in enumerate(ws.require_inference().adapters):
+        if adapter.source is not None:
+            _add_adapter(parts, i, adapter.source, settings)
+    if parts.init:  # the shared volume goes first: the per-adapter mounts nest inside it
+        parts.volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
+        parts.mounts.insert(0, mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
+    return parts
+
+
+def _add_adapter(parts: _AdapterParts, i: int, source: DataSource, settings: Settings) -> None:
+    path = f"{ADAPTER_ROOT}/{source.name}"
+    if source.volume_source is not None:
+        parts.volumes.append({"name": f"adapter-{i}", **source.volume_source})
+        parts.mounts.append(mount(f"adapter-{i}", path, read_only=True))
+        return
+    if settings.inference_adapter_image_volumes:  # KAITO's layout: the files are under /data
+        parts.volumes.append(
+            {"name": f"adapter-{i}", "image": {"reference": source.image, "pullPolicy": "IfNotPresent"}}
+        )
+        parts.mounts.append(mount(f"adapter-{i}", path, read_only=True, sub_path="data"))
+        parts.pull_secrets += [s for s in source.image_pull_secrets if s not in parts.pull_secrets]
+        return
+    command = [
+        "kaito-tune",
+        "pull",
+        source.image,
+        path,
+        "--replace",
+        "--termination-log",
+        TERMINATION_LOG,
+        *plain_http_args(settings, source.image),
+    ]
+    pull_mounts = [mount(PULLED_VOLUME, ADAPTER_ROOT)]
+    if source.image_pull_secrets:
+        secret_dir = f"{PULL_SECRET_ROOT}/{i}"
+        command += ["--docker-config", f"{secret_dir}/.dockerconfigjson"]
+        parts.volumes.append(docker_config_volume(f"adapter-{i}-pull-secret", source.image_pull_secrets[0]))
+        pull_mounts.append(mount(f"adapter-{i}-pull-secret", secret_dir, read_only=True))
+    parts.init.append(tools_container(bounded_name(f"pull-{source.name}"), command, pull_mounts, settings))
 
 
 def _probes(port: int) -> dict[str, Any]:
@@ -162,12 +177,11 @@ def _probes(port: int) -> dict[str, Any]:
 
 
 def _transformers_server(ws: Workspace, settings: Settings, gpus: int, image: str) -> dict[str, Any]:
-    preset = ws.inference.preset.name
+    preset = ws.require_inference().preset_name
     command = ["python", "-m", "inference", "--preset", preset, "--weights", MODEL_WEIGHTS]
     command += [
         "--adapter-root",
         ADAPTER_ROOT,
-        COMBINED_SUFFIX,
         "--port",
         str(settings.inference_port),
         "--max-new-tokens",
@@ -175,15 +189,15 @@ def _transformers_server(ws: Workspace, settings: Settings, gpus: int, image: st
     ]
     command += ["--termination-log", TERMINATION_LOG]
     env: list[dict[str, Any]] = []
-    if ws.inference.adapters:
-        env.append({"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)})
+    if ws.require_inference().adapters:
+        env.append({"name": STRENGTHS_ENV, "value": _strengths(ws.require_inference().adapters)})
     return {"name": SERVER, "image": image, "command": command, "env": env, "resources": gpu_resources(gpus)}
 
 
 def _vllm_server(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]:
     from presets.catalog import get_model
 
-    preset = get_model(ws.inference.preset.name)
+    preset = get_model(ws.require_inference().preset_name)
     args = [
         "python3",
         "-m",
@@ -199,11 +213,11 @@ def _vllm_server(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]
         "--tensor-parallel-size",
         str(gpus),
     ]
-    if ws.inference.adapters:
-        names = [a.source.name for a in ws.inference.adapters] + [preset.name + COMBINED_SUFFIX]
+    if ws.require_inference().adapters:
+        names = [a.name for a in ws.require_inference().adapters] + [preset.name + COMBINED_SUFFIX]
         args += ["--enable-lora", "--lora-modules", *(f"{n}={MERGED_ROOT}/{n}" for n in names)]
     script = " ".join(shlex.quote(a) for a in args)
-    if ws.inference.adapters:  # the rank is known once the merge step has run
+    if ws.require_inference().adapters:  # the rank is known once the merge step has run
         script += f' --max-lora-rank "$(cat {MERGED_ROOT}/max-lora-rank)"'
     return {
         "name": SERVER,
@@ -214,7 +228,7 @@ def _vllm_server(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]
     }
 
 
-def _merge_container(ws: Workspace, image: str, mounts: list[dict]) -> dict[str, Any]:
+def _merge_container(ws: Workspace, image: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": MERGE,
         "image": image,
@@ -223,16 +237,15 @@ def _merge_container(ws: Workspace, image: str, mounts: list[dict]) -> dict[str,
             "-m",
             "inference.merge",
             "--preset",
-            ws.inference.preset.name,
+            ws.require_inference().preset_name,
             "--adapter-root",
             ADAPTER_ROOT,
-            COMBINED_SUFFIX,
             "--output",
             MERGED_ROOT,
             "--termination-log",
             TERMINATION_LOG,
         ],
-        "env": [{"name": STRENGTHS_ENV, "value": _strengths(ws.inference.adapters)}],
+        "env": [{"name": STRENGTHS_ENV, "value": _strengths(ws.require_inference().adapters)}],
         "volumeMounts": [*mounts, mount("merged", MERGED_ROOT)],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -254,16 +267,16 @@ def _multi_node_env(ws: Workspace) -> list[dict[str, Any]]:
 
 def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]:
     """The server pod: adapter pulls (and the vLLM merge) as init containers, then the server."""
-    spec = ws.inference
-    if spec is None or spec.preset is None:
+    spec = ws.require_inference()
+    if spec.preset is None:
         raise ValueError(f"Workspace {ws.name!r} has no inference.preset to serve")
     gpus = max(1, int(gpus))
     image = settings.inference_image or settings.trainer_image
     model = fetch_model_parts(workspace_model_source(spec.preset, settings), settings)
-    init, volumes, mounts, pod_secrets = _adapter_parts(ws, settings)
-    init[:0] = model.init
-    volumes += [*model.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    pod_secrets = [*model.pull_secrets, *pod_secrets]
+    adapters = _adapter_parts(ws, settings)
+    init = [*model.init, *adapters.init]
+    volumes = [*adapters.volumes, *model.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = adapters.mounts
     if settings.inference_runtime == "vllm":
         server = _vllm_server(ws, settings, gpus)
         if spec.adapters:  # the merge reads the adapters only; vLLM reads the merged ones
@@ -272,20 +285,7 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
             mounts = [mount("merged", MERGED_ROOT, read_only=True)]
     else:
         server = _transformers_server(ws, settings, gpus, image)
-    server["securityContext"] = container_security()  # vLLM's image runs as root: no caps, no escalation
-    if node_count(ws) > 1:
-        server["env"] = [*server["env"], *_multi_node_env(ws)]
-    ports = [{"name": "http", "containerPort": settings.inference_port}]
-    if node_count(ws) > 1:
-        ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
-    server.update(
-        ports=ports,
-        volumeMounts=[*mounts, *model.readers, mount("dshm", "/dev/shm")],
-        terminationMessagePolicy="FallbackToLogsOnError",
-        **_probes(settings.inference_port),
-    )
-    if not server["env"]:
-        del server["env"]
+    _finish_server(server, ws, settings, [*mounts, *model.readers, mount("dshm", "/dev/shm")])
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the server talks to nobody
         "tolerations": gpu_tolerations(),
@@ -296,6 +296,7 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
         pod["securityContext"] = pod_security(settings)
     if init:
         pod["initContainers"] = init
+    pod_secrets = [*model.pull_secrets, *adapters.pull_secrets]
     if pod_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(pod_secrets)]
     affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
@@ -303,6 +304,25 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
         pod["affinity"] = affinity
     annotations = {ADAPTERS_HASH_ANNOTATION: adapters_hash(ws, settings)}
     return {"metadata": {"labels": labels(ws, COMPONENT), "annotations": annotations}, "spec": pod}
+
+
+def _finish_server(
+    server: dict[str, Any], ws: Workspace, settings: Settings, mounts: list[dict[str, Any]]
+) -> None:
+    """Security, ports (torch-dist across nodes), mounts and probes common to both runtimes."""
+    server["securityContext"] = container_security()  # vLLM's image runs as root: no caps, no escalation
+    ports = [{"name": "http", "containerPort": settings.inference_port}]
+    if node_count(ws) > 1:
+        server["env"] = [*server["env"], *_multi_node_env(ws)]
+        ports.append({"name": "torch-dist", "containerPort": TORCH_DIST_PORT})
+    server.update(
+        ports=ports,
+        volumeMounts=mounts,
+        terminationMessagePolicy="FallbackToLogsOnError",
+        **_probes(settings.inference_port),
+    )
+    if not server["env"]:
+        del server["env"]
 
 
 def render_workload(ws: Workspace, settings: Settings, gpus: int) -> dict[str, Any]:

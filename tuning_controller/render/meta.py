@@ -55,7 +55,9 @@ def owner_references(ws: Workspace) -> list[dict[str, Any]]:
     ]
 
 
-def metadata(ws: Workspace, name: str, component: str, annotations: Mapping[str, str] | None = None) -> dict:
+def metadata(
+    ws: Workspace, name: str, component: str, annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A namespaced object's metadata: name, the Workspace's namespace, labels, owner."""
     meta: dict[str, Any] = {"name": name, "namespace": ws.namespace, "labels": labels(ws, component)}
     if annotations:

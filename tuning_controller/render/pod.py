@@ -29,7 +29,9 @@ def pod_security(settings: Settings) -> dict[str, Any]:
     }
 
 
-def tools_container(name: str, command: list[str], mounts: list[dict[str, Any]], settings: Settings) -> dict:
+def tools_container(
+    name: str, command: list[str], mounts: list[dict[str, Any]], settings: Settings
+) -> dict[str, Any]:
     """A step in the tools image (fetch-data, fetch-model, push, adapter pulls): small, no torch, and its
     one-line failure reason in the termination message."""
     return {
