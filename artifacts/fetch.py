@@ -161,7 +161,7 @@ def fetch_urls(urls: Sequence[str], dest: Path, options: FetchOptions | None = N
     for url in urls:
         check_url(url, options.allowed_networks)
     dest.mkdir(parents=True, exist_ok=True)
-    downloader, taken, written = _Downloader(options), set(), []
+    downloader, taken, written = _Downloader(options), set[str](), []
     for index, url in enumerate(urls):
         target = dest / file_name(url, index, taken)
         downloader.download(url, target)

@@ -90,7 +90,7 @@ def _online() -> Iterator[None]:
                 constants.HF_HUB_OFFLINE = _saved_offline
 
 
-def _one_line(text: str, token: str | None) -> str:
+def _one_line(text: object, token: str | None) -> str:
     line = " ".join(str(text).split())
     return line.replace(token, "<token>") if token else line
 
@@ -152,7 +152,7 @@ def check_hub_access(repo_id: str, revision: str, *, token: str | None, endpoint
     """
     with _mapped_errors(repo_id, revision, token, endpoint):
         api = _api(token, endpoint)
-        info = api.repo_info(repo_id, revision=revision, repo_type="model")
+        info = api.model_info(repo_id, revision=revision)
         if not info.sha:
             raise RegistryError(f"hub model {repo_id}@{revision}: the repo info carries no commit sha")
         names = [sibling.rfilename for sibling in info.siblings or []]

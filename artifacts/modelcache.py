@@ -97,7 +97,7 @@ class ModelCache:
             self.touch(key)
             return dest, False
 
-    def list(self) -> list[Entry]:
+    def listing(self) -> list[Entry]:
         if not self.entries.is_dir():
             return []
         found = []
@@ -112,7 +112,7 @@ class ModelCache:
     def evict(self, max_bytes: int, *, keep: str = "", grace_seconds: float = GRACE_SECONDS) -> list[str]:
         """Delete least recently used entries while the cache holds more than ``max_bytes``; spares
         ``keep``, entries used within ``grace_seconds`` and entries being filled. Returns their keys."""
-        entries = self.list()
+        entries = self.listing()
         total = sum(e.size for e in entries)
         evicted: list[str] = []
         now = time.time()

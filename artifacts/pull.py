@@ -70,7 +70,7 @@ def layer_path(layer: dict[str, Any]) -> str | None:
     annotations = layer.get("annotations") or {}
     for key in (mt.ANNOTATION_FILEPATH, mt.ANNOTATION_TITLE):
         if key in annotations:
-            return annotations[key]
+            return str(annotations[key])
     return None
 
 
@@ -94,17 +94,17 @@ def detect_format(document: dict[str, Any]) -> str:
     return "files"
 
 
-def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, Any], str, str | None]]:
-    """Each layer with how it lands (FILE, DATA, FOLDER) and its path (None for DATA); refuses unsafe
+def plan_layers(document: dict[str, Any], label: str) -> list[tuple[dict[str, Any], str, str]]:
+    """Each layer with how it lands (FILE, DATA, FOLDER) and its path ("" for DATA); refuses unsafe
     paths and two layers claiming one path."""
     image = detect_format(document) == "kaito"
-    plan: list[tuple[dict[str, Any], str, str | None]] = []
+    plan: list[tuple[dict[str, Any], str, str]] = []
     seen: set[str] = set()
     for index, layer in enumerate(document.get("layers") or []):
         media_type = layer.get("mediaType", "")
         path = layer_path(layer)
         if mt.is_tar_layer(media_type) and (path is None or (image and is_unpack_layer(layer))):
-            plan.append((layer, DATA, None))  # KAITO's layout (our kaito push is titled "data" too)
+            plan.append((layer, DATA, ""))  # KAITO's layout (our kaito push is titled "data" too)
             continue
         if path is None:
             raise InvalidInputError(
@@ -243,7 +243,7 @@ def pull(
                         staging,
                         budget,
                         label,
-                        folder=relative,
+                        folder=relative or None,
                         uncompressed_digest=(layer.get("annotations") or {}).get(mt.ANNOTATION_ORAS_DIGEST),
                     )
                     while reader.read():  # the tar end may precede the blob end: verify it all

@@ -14,6 +14,7 @@ challenge's realm, obtained with the username/password, an identity token or ano
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import random
@@ -290,8 +291,8 @@ class RegistryClient:
                 response = self.session.post(header.realm, data=form, timeout=(10, self.options.timeout_s))
             else:
                 auth = (
-                    (credential.username, credential.password)
-                    if credential and credential.has_basic
+                    (credential.username, credential.password or "")
+                    if credential and credential.username and credential.has_basic
                     else None
                 )
                 response = self.session.get(
@@ -448,7 +449,7 @@ class RegistryClient:
                     "PATCH",
                     location,
                     what=what,
-                    body=lambda s=start, e=end: _FileSlice(path, s, e, progress),
+                    body=functools.partial(_FileSlice, path, start, end, progress),
                     headers={
                         "Content-Type": "application/octet-stream",
                         "Content-Range": f"{start}-{end - 1}",
@@ -531,7 +532,7 @@ class BlobReader:
             self.response.close()
             self.response = None
 
-    def _open(self) -> None:
+    def _open(self) -> requests.Response:
         headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
         response = self.client.request(
             "GET", self.url, what=f"blob {self.digest}", ok=(200, 206), stream=True, headers=headers
@@ -544,6 +545,7 @@ class BlobReader:
                     break
                 skip -= len(skipped)
         self.response = response
+        return response
 
     def read(self, size: int = IO_BLOCK) -> bytes:
         if self.offset >= self.size:
@@ -551,9 +553,8 @@ class BlobReader:
             return b""
         while True:
             try:
-                if self.response is None:
-                    self._open()
-                chunk = self.response.raw.read(min(size, self.size - self.offset + 1))
+                response = self.response or self._open()
+                chunk = response.raw.read(min(size, self.size - self.offset + 1))
                 if chunk:
                     break
                 raise ConnectionError("stream ended early")

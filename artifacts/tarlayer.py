@@ -27,7 +27,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from artifacts.errors import IntegrityError, InvalidInputError, SizeLimitError, UnsafeContentError
 
@@ -46,10 +46,19 @@ class LayerFile:
     diff_id: str  # of the uncompressed tar (the image config's rootfs)
 
 
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _HashingWriter:
     """A write-only file that hashes and counts what passes through it."""
 
-    def __init__(self, target: BinaryIO) -> None:
+    def __init__(self, target: _Writable) -> None:
         self.target = target
         self.hasher = hashlib.sha256()
         self.size = 0
@@ -66,7 +75,7 @@ class _HashingWriter:
 class _HashingReader:
     """A read-only stream that hashes what is read through it (the uncompressed tar, for its digest)."""
 
-    def __init__(self, source: BinaryIO, algorithm: str) -> None:
+    def __init__(self, source: _Readable, algorithm: str) -> None:
         self.source = source
         self.hasher = hashlib.new(algorithm)
 
@@ -162,7 +171,7 @@ def _uncompressed_hash(expected: str | None, label: str) -> tuple[str, str] | No
 
 
 def extract_layer(
-    stream: BinaryIO,
+    stream: _Readable,
     gzipped: bool,
     root: Path,
     budget: list[int],
@@ -181,10 +190,12 @@ def extract_layer(
     the disk's end).
     """
     expected = _uncompressed_hash(uncompressed_digest, label)
-    source = gzip.GzipFile(fileobj=stream, mode="rb") if gzipped else stream
+    # GzipFile seeks only to rewind, which reading a layer once never does.
+    source = gzip.GzipFile(fileobj=stream, mode="rb") if gzipped else stream  # type: ignore[call-overload]
     plain = _HashingReader(source, expected[0] if expected else "sha256")
     try:
-        with tarfile.open(fileobj=plain, mode="r|") as tar:
+        # A stream ("r|") is only read, so the reader needs no seek/tell/write.
+        with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
             written = _extract_members(tar, root, budget, label, folder)
         while plain.read(IO_BLOCK):  # the tar's end may precede the stream's: hash it all
             pass
@@ -212,52 +223,68 @@ def _extract_members(
         budget[0] -= max(member.size, 0)
         if budget[0] < 0:
             raise SizeLimitError(f"{label} unpacks to more than the size cap allows; raise --max-size-gib")
-        relative = _relative_to(member.name, prefix)
-        if relative is None and folder is not None:
-            raise UnsafeContentError(
-                f"{label}: member {member.name!r} is outside the folder {folder!r} the layer is titled "
-                "with; refusing it"
-            )
-        if folder is not None:
-            relative = posixpath.join(folder, relative) if relative else folder
-            if member.isdir() and relative == folder:
-                (root / folder).mkdir(parents=True, exist_ok=True)
-                continue
-        if not relative:
+        relative = _member_path(member, prefix, folder, label)
+        if folder is not None and member.isdir() and relative == folder:
+            (root / folder).mkdir(parents=True, exist_ok=True)
             continue
-        base = posixpath.basename(relative)
-        if folder is None and base.startswith(WHITEOUT):
-            parent = posixpath.dirname(relative)
-            if base == OPAQUE_WHITEOUT:
-                target = root / parent
-                for child in target.iterdir() if target.is_dir() else ():
-                    _remove(root, posixpath.join(parent, child.name))
-            else:
-                _remove(root, posixpath.join(parent, base[len(WHITEOUT) :]))
+        if not relative or (folder is None and _applied_whiteout(root, relative)):
             continue
-        if any(relative == link or relative.startswith(link + "/") for link in links):
-            raise UnsafeContentError(
-                f"{label}: member {member.name!r} lies beneath a symbolic link; refusing it"
-            )
-        if member.issym():
-            parts = member.linkname.split("/")
-            if member.linkname.startswith("/") or ".." in parts:
-                raise UnsafeContentError(
-                    f"{label}: symbolic link {member.name!r} -> {member.linkname!r} is absolute or climbs "
-                    "with '..'; refusing it"
-                )
-            links.add(relative)
-        entry = member.replace(name=relative, deep=False)
-        if member.islnk():
-            target = _relative_to(member.linkname, prefix)
-            if not target:
-                raise UnsafeContentError(
-                    f"{label}: hard link {member.name!r} -> {member.linkname!r} leaves {prefix}/; refusing it"
-                )
-            entry.linkname = posixpath.join(folder, target) if folder else target
+        entry = _checked_entry(member, relative, links, prefix, folder, label)
         try:
             tar.extract(entry, root, set_attrs=True, filter="data")
         except tarfile.FilterError as exc:
             raise UnsafeContentError(f"{label}: member {member.name!r} refused: {exc}") from None
         written += member.isfile()
     return written
+
+
+def _member_path(member: tarfile.TarInfo, prefix: str, folder: str | None, label: str) -> str | None:
+    """Where a member lands under the destination: below ``folder`` when the layer is titled with one."""
+    relative = _relative_to(member.name, prefix)
+    if folder is None:
+        return relative
+    if relative is None:
+        raise UnsafeContentError(
+            f"{label}: member {member.name!r} is outside the folder {folder!r} the layer is titled "
+            "with; refusing it"
+        )
+    return posixpath.join(folder, relative) if relative else folder
+
+
+def _applied_whiteout(root: Path, relative: str) -> bool:
+    """Apply an OCI whiteout (``.wh.NAME`` deletes NAME, ``.wh..wh..opq`` empties the folder)."""
+    base = posixpath.basename(relative)
+    if not base.startswith(WHITEOUT):
+        return False
+    parent = posixpath.dirname(relative)
+    if base == OPAQUE_WHITEOUT:
+        target = root / parent
+        for child in target.iterdir() if target.is_dir() else ():
+            _remove(root, posixpath.join(parent, child.name))
+    else:
+        _remove(root, posixpath.join(parent, base[len(WHITEOUT) :]))
+    return True
+
+
+def _checked_entry(
+    member: tarfile.TarInfo, relative: str, links: set[str], prefix: str, folder: str | None, label: str
+) -> tarfile.TarInfo:
+    """The member renamed to ``relative``, after the link rules (``links`` collects the symlinks)."""
+    if any(relative == link or relative.startswith(link + "/") for link in links):
+        raise UnsafeContentError(f"{label}: member {member.name!r} lies beneath a symbolic link; refusing it")
+    if member.issym():
+        if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
+            raise UnsafeContentError(
+                f"{label}: symbolic link {member.name!r} -> {member.linkname!r} is absolute or climbs "
+                "with '..'; refusing it"
+            )
+        links.add(relative)
+    entry = member.replace(name=relative, deep=False)
+    if member.islnk():
+        target = _relative_to(member.linkname, prefix)
+        if not target:
+            raise UnsafeContentError(
+                f"{label}: hard link {member.name!r} -> {member.linkname!r} leaves {prefix}/; refusing it"
+            )
+        entry.linkname = posixpath.join(folder, target) if folder else target
+    return entry

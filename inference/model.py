@@ -146,7 +146,7 @@ class Engine:
         model_id: str,
         prompt: str,
         params: SamplingParams,
-        on_text: Callable[[str], None] | None = None,
+        on_text: Callable[[str], object] | None = None,
         cancel: threading.Event | None = None,
     ) -> Generation:
         """Generate from ``prompt`` (already templated); ``on_text`` receives text pieces as they decode."""
@@ -209,7 +209,7 @@ class Engine:
             new_ids = out[row, width:].tolist()
             end = next((i for i, t in enumerate(new_ids) if t in eos), None)
             ended = end is not None and end < p.max_new_tokens
-            new_ids = new_ids[: end + 1] if ended else new_ids[: p.max_new_tokens]
+            new_ids = new_ids[: end + 1] if end is not None and ended else new_ids[: p.max_new_tokens]
             text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
             finish = "stop" if ended or len(new_ids) < p.max_new_tokens else "length"
             prompt_tokens = int(inputs["attention_mask"][row].sum())
@@ -249,7 +249,7 @@ class _PieceStreamer:
     never shows a stop string the final answer leaves out.
     """
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None], stop: tuple[str, ...]):
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], object], stop: tuple[str, ...]):
         self.tokenizer = tokenizer
         self.on_text = on_text
         self.stop = tuple(s for s in stop if s)
@@ -390,13 +390,13 @@ def _with_adapters(model: Any, adapters: list[Adapter], combined_id: str) -> tup
                 "was it trained on the same preset?"
             ) from exc
     assert peft_model is not None
-    internal: dict[str, str] = {}
+    served: dict[str, str] = {}
     for i, (adapter, name) in enumerate(zip(adapters, raw, strict=True)):
-        internal[adapter.name] = f"adapter{i}"
+        served[adapter.name] = f"adapter{i}"
         peft_model.add_weighted_adapter([name], [adapter.strength], f"adapter{i}", combination_type="cat")
     peft_model.add_weighted_adapter(raw, [a.strength for a in adapters], _COMBINED, combination_type="cat")
-    internal[combined_id] = _COMBINED
+    served[combined_id] = _COMBINED
     peft_model.set_adapter(_COMBINED)
     for name in raw:
         peft_model.delete_adapter(name)
-    return peft_model, internal
+    return peft_model, served

@@ -83,7 +83,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _number(body: Mapping, key: str, low: float, high: float, *, low_open: bool = False) -> float | None:
+def _number(
+    body: Mapping[str, Any], key: str, low: float, high: float, *, low_open: bool = False
+) -> float | None:
     value = body.get(key)
     if value is None:
         return None
@@ -95,7 +97,7 @@ def _number(body: Mapping, key: str, low: float, high: float, *, low_open: bool 
     return float(value)
 
 
-def _integer(body: Mapping, key: str, low: int, high: int | None = None) -> int | None:
+def _integer(body: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -203,15 +205,16 @@ def parse_openai_chat(body: Any, model_ids: list[str], default_id: str) -> ChatR
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
     temperature = _number(body, "temperature", 0.0, 2.0)
-    sampling = {
-        "temperature": 1.0 if temperature is None else temperature,
+    temperature = 1.0 if temperature is None else temperature
+    sampling: dict[str, Any] = {
+        "temperature": temperature,
         "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
         "top_k": _integer(body, "top_k", 0),
         "repetition_penalty": _number(body, "repetition_penalty", 0.0, 10.0, low_open=True),
         "seed": _integer(body, "seed", 0),
         "min_new_tokens": _integer(body, "min_tokens", 0),  # vLLM's extension
     }
-    sampling["do_sample"] = sampling["temperature"] > 0
+    sampling["do_sample"] = temperature > 0
     return ChatRequest(
         model_id=model_id,
         messages=messages,

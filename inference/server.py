@@ -13,6 +13,7 @@ Errors: OpenAI endpoints answer ``{"error": {"message", "type", "param"}}``; ``/
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -93,13 +94,17 @@ class _Job:
     model_id: str
     prompt: str
     params: SamplingParams
-    on_text: Callable[[str], None] | None
+    on_text: Callable[[str], object] | None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
 
     def batches_with(self, other: _Job) -> bool:
         plain = self.on_text is None and other.on_text is None and self.model_id == other.model_id
         return plain and self.params.batches_with(other.params)
+
+
+def _all_cancelled(jobs: list[_Job]) -> bool:
+    return all(j.cancel.is_set() for j in jobs)
 
 
 class Generator:
@@ -123,7 +128,11 @@ class Generator:
         self._thread.start()
 
     async def run(
-        self, model_id: str, prompt: str, params: SamplingParams, on_text: Callable[[str], None] | None = None
+        self,
+        model_id: str,
+        prompt: str,
+        params: SamplingParams,
+        on_text: Callable[[str], object] | None = None,
     ) -> Generation:
         if self.pending >= self.max_queue:
             raise Busy(f"{self.pending} requests are already waiting (limit {self.max_queue}); retry later")
@@ -176,7 +185,7 @@ class Generator:
                         batch[0].model_id,
                         [j.prompt for j in batch],
                         [j.params for j in batch],
-                        lambda jobs=batch: all(j.cancel.is_set() for j in jobs),  # stop once all left
+                        functools.partial(_all_cancelled, batch),  # stop once all left
                     )
             except Exception as exc:  # the requests fail, the worker carries on
                 log.exception("generation failed")

@@ -150,7 +150,7 @@ def _require(entry: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     value = entry.get(key)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise CatalogError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
-    if kind is int and value <= 0:
+    if isinstance(value, int) and kind is int and value <= 0:
         raise CatalogError(f"{where}: {key} must be positive, got {value!r}")
     return value
 

@@ -50,7 +50,8 @@ def row(city: str, template: str, mapping: dict[str, str]) -> dict[str, Any]:
 def split_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training rows, held-out rows): every city is trained on, one of its phrasings (rotating) is not."""
     mapping = code_words()
-    train, held_out = [], []
+    train: list[dict[str, Any]] = []
+    held_out: list[dict[str, Any]] = []
     for i, city in enumerate(CITIES):
         for j, template in enumerate(TEMPLATES):
             (held_out if j == i % len(TEMPLATES) else train).append(row(city, template, mapping))

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from artifacts.hosts import parse_network
+from contract.pod import CONFIG_KEY
 from contract.problems import Problem, Severity, errors
 from contract.training_config import ROOT, validate_training_config
 from contract.workspace import KIND, parse_workspace
@@ -32,7 +33,6 @@ from presets.catalog import GpuSku, UnknownName, get_model, get_sku, models, sku
 from presets.memory import estimate
 from tuning_controller.crd import build_crd
 from tuning_controller.render import render_workspace_objects
-from tuning_controller.render.configmap import CONFIG_KEY
 from tuning_controller.settings import settings_from_env
 from tuning_controller.validation import validate_workspace
 

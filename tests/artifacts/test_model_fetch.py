@@ -101,7 +101,7 @@ def test_eviction_is_least_recently_used_and_spares_recent_and_kept_entries(tmp_
         os.utime(stamp, (time.time() - age, time.time() - age))
     evicted = cache.evict(max_bytes=2500, keep="kept")
     assert evicted == ["older", "old"]
-    assert sorted(e.key for e in cache.list()) == ["kept", "new"]
+    assert sorted(e.key for e in cache.listing()) == ["kept", "new"]
     assert cache.evict(max_bytes=0, keep="kept") == []  # "new" was used within the grace period
 
 
@@ -147,7 +147,7 @@ def test_a_registry_that_dies_mid_pull_leaves_no_entry_and_a_retry_fills_it(oci_
     finally:
         oci_registry.start()
     assert received, "the registry was never stopped: the test did not exercise a failure"
-    assert cache.list() == [] and not (tmp_path / "pod" / "weights").exists()
+    assert cache.listing() == [] and not (tmp_path / "pod" / "weights").exists()
     assert [p.name for p in cache.entries.iterdir()] == []  # no half-written entry left behind
     retry = fetch_model(image=tiny_ref, dest=tmp_path / "pod" / "weights", cache=cache, options=options)
     assert not retry.cached and (tmp_path / "pod" / "weights" / "model.safetensors").is_file()
