@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
@@ -102,7 +103,7 @@ class _Downloader:
 
     def download(self, url: str, target: Path) -> int:
         partial = target.with_name(f".{target.name}.partial")
-        offset, failures, last = 0, 0, ""
+        failures, last = 0, ""
         try:
             with partial.open("wb") as out:
                 while True:
@@ -115,44 +116,53 @@ class _Downloader:
                             self.options.backoff_s * 2 ** (failures - 1) * (0.75 + random.random() / 2)
                         )
                     try:
-                        response = self._get(url, offset)
-                        if response.status_code in RETRY_STATUSES:
-                            failures, last = failures + 1, f"HTTP {response.status_code}"
-                            continue
-                        if response.status_code not in (200, 206):
-                            raise FetchError(
-                                f"URL {redact_url(url)!r} answered HTTP {response.status_code}; "
-                                "check that it is public"
-                            )
-                        if response.status_code == 200 and offset:  # no resume support: start over
-                            out.seek(0)
-                            out.truncate()
-                            self.remaining += offset
-                            offset = 0
-                        length = int(response.headers.get("Content-Length", "0") or 0)
-                        if length > self.remaining:
-                            raise SizeLimitError(
-                                f"URL {redact_url(url)!r} is {length + offset} bytes, over what the "
-                                "size cap leaves; raise --max-size-gib"
-                            )
-                        with response:  # read1: a dropped connection keeps every byte that arrived
-                            while chunk := response.raw.read1(IO_BLOCK):
-                                self.remaining -= len(chunk)
-                                if self.remaining < 0:
-                                    raise SizeLimitError(
-                                        f"URL {redact_url(url)!r} exceeds the size cap; raise --max-size-gib"
-                                    )
-                                out.write(chunk)
-                                offset += len(chunk)
-                        if length and offset < length:
-                            raise ConnectionError("body ended early")
-                        break
+                        retry = self._attempt(url, out)
                     except TRANSIENT_ERRORS as exc:
-                        failures, last = failures + 1, type(exc).__name__
+                        retry = type(exc).__name__
+                    if retry is None:
+                        break
+                    failures, last = failures + 1, retry
+                size = out.tell()
             partial.rename(target)
         finally:
             partial.unlink(missing_ok=True)
-        return offset
+        return size
+
+    def _attempt(self, url: str, out: BinaryIO) -> str | None:
+        """One GET from what ``out`` holds; None when the body is complete, else why to retry.
+
+        ``out``'s position is the resume offset: a dropped connection keeps every byte that arrived.
+        """
+        offset = out.tell()
+        response = self._get(url, offset)
+        if response.status_code in RETRY_STATUSES:
+            return f"HTTP {response.status_code}"
+        if response.status_code not in (200, 206):
+            raise FetchError(
+                f"URL {redact_url(url)!r} answered HTTP {response.status_code}; check that it is public"
+            )
+        if response.status_code == 200 and offset:  # no resume support: start over
+            out.seek(0)
+            out.truncate()
+            self.remaining += offset
+            offset = 0
+        length = int(response.headers.get("Content-Length", "0") or 0)
+        if length > self.remaining:
+            raise SizeLimitError(
+                f"URL {redact_url(url)!r} is {length + offset} bytes, over what the "
+                "size cap leaves; raise --max-size-gib"
+            )
+        with response:  # read1: a dropped connection keeps every byte that arrived
+            while chunk := response.raw.read1(IO_BLOCK):
+                self.remaining -= len(chunk)
+                if self.remaining < 0:
+                    raise SizeLimitError(
+                        f"URL {redact_url(url)!r} exceeds the size cap; raise --max-size-gib"
+                    )
+                out.write(chunk)
+        if length and out.tell() - offset < length:
+            raise ConnectionError("body ended early")
+        return None
 
 
 def fetch_urls(urls: Sequence[str], dest: Path, options: FetchOptions | None = None) -> list[Path]:

@@ -165,32 +165,16 @@ def _umask() -> int:
 
 
 def publish(staging: Path, dest: Path, inside: bool, replace: bool) -> None:
+    """Make ``staging`` the content of ``dest``: a rename where possible, else entry by entry (a mount
+    point cannot be renamed over)."""
     staging.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; it becomes dest unless inside
     existing = [p for p in dest.iterdir() if p != staging] if dest.is_dir() else []
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {dest} exists and is not a directory")
     if existing and not replace:
         raise InvalidInputError(f"destination {dest} is not empty; empty it or pass --replace")
-    if not inside and not existing:
-        try:
-            os.rename(staging, dest)  # creates dest, or replaces it if empty, atomically
-            return
-        except OSError:
-            pass  # dest is a mount point: move the entries in instead
-    if not inside and existing:
-        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        try:
-            os.rename(dest, aside / "old")
-        except OSError:  # a mount point
-            aside.rmdir()
-        else:
-            try:
-                os.rename(staging, dest)
-            except OSError:
-                os.rename(aside / "old", dest)
-                raise
-            shutil.rmtree(aside, ignore_errors=True)
-            return
+    if not inside and _renamed_into_place(staging, dest, bool(existing)):
+        return
     for old in existing:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
@@ -199,6 +183,30 @@ def publish(staging: Path, dest: Path, inside: bool, replace: bool) -> None:
     for entry in staging.iterdir():
         os.rename(entry, dest / entry.name)
     staging.rmdir()
+
+
+def _renamed_into_place(staging: Path, dest: Path, existing: bool) -> bool:
+    """Rename ``staging`` to ``dest`` (the old ``dest`` set aside first); False when ``dest`` is a mount
+    point, which only entry-by-entry moves can fill."""
+    if not existing:
+        try:
+            os.rename(staging, dest)  # creates dest, or replaces it if empty, atomically
+            return True
+        except OSError:
+            return False
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    try:
+        os.rename(dest, aside / "old")
+    except OSError:  # a mount point
+        aside.rmdir()
+        return False
+    try:
+        os.rename(staging, dest)
+    except OSError:
+        os.rename(aside / "old", dest)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def pull(

@@ -87,34 +87,37 @@ def load_documents(path: str) -> list[Document]:
     for index, body in enumerate(loaded):
         if body is None:
             continue
-        doc = Document(path, index, "unknown", body)
-        if isinstance(body, Mapping) and body.get("kind") == KIND:
-            doc.kind = KIND
-        elif isinstance(body, Mapping) and body.get("kind") == "ConfigMap":
-            doc.kind = "ConfigMap"
-            data = body.get("data") or {}
-            raw = data.get(CONFIG_KEY) if isinstance(data, Mapping) else None
-            if not isinstance(raw, str):
-                doc.problems.append(
-                    Problem(f"data[{CONFIG_KEY}]", "is missing: this ConfigMap holds no training config")
-                )
-            else:
-                try:
-                    doc.config = yaml.safe_load(raw)
-                except yaml.YAMLError as exc:
-                    doc.problems.append(_syntax_problem(exc, f"data[{CONFIG_KEY}]"))
-        elif isinstance(body, Mapping) and ROOT in body:
-            doc.kind = ROOT
-        elif isinstance(body, Mapping) and body.get("kind") in COMPANION_KINDS:
-            doc.kind = "other"  # what a Workspace names (push Secret, output PVC): the API server's to check
-        else:
-            doc.problems.append(
-                Problem(
-                    "<document>", f"is not a Workspace, a ConfigMap with {CONFIG_KEY}, or a {ROOT} document"
-                )
-            )
-        docs.append(doc)
+        docs.append(_classified(Document(path, index, "unknown", body)))
     return docs
+
+
+def _classified(doc: Document) -> Document:
+    """``doc`` with its kind set (and a ConfigMap's training config parsed), or a problem saying why not."""
+    body = doc.body
+    if isinstance(body, Mapping) and body.get("kind") == KIND:
+        doc.kind = KIND
+    elif isinstance(body, Mapping) and body.get("kind") == "ConfigMap":
+        doc.kind = "ConfigMap"
+        data = body.get("data") or {}
+        raw = data.get(CONFIG_KEY) if isinstance(data, Mapping) else None
+        if not isinstance(raw, str):
+            doc.problems.append(
+                Problem(f"data[{CONFIG_KEY}]", "is missing: this ConfigMap holds no training config")
+            )
+        else:
+            try:
+                doc.config = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                doc.problems.append(_syntax_problem(exc, f"data[{CONFIG_KEY}]"))
+    elif isinstance(body, Mapping) and ROOT in body:
+        doc.kind = ROOT
+    elif isinstance(body, Mapping) and body.get("kind") in COMPANION_KINDS:
+        doc.kind = "other"  # what a Workspace names (push Secret, output PVC): the API server's to check
+    else:
+        doc.problems.append(
+            Problem("<document>", f"is not a Workspace, a ConfigMap with {CONFIG_KEY}, or a {ROOT} document")
+        )
+    return doc
 
 
 def _referenced_configmaps(docs: list[Document]) -> set[str]:
