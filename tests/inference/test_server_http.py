@@ -171,6 +171,7 @@ def test_concurrent_requests_are_all_answered_alike(server):
     assert "kaito_inference_completion_tokens_total" in metrics
 
 
+@pytest.mark.slow  # two 1,500-token generations
 def test_a_full_queue_answers_503_and_the_server_carries_on(code_word_adapter, tmp_path):
     root = adapter_root(tmp_path, {"code-word": code_word_adapter})
     with running_server(root, "--max-queue", "1", "--max-new-tokens", "1500") as url:
