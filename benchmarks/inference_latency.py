@@ -25,7 +25,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from hack.local_stack import running_inference_server  # noqa: E402
+from hack.operators import running_inference_server  # noqa: E402
 
 ROUNDS = 4
 MESSAGES = [{"role": "user", "content": "tell me a short story about the river in summer"}]

@@ -21,7 +21,7 @@ init:     ``python -m tuning_controller.cli fetch-model --image REF --dest D --c
           (interpreter start, imports, registry round trips); the goal for warm is under 1 s.
 
 Each push goes to a fresh registry (its own storage) so neither side can skip or mount blobs. Registries
-are Debian's ``docker-registry`` with htpasswd auth on 127.0.0.1 over plain HTTP (hack/local_stack.py).
+are Debian's ``docker-registry`` with htpasswd auth on 127.0.0.1 over plain HTTP (hack/servers.py).
 MB/s are 10^6 bytes of layer content per second of wall time of the transfer itself; dirty pages are
 flushed (``sync``) before each timed step. Prints one JSON object.
 
@@ -174,7 +174,7 @@ def main() -> None:
         model_child(args.child)
         return
 
-    from hack.local_stack import launch_registry, write_docker_config
+    from hack.servers import launch_registry, write_docker_config
 
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < COPIES_ON_DISK * args.size_gib * GIB:

@@ -23,13 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import config as k8s_config
 
-from hack.local_stack import (
-    kube_json,
-    start_control_plane,
-    stop_control_plane,
-    tool_path,
-    wait_for,
-)
+from hack.cluster import kube_json, start_control_plane, stop_control_plane, tool_path
+from hack.processes import wait_for
 
 BUSYBOX = "localhost/kaito-tune/busybox:1.35"
 NODE_RUN = "/var/lib/kaito-tune-node"  # hack/node.sh

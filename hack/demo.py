@@ -31,7 +31,10 @@ from typing import Any
 import requests
 import yaml
 
-from hack.local_stack import RELEASE, REPO_ROOT, LocalStack, kube_json, tool_path, wait_for
+from hack.cluster import REPO_ROOT, kube_json, tool_path
+from hack.local_stack import LocalStack
+from hack.operators import RELEASE
+from hack.processes import wait_for
 from presets.tiny_task import split_rows, write_parquet
 from tuning_controller.cli_status import status_lines, watch
 

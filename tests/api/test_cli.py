@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from contract.training_config import default_training_config
-from hack.local_stack import LOCAL_MODEL_REGISTRY
+from hack.operators import LOCAL_MODEL_REGISTRY
 from tests.api.builders import ADAPTERS_SEED, EXAMPLES, TUNING_SEED, edit, load
 from tuning_controller.cli import main
 

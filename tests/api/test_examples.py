@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from contract.problems import Severity, errors
-from hack.local_stack import LOCAL_MODEL_REGISTRY
+from hack.operators import LOCAL_MODEL_REGISTRY
 from tests.api.builders import EXAMPLES, TUNING_SEED
 from tuning_controller.validation import validate_workspace
 

@@ -29,7 +29,7 @@ import pytest
 
 from artifacts.errors import AuthError, InvalidInputError, NotFoundError
 from artifacts.hub import SECRET_HINT, check_hub_access, fetch_hub_snapshot
-from hack.local_stack import REPO_ROOT
+from hack.cluster import REPO_ROOT
 from tests.artifacts.conftest import snapshot
 from tests.fixtures.hub import HubServer
 

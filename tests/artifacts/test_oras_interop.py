@@ -19,7 +19,7 @@ from artifacts import mediatypes as mt
 from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import ClientOptions
-from hack.local_stack import tool_path
+from hack.cluster import tool_path
 from tests.artifacts.conftest import snapshot
 from tests.fixtures.registry import Registry
 from tuning_controller.cli import main

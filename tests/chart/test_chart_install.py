@@ -8,15 +8,10 @@ from __future__ import annotations
 import pytest
 from kubernetes import client as k8s_client
 
-from hack.local_stack import (
-    RELEASE,
-    install_chart,
-    kube_json,
-    local_operator_settings,
-    render_chart,
-    start_data_server,
-    wait_for,
-)
+from hack.cluster import kube_json
+from hack.operators import RELEASE, install_chart, local_operator_settings, render_chart
+from hack.processes import wait_for
+from hack.servers import start_data_server
 from tests.controller.conftest import (
     apply,
     dump,

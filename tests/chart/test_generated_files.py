@@ -6,10 +6,8 @@ from __future__ import annotations
 import yaml
 
 from contract.training_config import default_training_config, option_sets
-from tests.fixtures.cluster import hack_module
+from hack import generate_files as generate
 from tuning_controller.crd import build_crd
-
-generate = hack_module("generate_files")
 
 
 def test_generated_files_are_fresh():

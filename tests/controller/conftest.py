@@ -1,6 +1,6 @@
 """Controller test fixtures: the operator as a child process, a data server on the node, Workspace helpers.
 
-The operator and the data server come from hack/local_stack.py (shared with the demo).
+The operator and the data server come from hack/operators.py and hack/servers.py (shared with the demo).
 - `run_operator(**env)` (factory): starts ``python -m tuning_controller.operator`` against the local
   cluster, allowing input URLs on loopback and the node and plain HTTP to `node_registry`; stopped (by
   PID) at teardown.
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from hack.local_stack import (
+from hack.operators import (
     ChartOperator,
     Operator,
     install_chart,
     local_operator_settings,
     model_registry,
-    start_data_server,
     start_operator,
 )
+from hack.servers import start_data_server
 from tests.fixtures.cluster import kube_json, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import base64
 
 from artifacts.models import push_model
 from artifacts.registry import ClientOptions
-from hack.local_stack import write_docker_config
+from hack.servers import write_docker_config
 from presets.tiny import ensure_tiny_preset
 from tests.controller.conftest import (
     apply,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hack.local_stack import LOCAL_MODEL_REGISTRY
+from hack.operators import LOCAL_MODEL_REGISTRY
 from tests.controlplane.test_workspace_crd import TUNING_WORKSPACE
 from tests.controlplane.workloads import job_manifest
 from tests.fixtures.cluster import REPO_ROOT, check_manifests

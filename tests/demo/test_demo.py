@@ -10,9 +10,10 @@ import re
 import pytest
 import yaml
 
+from hack.cluster import REPO_ROOT
 from hack.demo import main as demo_main
 from hack.demo import run_demo, templated, with_steps
-from hack.local_stack import LOCAL_MODEL_REGISTRY, REPO_ROOT
+from hack.operators import LOCAL_MODEL_REGISTRY
 from tuning_controller.cli_workspace import check_documents, load_documents
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]

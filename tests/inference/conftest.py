@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hack.local_stack import running_inference_server
+from hack.operators import running_inference_server
 from tests.inference.adapters import train_adapter
 
 

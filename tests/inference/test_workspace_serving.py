@@ -13,7 +13,7 @@ import requests
 from artifacts.models import push_model
 from artifacts.push import push
 from artifacts.registry import ClientOptions
-from hack.local_stack import write_docker_config
+from hack.servers import write_docker_config
 from presets.catalog import get_model
 from presets.tiny import TINY_PRESET_NAME, ensure_tiny_preset
 from tests.controller.conftest import API, condition, get_workspace, wait_status

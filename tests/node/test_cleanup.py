@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hack.local_stack import start_control_plane, stop_control_plane
+from hack.cluster import start_control_plane, stop_control_plane
 
 pytestmark = pytest.mark.own_cluster
 
