@@ -49,6 +49,11 @@ def name_problems(
     return [Problem(path, f"must be {rule}", value, f"rename the {what}")]
 
 
+def secret_name_problems(path: str, name: str, *, placeholder_ok: bool = True) -> list[Problem]:
+    """A Secret the Workspace names (DNS-1123 subdomain); KAITO's placeholders only warn by default."""
+    return name_problems(path, name, what="Secret", label=False, placeholder_ok=placeholder_ok)
+
+
 def image_problems(path: str, image: str) -> list[Problem]:
     """The reference must parse (registry/repository[:tag][@digest]) and name a possible registry host
     (no cloud metadata service, no link-local address); uppercase is a placeholder: warn."""
@@ -167,9 +172,7 @@ def data_source_problems(
     if source.image:
         problems += image_problems(f"{path}.image", source.image)
     for i, secret in enumerate(source.image_pull_secrets):
-        problems += name_problems(
-            f"{path}.imagePullSecrets[{i}]", secret, what="Secret", label=False, placeholder_ok=True
-        )
+        problems += secret_name_problems(f"{path}.imagePullSecrets[{i}]", secret)
     if source.volume_source is not None:
         problems += volume_problems(f"{path}.volumeSource", source.volume_source)
     return problems
@@ -194,13 +197,7 @@ def output_problems(output: DataDestination) -> list[Problem]:
                 )
             )
     if output.image_push_secret:
-        problems += name_problems(
-            f"{path}.imagePushSecret",
-            output.image_push_secret,
-            what="Secret",
-            label=False,
-            placeholder_ok=True,
-        )
+        problems += secret_name_problems(f"{path}.imagePushSecret", output.image_push_secret)
     if output.volume_source is not None:
         problems += volume_problems(f"{path}.volumeSource", output.volume_source)
     return problems

@@ -37,6 +37,7 @@ from tuning_controller.field_checks import (
     image_problems,
     name_problems,
     output_problems,
+    secret_name_problems,
 )
 from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
 from tuning_controller.model_source import source_problems
@@ -209,19 +210,10 @@ def _preset_options_problems(
         if options.image:
             problems += image_problems(f"{path}.presetOptions.image", options.image)
         for i, secret in enumerate(options.image_pull_secrets):
-            problems += name_problems(
-                f"{path}.presetOptions.imagePullSecrets[{i}]",
-                secret,
-                what="Secret",
-                label=False,
-                placeholder_ok=True,
-            )
+            problems += secret_name_problems(f"{path}.presetOptions.imagePullSecrets[{i}]", secret)
         if options.model_access_secret:
-            problems += name_problems(
-                f"{path}.presetOptions.modelAccessSecret",
-                options.model_access_secret,
-                what="Secret",
-                label=False,
+            problems += secret_name_problems(
+                f"{path}.presetOptions.modelAccessSecret", options.model_access_secret, placeholder_ok=False
             )
     return problems
 
