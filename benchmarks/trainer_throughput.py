@@ -223,32 +223,24 @@ def run_ours(model_dir: Path, data_dir: Path, config: dict, steps: int, catalog_
 
     import yaml
 
-    from presets.resolve import resolve_preset
-    from trainer import config as cfg
-    from trainer.data import read_rows
-    from trainer.model import load_tokenizer
-    from trainer.preflight import prepare
-    from trainer.qlora import make_parser
+    from trainer.inputs import check_data, load_setup
+    from trainer.options import TrainerOptions
     from trainer.train import build_trainer
 
     config["training_config"]["TrainingArguments"]["max_steps"] = steps
     path = model_dir.parent / "ours.yaml"
     path.write_text(yaml.safe_dump(config))
     out = model_dir.parent / "ours-out"
-    args = make_parser().parse_args(
-        ["--preset", str(model_dir), "--config", str(path), "--data", str(data_dir), "--output", str(out)]
+    options = TrainerOptions(
+        preset=str(model_dir), config=path, data=data_dir, output=out, progress_file=out / "progress.jsonl"
     )
-    args.progress_file = out / "progress.jsonl"
-    training = cfg.load(args.config)
-    preset = resolve_preset(args.preset)
+    setup = load_setup(options)
     if catalog_name:
-        preset = dataclasses.replace(preset, name=catalog_name)
-    tokenizer = load_tokenizer(preset, training)
-    rows, files = read_rows(args.data)
-    prepared = prepare(rows, files, tokenizer, training.dataset, training.collator, training.max_length)
+        setup = dataclasses.replace(setup, preset=dataclasses.replace(setup.preset, name=catalog_name))
+    prepared = check_data(options, setup).prepared
     if not prepared.ok:
         raise SystemExit(f"pre-flight refused the data: {prepared.report['errors']}")
-    trainer = build_trainer(args, training, preset, prepared, training.method, threading.Event())
+    trainer = build_trainer(options, setup, prepared, threading.Event())
     timing = _timing_callback()
     trainer.add_callback(timing)
     trainer.train()

@@ -29,4 +29,4 @@ COPY trainer ./trainer
 COPY inference ./inference
 RUN pip install --no-index --no-deps --no-build-isolation . && rm -rf build ./*.egg-info
 USER 1000:1000
-CMD ["python", "-m", "trainer.workspace_status", "--help"]
+CMD ["python", "-m", "trainer.qlora", "preflight", "--help"]

@@ -14,8 +14,9 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 MARKER = "checkpoint-complete"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -62,12 +63,14 @@ def _any_rank(flag: bool, world_size: int) -> bool:
 class CheckpointCallback(TrainerCallback):
     """Asks for a save every ``every_minutes`` and on ``stop``; marks each finished checkpoint complete."""
 
-    def __init__(self, every_minutes: float, stop: threading.Event):
+    def __init__(self, every_minutes: float, stop: threading.Event) -> None:
         self.every_s = every_minutes * 60
         self.stop = stop
         self.last_save = time.monotonic()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         if self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s:
             control.should_save = True
         if _any_rank(self.stop.is_set(), args.world_size):
@@ -75,9 +78,11 @@ class CheckpointCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         self.last_save = time.monotonic()
         if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            path = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"  # set by sft_config
             write_marker(path / MARKER, f"{state.global_step}\n")
         return control

@@ -21,12 +21,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from contract.problems import Problem
-from contract.training_config import MODEL_CONFIG_OPTIONS
+from contract.problems import InvalidSpec, Problem, errors
+from contract.training_config import MODEL_CONFIG_OPTIONS, Method, validate_training_config
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
 
 # from_pretrained kwargs a config may set (the controller's option set: one list for both sides).
 MODEL_KEYS = frozenset(MODEL_CONFIG_OPTIONS)
@@ -68,10 +73,10 @@ class TrainingConfig:
         return dict(self.sections.get(name) or {})
 
     @property
-    def method(self) -> str:
+    def method(self) -> Method:
         """``qlora`` when the file asks for 4- or 8-bit weights, else ``lora`` (KAITO's rule)."""
         quant = self.section("QuantizationConfig")
-        return "qlora" if quant.get("load_in_4bit") or quant.get("load_in_8bit") else "lora"
+        return Method.QLORA if quant.get("load_in_4bit") or quant.get("load_in_8bit") else Method.LORA
 
     def sha256(self) -> str:
         canonical = json.dumps(self.sections, sort_keys=True, separators=(",", ":"), default=str)
@@ -83,26 +88,14 @@ class TrainingConfig:
         return int(self.dataset.max_length or args_len or 1024)
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidSpec):
     """The training config cannot be used; carries every problem found."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-def validate(doc: dict[str, Any], method: str | None) -> list[Problem]:
-    """Every problem in a ``training_config`` document, by the same rules the controller applies."""
-    from contract.training_config import validate_training_config
-
-    return validate_training_config(doc, method)
 
 
 def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
-    """Validate and type a loaded YAML document; raises ConfigError listing every problem."""
-    from contract.problems import errors
-
-    problems = errors(validate(doc, method))
+    """Validate and type a loaded YAML document (by the rules the controller applies); raises ConfigError
+    listing every problem."""
+    problems = errors(validate_training_config(doc, method))
     if problems:
         raise ConfigError(problems)
     sections = {name: dict(values or {}) for name, values in doc["training_config"].items()}
@@ -142,7 +135,7 @@ def load(path: Path, method: str | None = None) -> TrainingConfig:
     return parse(doc, method)
 
 
-def torch_dtype(name: str | None, *, on_cpu: bool):
+def torch_dtype(name: str | None, *, on_cpu: bool) -> torch.dtype:
     """The dtype to compute in. CPUs get float32: bf16 autocast on CPU is slow or unsupported."""
     import torch
 
@@ -151,7 +144,7 @@ def torch_dtype(name: str | None, *, on_cpu: bool):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(name)]
 
 
-def quantization_config(section: dict[str, Any], *, on_cpu: bool):
+def quantization_config(section: dict[str, Any], *, on_cpu: bool) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for QLoRA (4-bit NF4 / 8-bit), or None for plain LoRA."""
     if not (section.get("load_in_4bit") or section.get("load_in_8bit")):
         return None
@@ -162,7 +155,7 @@ def quantization_config(section: dict[str, Any], *, on_cpu: bool):
     return BitsAndBytesConfig(**values)
 
 
-def lora_config(section: dict[str, Any], target_modules: list[str] | str):
+def lora_config(section: dict[str, Any], target_modules: list[str] | str) -> LoraConfig:
     """peft.LoraConfig for a causal LM; the preset's target modules unless the config names them."""
     from peft import LoraConfig
 

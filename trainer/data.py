@@ -16,19 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.problems import Problem
+from contract.problems import InvalidSpec, Problem
 from trainer.config import DatasetOptions
 
 SUFFIXES = (".parquet", ".json", ".jsonl", ".csv", ".arrow")
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(InvalidSpec):
     """The input cannot be used at all (no files, unreadable file, unknown columns)."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 class BadRow(ValueError):
@@ -83,32 +79,40 @@ def find_files(root: Path) -> list[Path]:
     return files
 
 
-def _read_table(path: Path) -> list[dict[str, Any]]:
+def _read_arrow(path: Path) -> list[dict[str, Any]]:
+    """datasets' save_to_disk writes the stream format, pyarrow's default is the file one."""
     import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        try:
+            table = pa.ipc.open_file(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            table = pa.ipc.open_stream(source).read_all()
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def _read_table(path: Path) -> list[dict[str, Any]]:
     import pyarrow.csv
     import pyarrow.parquet
 
     suffix = path.suffix.lower()
+    rows: list[dict[str, Any]]
     if suffix == ".parquet":
-        return pyarrow.parquet.read_table(path).to_pylist()
-    if suffix == ".csv":
-        return pyarrow.csv.read_csv(path).to_pylist()
-    if (
-        suffix == ".arrow"
-    ):  # datasets' save_to_disk writes the stream format, pyarrow's default is the file one
-        with pa.memory_map(str(path)) as source:
-            try:
-                return pa.ipc.open_file(source).read_all().to_pylist()
-            except pa.ArrowInvalid:
-                source.seek(0)
-                return pa.ipc.open_stream(source).read_all().to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
+        rows = pyarrow.parquet.read_table(path).to_pylist()
+    elif suffix == ".csv":
+        rows = pyarrow.csv.read_csv(path).to_pylist()
+    elif suffix == ".arrow":
+        rows = _read_arrow(path)
     else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not all(isinstance(r, dict) for r in rows):
-        raise ValueError("every record must be a JSON object")
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError("every record must be a JSON object")
     return rows
 
 
@@ -137,6 +141,7 @@ def read_rows(root: Path) -> tuple[list[dict[str, Any]], list[DataFile]]:
 
 
 def combined_sha256(files: list[DataFile]) -> str:
+    """The data's identity: the pre-flight reports it and the training checks it against that."""
     joined = "\n".join(f"{f.relpath}:{f.sha256}" for f in files)
     return hashlib.sha256(joined.encode()).hexdigest()
 

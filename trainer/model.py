@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presets.resolve import ResolvedPreset
 from trainer.config import TrainingConfig, lora_config, model_kwargs, quantization_config
 
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(preset: ResolvedPreset, config: TrainingConfig):
+def load_tokenizer(preset: ResolvedPreset, config: TrainingConfig) -> PreTrainedTokenizerBase:
     """The preset's tokenizer; ModelConfig.chat_template replaces the template, and a pad token is ensured."""
     from transformers import AutoTokenizer
 
@@ -34,8 +39,8 @@ def load_model(
     on_cpu: bool,
     attn_implementation: str,
     gradient_checkpointing: bool,
-    device_map: Any = None,
-):
+    device_map: dict[str, int] | None = None,
+) -> PeftModel:
     """Base model (4-bit NF4 / 8-bit / full precision) wrapped with a fresh LoRA adapter."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
@@ -66,7 +71,7 @@ def load_model(
     return get_peft_model(model, lora)
 
 
-def _keep_cpu_4bit_trainable(model) -> None:
+def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
     """Stop bitsandbytes repacking 4-bit weights for AVX512-BF16 inference during an evaluation.
 
     The repacked layout is served by a kernel without a backward, so training after the first eval

@@ -18,9 +18,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import write_marker
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+    from presets.resolve import ResolvedPreset
+    from trainer.config import TrainingConfig
+    from trainer.data import DataFile
 
 COMPLETE_MARKER = ".kaito-complete"
 METADATA = "metadata.json"
@@ -39,14 +47,19 @@ def _sha256(path: Path) -> str:
 
 
 def write_results(
-    output: Path, model, tokenizer, metadata: dict[str, Any], *, save_tokenizer: bool
+    output: Path,
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    metadata: dict[str, Any],
+    *,
+    save_tokenizer: bool,
 ) -> list[str]:
     """Save adapter (+ tokenizer), metadata.json and the marker; returns the names written."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".results-", dir=output))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
         if save_tokenizer:
             tokenizer.save_pretrained(tmp)
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
@@ -62,10 +75,10 @@ def write_results(
 
 def build_metadata(
     *,
-    preset,
+    preset: ResolvedPreset,
     method: str,
-    config,
-    files: list,
+    config: TrainingConfig,
+    files: list[DataFile],
     combined_sha256: str,
     report: dict[str, Any],
     metrics: dict[str, Any],

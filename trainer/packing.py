@@ -20,9 +20,12 @@ import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.preflight import Encoded
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Strategy:
 MIN_CPU_ROW_TOKENS = 256  # below this, per-micro-step work (4-bit dequantisation, Python) dominates
 
 
-def cpu_row_tokens(model_config, max_length: int) -> int:
+def cpu_row_tokens(model_config: PretrainedConfig, max_length: int) -> int:
     """Row length at which attention over the masked square costs about a quarter of the matmuls.
 
     Per token and layer, attention costs ~4 x row x hidden FLOPs and the projections ~2 x layer
@@ -135,7 +138,7 @@ def pack(examples: Sequence[Encoded], row_tokens: int) -> list[list[Encoded]]:
 class PackedRows:
     """A map-style dataset of packed rows (a list of examples each), for the Trainer's sampler."""
 
-    def __init__(self, rows: list[list[Encoded]]):
+    def __init__(self, rows: list[list[Encoded]]) -> None:
         self.rows = rows
 
     def __len__(self) -> int:

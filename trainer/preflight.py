@@ -1,8 +1,8 @@
 """Pre-flight: every row rendered and tokenized before a model loads, so bad data fails on a CPU, not a GPU.
 
 ``prepare`` returns the tokenized train/eval examples and a JSON-able report: counts, the bad rows with
-their index in the concatenated input and the reason, the token-length histogram and the truncation rate
-against ``max_length``. ``--dry-run`` prints that report and stops.
+their index in the concatenated input and the reason, the token-length histogram, the truncation rate
+against ``max_length`` and the data's sha256. The ``preflight`` step prints that report and stops.
 
 Loss masks come from rendering a conversation turn by turn: the characters an assistant turn adds are the
 ones trained on, whatever the chat template (no ``{% generation %}`` marks needed).
@@ -13,10 +13,13 @@ from __future__ import annotations
 import random
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.config import CollatorOptions, DatasetOptions
-from trainer.data import BadRow, DataFile, Example, column_mapping, to_example
+from trainer.data import BadRow, DataFile, Example, column_mapping, combined_sha256, to_example
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
 HISTOGRAM_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -42,33 +45,46 @@ class Prepared:
     def ok(self) -> bool:
         return not self.report["errors"]
 
+    @property
+    def sha256(self) -> str:
+        """The data's identity (``trainer.data.combined_sha256``), computed once, when it was read."""
+        return str(self.report["sha256"])
 
-def _char_spans(tokenizer, example: Example, train_all: bool) -> tuple[str, list[tuple[int, int]]]:
+
+def _char_spans(
+    tokenizer: PreTrainedTokenizerBase, example: Example, train_all: bool
+) -> tuple[str, list[tuple[int, int]]]:
     """The text to tokenize and the character spans that carry loss."""
-    eos = tokenizer.eos_token or ""
+    eos = str(tokenizer.eos_token or "")
     if example.text is not None:
         text = example.text + eos
         return text, [(0, len(text))]
     if example.prompt is not None:
-        text = example.prompt + example.completion + eos
+        text = example.prompt + (example.completion or "") + eos
         return text, [(0 if train_all else len(example.prompt), len(text))]
-    messages = example.messages
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    messages = example.messages or []
+    full = str(tokenizer.apply_chat_template(messages, tokenize=False))
     if train_all:
         return full, [(0, len(full))]
     spans = []
     for i, turn in enumerate(messages):
         if turn["role"] != "assistant":
             continue
-        start = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        end = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        start = str(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = str(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
         if not (full.startswith(end) and end.startswith(start)):
             raise BadRow("the chat template does not render this conversation turn by turn")
         spans.append((len(start), len(end)))
     return full, spans
 
 
-def encode(index: int, example: Example, tokenizer, max_length: int, collator: CollatorOptions) -> Encoded:
+def encode(
+    index: int,
+    example: Example,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    collator: CollatorOptions,
+) -> Encoded:
     """Tokenize one example and build its labels; raises BadRow when nothing would be learned."""
     train_all = (
         not collator.assistant_only_loss
@@ -104,7 +120,8 @@ def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
     def pct(p: float) -> int:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
-    histogram, low = [], 0
+    histogram: list[dict[str, Any]] = []
+    low: float = 0
     for edge in (*HISTOGRAM_EDGES, float("inf")):
         count = sum(1 for n in ordered if low < n <= edge)
         if count:
@@ -139,7 +156,7 @@ def _split(encoded: list[Encoded], options: DatasetOptions) -> tuple[list[Encode
 def prepare(
     rows: list[dict[str, Any]],
     files: list[DataFile],
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     options: DatasetOptions,
     collator: CollatorOptions,
     max_length: int,
@@ -195,5 +212,6 @@ def prepare(
         "max_length": max_length,
         "tokens": stats,
         "files": [{"path": f.relpath, "rows": f.rows, "sha256": f.sha256} for f in files],
+        "sha256": combined_sha256(files),
     }
     return Prepared(train, evaluation, report)

@@ -1,8 +1,9 @@
 """Training progress as events, sent at a bounded rate to pluggable sinks.
 
-One event per emission (``ProgressEvent``): step, total steps, epoch, loss, eval loss, learning rate,
-tokens per second and ETA. Local runs get JSON lines (stdout or a file) and a tqdm bar; the controller
-plugs a sink that patches the Workspace status. A sink only needs ``emit(event)`` and ``close()``.
+One event per emission (``contract.reports.ProgressEvent``): step, total steps, epoch, loss, eval loss,
+learning rate, tokens per second and ETA. Local runs get JSON lines (stdout or a file) and a tqdm bar; in
+the controller's pods ``trainer.status_sink`` patches the Workspace status. A sink only needs
+``emit(event)`` and ``close()``.
 
     {"event": "progress", "step": 40, "total_steps": 120, "epoch": 0.33, "loss": 2.31, "eval_loss": null,
      "learning_rate": 0.0002, "tokens_per_s": 2450.0, "eta_s": 95.0, "time": 1764412345.1}
@@ -13,24 +14,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import IO, Protocol
+from dataclasses import asdict
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from contract.reports import ProgressEvent
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    event: str  # "start" | "progress" | "eval" | "checkpoint" | "stopped" | "done"
-    step: int
-    total_steps: int
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_s: float | None = None
-    eta_s: float | None = None
-    time: float = 0.0
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 
 class ProgressSink(Protocol):
@@ -42,7 +34,7 @@ class ProgressSink(Protocol):
 class JsonLinesSink:
     """One JSON object per line, flushed at once so a tailing reader sees each event."""
 
-    def __init__(self, stream: IO[str] | None = None):
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
 
     def emit(self, event: ProgressEvent) -> None:
@@ -57,8 +49,8 @@ class JsonLinesSink:
 class TqdmSink:
     """A progress bar on stderr for people watching a local run."""
 
-    def __init__(self):
-        self.bar = None
+    def __init__(self) -> None:
+        self.bar: tqdm[Any] | None = None
 
     def emit(self, event: ProgressEvent) -> None:
         from tqdm.auto import tqdm
@@ -77,7 +69,7 @@ class TqdmSink:
 class ProgressCallback(TrainerCallback):
     """Turns the Trainer's step and log hooks into events; regular steps at most every ``min_interval_s``."""
 
-    def __init__(self, sinks: list[ProgressSink], min_interval_s: float = 5.0):
+    def __init__(self, sinks: list[ProgressSink], min_interval_s: float = 5.0) -> None:
         self.sinks = sinks
         self.min_interval_s = min_interval_s
         self.last_emit = 0.0
@@ -88,7 +80,7 @@ class ProgressCallback(TrainerCallback):
         self.eval_loss: float | None = None
         self.learning_rate: float | None = None
 
-    def _event(self, kind: str, args, state) -> ProgressEvent:
+    def _event(self, kind: str, args: TrainingArguments, state: TrainerState) -> ProgressEvent:
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
         done = state.global_step - self.first_step
@@ -107,7 +99,7 @@ class ProgressCallback(TrainerCallback):
             time=time.time(),
         )
 
-    def emit(self, kind: str, args, state) -> None:
+    def emit(self, kind: str, args: TrainingArguments, state: TrainerState) -> None:
         if not state.is_world_process_zero:
             return
         self.last_emit = time.monotonic()
@@ -115,17 +107,28 @@ class ProgressCallback(TrainerCallback):
         for sink in self.sinks:
             sink.emit(event)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.started = time.monotonic()
         self.first_step = state.global_step
         self.first_tokens = state.num_input_tokens_seen
         self.emit("start", args, state)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if time.monotonic() - self.last_emit >= self.min_interval_s:
             self.emit("progress", args, state)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         logs = logs or {}
         self.loss = logs.get("loss", self.loss)
         self.learning_rate = logs.get("learning_rate", self.learning_rate)
@@ -133,10 +136,14 @@ class ProgressCallback(TrainerCallback):
             self.eval_loss = logs["eval_loss"]
             self.emit("eval", args, state)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.emit("checkpoint", args, state)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.emit("done" if state.global_step >= state.max_steps else "stopped", args, state)
 
     def close(self) -> None:

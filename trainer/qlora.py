@@ -1,7 +1,4 @@
-"""Fine-tune a preset model with LoRA or QLoRA on the data in a directory; the tuning pod's entry point.
-
-    # In the pod (KAITO's paths are the defaults):
-    python -m trainer.qlora --preset phi-3-mini-4k-instruct
+"""Fine-tune a preset model with LoRA or QLoRA on the data in a directory; the tuning pod's one entry point.
 
     # Locally, on the tiny model built on the fly:
     python -m trainer.qlora --preset tiny-llama --config training_config.yaml --data ./data --output ./out
@@ -12,100 +9,96 @@
     # Several processes (DDP; gloo on CPU, NCCL on GPUs):
     torchrun --nproc-per-node 2 -m trainer.qlora --preset tiny-llama ...
 
-Stdout carries JSON lines (progress events, or the dry-run report); logs go to stderr. Exit codes: 0 done
-(or already done), 1 unusable config/data/preset, 143 stopped by SIGTERM after a checkpoint.
+    # The controller's pods (KAITO's paths are the defaults):
+    python -m trainer.qlora preflight --summary-file /dev/termination-log --preset phi-3-mini-4k-instruct
+    python -m trainer.qlora train --expect-data-sha256 HEX --preset phi-3-mini-4k-instruct
+
+``preflight`` is ``--dry-run`` that also writes the compact summary the controller reads; ``train`` is the
+plain run that first checks the data is what the pre-flight checked. Stdout carries JSON (progress
+events, or the report); logs go to stderr. Exit codes (``contract.pod``): 0 done (or already done),
+1 unusable config/data/preset, 143 stopped by SIGTERM after a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-log = logging.getLogger("trainer")
+from contract.pod import PRESET_ENV, WEIGHTS_ENV
+from contract.training_config import Method
+from trainer import steps
+from trainer.options import TrainerOptions
+
+PREFLIGHT, TRAIN = "preflight", "train"
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer.qlora", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("/mnt/config/training_config.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("/mnt/data"))
-    parser.add_argument("--output", type=Path, default=Path("/mnt/results"))
+def _add_trainer_options(parser: argparse.ArgumentParser) -> None:
+    """TrainerOptions' fields; an option not given keeps the dataclass default (the pod's paths)."""
+    given = argparse.SUPPRESS
     parser.add_argument(
-        "--preset", default=os.environ.get("KAITO_TUNE_PRESET"), help="catalog name or model dir"
+        "--preset", default=os.environ.get(PRESET_ENV) or given, help="catalog name or model dir"
     )
+    for name, what in (("config", "training_config.yaml"), ("data", "data directory"), ("output", "results")):
+        default = getattr(TrainerOptions, name)
+        parser.add_argument(f"--{name}", type=Path, default=given, help=f"{what} (default: {default})")
     parser.add_argument(
         "--weights",
         type=Path,
-        default=os.environ.get("KAITO_TUNE_WEIGHTS"),
+        default=os.environ.get(WEIGHTS_ENV) or given,
         help="the preset's model directory (what fetch-model filled); default: build or find it locally",
     )
-    parser.add_argument("--method", choices=("lora", "qlora"), help="default: from QuantizationConfig")
-    parser.add_argument("--dry-run", action="store_true", help="pre-flight only: print the data report")
-    parser.add_argument("--checkpoint-minutes", type=float, default=15.0, help="also save every M minutes")
-    parser.add_argument("--progress-file", type=Path, help="JSON-lines progress here instead of stdout")
-    parser.add_argument("--progress-interval", type=float, default=5.0, help="seconds between step events")
+    parser.add_argument(
+        "--method", type=Method, choices=list(Method), default=given, help="default: from QuantizationConfig"
+    )
+    parser.add_argument("--checkpoint-minutes", type=float, default=given, help="also save every M minutes")
+    parser.add_argument(
+        "--progress-file", type=Path, default=given, help="JSON-lines progress here instead of stdout"
+    )
+    parser.add_argument("--progress-interval", type=float, default=given, help="seconds between step events")
+
+
+def make_parser(step: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``step`` (``preflight``, ``train``), or of the plain local use when None."""
+    prog = " ".join(filter(None, ("python -m trainer.qlora", step)))
+    steps_help = f"steps (the controller's pods): {PREFLIGHT}, {TRAIN}; see `{prog} STEP --help`"
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n")[0], epilog=None if step else steps_help
+    )
+    _add_trainer_options(parser)
+    parser.set_defaults(summary_file=None, expect_data_sha256=None, dry_run=False)
+    if step == PREFLIGHT:
+        parser.add_argument("--summary-file", type=Path, help="write the compact JSON summary here")
+    elif step == TRAIN:
+        parser.add_argument(
+            "--expect-data-sha256", help="refuse data whose sha256 differs (the pre-flight's)"
+        )
+    else:
+        parser.add_argument("--dry-run", action="store_true", help="pre-flight only: print the data report")
     return parser
 
 
-def _fail(problems) -> int:
-    """One line per problem on stderr; a Problem already starts with its severity."""
-    for problem in problems:
-        text = str(problem)
-        print(text if text.startswith("error: ") else f"error: {text}", file=sys.stderr)
-    return 1
+def trainer_options(args: argparse.Namespace) -> TrainerOptions:
+    given = vars(args)
+    return TrainerOptions(**{f.name: given[f.name] for f in fields(TrainerOptions) if f.name in given})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    step = argv.pop(0) if argv[:1] in ([PREFLIGHT], [TRAIN]) else None
+    args = make_parser(step).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from presets.resolve import PresetNotFound, resolve_preset
-    from trainer import config as cfg
-    from trainer.data import DataError, combined_sha256, read_rows
-    from trainer.model import load_tokenizer
-    from trainer.preflight import prepare
-
-    if not args.preset:
-        return _fail(["--preset (or KAITO_TUNE_PRESET) is required: a catalog name or a model directory"])
-    try:
-        config = cfg.load(args.config, args.method)
-        preset = resolve_preset(args.preset, args.weights)
-    except (cfg.ConfigError, PresetNotFound) as exc:
-        return _fail(exc.problems)
-    if not args.dry_run:  # the dry run (the CPU pre-flight) imports no torch: trainer.output does
-        from trainer.output import is_complete
-
-        if is_complete(args.output):
-            log.info("%s already holds a complete adapter: nothing to do", args.output)
-            return 0
-    try:
-        tokenizer = load_tokenizer(preset, config)
-    except (OSError, ValueError) as exc:  # not in the image/cache (no download allowed), or no tokenizer
-        return _fail([f"cannot load preset {preset.name!r} from {preset.source}: {exc}"])
-    try:
-        rows, files = read_rows(args.data)
-        prepared = prepare(rows, files, tokenizer, config.dataset, config.collator, config.max_length)
-    except DataError as exc:
-        if args.dry_run:
-            print(
-                json.dumps({"ok": False, "errors": [str(p) for p in exc.problems], "bad_rows": []}, indent=2)
-            )
-        return _fail(exc.problems)
-    if args.dry_run:
-        print(json.dumps(prepared.report, indent=2))
-        return 0 if prepared.ok else 1
-    if not prepared.ok:
-        return _fail(prepared.report["errors"])
-    if config.collator.mlm:
-        log.info(
-            "DataCollator.mlm is ignored: causal LMs are trained on next tokens (kept for KAITO configs)"
+    if not vars(args).get("preset"):
+        return steps.fail(
+            ["--preset (or KAITO_TUNE_PRESET) is required: a catalog name or a model directory"]
         )
-    method = args.method or config.method
-    from trainer.train import train
-
-    return train(args, config, preset, tokenizer, prepared, method, files, combined_sha256(files))
+    options = trainer_options(args)
+    if step == PREFLIGHT or args.dry_run:
+        return steps.preflight(options, args.summary_file)
+    return steps.train(options, args.expect_data_sha256)
 
 
 if __name__ == "__main__":

@@ -8,23 +8,33 @@ trained tokens in the whole accumulated step, so accumulation and several proces
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from trainer.packing import Strategy
 from trainer.preflight import IGNORE
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
 
 
 class PackedTrainer(Trainer):
     """Trainer for one padding-free packed row per forward (see ``trainer.packing.collate``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # our loss is already normalised per token of the whole step
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         targets = inputs["labels"][0, 1:]
         positions = (targets != IGNORE).nonzero().squeeze(-1)
         outputs = model(
@@ -45,7 +55,9 @@ class PackedTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def sft_config(training_args: dict[str, Any], strategy, output_dir: str, *, has_eval: bool, world_size: int):
+def sft_config(
+    training_args: dict[str, Any], strategy: Strategy, output_dir: str, *, has_eval: bool, world_size: int
+) -> SFTConfig:
     """SFTConfig from the TrainingArguments section, with the keys this trainer decides overridden."""
     from trl import SFTConfig
 

@@ -6,22 +6,34 @@ import logging
 import os
 import shutil
 import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from contract.pod import EXIT_OK, EXIT_SIGTERM
+from presets.resolve import ResolvedPreset
 from trainer.checkpoint import CheckpointCallback, newest_complete, stop_on_sigterm
+from trainer.config import TrainingConfig
+from trainer.inputs import CheckedData, Setup
 from trainer.model import load_model, vllm_warnings
+from trainer.options import TrainerOptions
 from trainer.output import build_metadata, write_results
 from trainer.packing import PackedRows, choose_strategy, collate, cpu_row_tokens, pack
-from trainer.progress import JsonLinesSink, ProgressCallback, TqdmSink
+from trainer.preflight import Prepared
+from trainer.progress import JsonLinesSink, ProgressCallback, ProgressSink, TqdmSink
 from trainer.sft import PackedTrainer, sft_config
+from trainer.status_sink import status_sinks_from_env
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+    from transformers.trainer_utils import TrainOutput
 
 log = logging.getLogger("trainer")
 
-EXIT_SIGTERM = 143  # 128 + SIGTERM, what the pod would report had the signal killed it
 
-
-def _estimator(preset, method: str, row_tokens: int):
+def _estimator(preset: ResolvedPreset, method: str, row_tokens: int) -> Callable[[bool], int] | None:
     """The memory estimator's micro-batch for this GPU, or None for a model outside the catalog."""
     from presets.catalog import UnknownName, get_model
     from presets.memory import largest_micro_batch
@@ -34,7 +46,7 @@ def _estimator(preset, method: str, row_tokens: int):
     return lambda checkpointing: largest_micro_batch(entry, method, gib, row_tokens, checkpointing)
 
 
-def _model_config(preset, config):
+def _model_config(preset: ResolvedPreset, config: TrainingConfig) -> PretrainedConfig:
     """The preset's config.json (dimensions only; no weights loaded)."""
     from transformers import AutoConfig
 
@@ -43,22 +55,21 @@ def _model_config(preset, config):
     return AutoConfig.from_pretrained(preset.source, revision=preset.revision, **kwargs)
 
 
-def _sinks(args) -> list:
+def _sinks(options: TrainerOptions) -> list[ProgressSink]:
     """JSON lines (stdout or --progress-file), a bar on a terminal, and the Workspace status when set."""
-    if args.progress_file:
-        args.progress_file.parent.mkdir(parents=True, exist_ok=True)
-        sinks = [JsonLinesSink(args.progress_file.open("a"))]
+    sinks: list[ProgressSink] = []
+    if options.progress_file:
+        options.progress_file.parent.mkdir(parents=True, exist_ok=True)
+        sinks.append(JsonLinesSink(options.progress_file.open("a")))
     else:
-        sinks = [JsonLinesSink()]
+        sinks.append(JsonLinesSink())
     if sys.stderr.isatty():
         sinks.append(TqdmSink())
-    from trainer.workspace_status import status_sinks_from_env
-
     return sinks + status_sinks_from_env()  # the Workspace's status, in the controller's pods
 
 
-def _metrics(trainer, result, has_eval: bool) -> dict:
-    metrics = {
+def _metrics(trainer: PackedTrainer, result: TrainOutput, has_eval: bool) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "epoch": trainer.state.epoch,
@@ -75,8 +86,11 @@ def _metrics(trainer, result, has_eval: bool) -> dict:
     return metrics
 
 
-def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTrainer:
+def build_trainer(
+    options: TrainerOptions, setup: Setup, prepared: Prepared, stop: threading.Event
+) -> PackedTrainer:
     """The configured Trainer for this hardware (also used by benchmarks/trainer_throughput.py)."""
+    config, preset, method = setup.config, setup.preset, setup.method
     cuda = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -102,7 +116,7 @@ def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTr
         device_map={"": local_rank} if cuda else None,
     )
     has_eval = bool(prepared.eval)
-    checkpoints = args.output / "checkpoints"
+    checkpoints = options.output / "checkpoints"
     trainer = PackedTrainer(
         model=model,
         args=sft_config(training_args, strategy, str(checkpoints), has_eval=has_eval, world_size=world_size),
@@ -110,8 +124,8 @@ def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTr
         eval_dataset=PackedRows(pack(prepared.eval, strategy.row_tokens)) if has_eval else None,
         data_collator=collate,
         callbacks=[
-            ProgressCallback(_sinks(args), args.progress_interval),
-            CheckpointCallback(args.checkpoint_minutes, stop),
+            ProgressCallback(_sinks(options), options.progress_interval),
+            CheckpointCallback(options.checkpoint_minutes, stop),
         ],
     )
     from transformers.trainer_callback import PrinterCallback
@@ -120,12 +134,13 @@ def build_trainer(args, config, preset, prepared, method: str, stop) -> PackedTr
     return trainer
 
 
-def train(args, config, preset, tokenizer, prepared, method: str, files, data_sha256: str) -> int:
+def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
     """Train (resuming from the newest complete checkpoint), then write the results on rank 0."""
     stop = stop_on_sigterm()
-    trainer = build_trainer(args, config, preset, prepared, method, stop)
+    prepared = data.prepared
+    trainer = build_trainer(options, setup, prepared, stop)
     has_eval = bool(prepared.eval)
-    checkpoints = args.output / "checkpoints"
+    checkpoints = options.output / "checkpoints"
     resume = newest_complete(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
@@ -142,23 +157,34 @@ def train(args, config, preset, tokenizer, prepared, method: str, files, data_sh
     finally:
         progress.close()
     if trainer.is_world_process_zero():
-        warnings = vllm_warnings(config.section("LoraConfig"))
-        for warning in warnings:
-            log.warning("%s", warning)
-        metadata = build_metadata(
-            preset=preset,
-            method=method,
-            config=config,
-            files=files,
-            combined_sha256=data_sha256,
-            report=prepared.report,
-            metrics=metrics,
-            warnings=warnings,
-        )
-        save_tokenizer = bool(config.section("ModelConfig").get("chat_template"))
-        written = write_results(
-            args.output, trainer.model, tokenizer, metadata, save_tokenizer=save_tokenizer
-        )
+        _write(options, setup, data, trainer, metrics)
         shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is complete; checkpoints only cost space
-        log.info("wrote %s to %s", ", ".join(written), args.output)
-    return 0
+    return EXIT_OK
+
+
+def _write(
+    options: TrainerOptions, setup: Setup, data: CheckedData, trainer: PackedTrainer, metrics: dict[str, Any]
+) -> None:
+    """The adapter, metadata.json and the completion marker (rank 0 only)."""
+    from peft import PeftModel
+
+    assert isinstance(trainer.model, PeftModel)  # what build_trainer gave it, unwrapped
+    config = setup.config
+    warnings = vllm_warnings(config.section("LoraConfig"))
+    for warning in warnings:
+        log.warning("%s", warning)
+    metadata = build_metadata(
+        preset=setup.preset,
+        method=setup.method,
+        config=config,
+        files=data.files,
+        combined_sha256=data.prepared.sha256,
+        report=data.prepared.report,
+        metrics=metrics,
+        warnings=warnings,
+    )
+    save_tokenizer = bool(config.section("ModelConfig").get("chat_template"))
+    written = write_results(
+        options.output, trainer.model, data.tokenizer, metadata, save_tokenizer=save_tokenizer
+    )
+    log.info("wrote %s to %s", ", ".join(written), options.output)

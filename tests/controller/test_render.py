@@ -71,9 +71,16 @@ def test_training_job_pipeline_and_push_secret_only_in_push():
     ]
     assert token_users == ["train"] and spec["automountServiceAccountToken"] is False
     train = containers(job)["train"]
-    assert train["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
-    at = train["command"].index("--expect-data-sha256")
-    assert train["command"][at + 1] == SHA
+    assert train["command"][:8] == [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer.qlora",
+        "train",
+        "--expect-data-sha256",
+        SHA,
+    ]
     assert train["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in spec["volumes"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
@@ -102,7 +109,7 @@ def test_training_job_pipeline_and_push_secret_only_in_push():
 def test_single_gpu_runs_python_directly():
     ws = parsed(workspace())
     train = containers(render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=1))["train"]
-    assert train["command"][:3] == ["python", "-m", "trainer.workspace_status"]
+    assert train["command"][:4] == ["python", "-m", "trainer.qlora", "train"]
 
 
 def test_volume_output_trains_into_the_volume_without_push():
@@ -143,7 +150,7 @@ def test_data_job_is_cpu_only_and_fails_at_once_on_bad_data():
     assert preflight[:6] == [
         "python",
         "-m",
-        "trainer.workspace_status",
+        "trainer.qlora",
         "preflight",
         "--summary-file",
         "/dev/termination-log",

@@ -269,7 +269,7 @@ def buildah_images() -> set[str]:
 CHECKS = {
     "controller": "import tuning_controller.operator",
     "tools": "import artifacts, tuning_controller.cli",
-    "preflight": "import transformers, tokenizers, pyarrow, jinja2, trainer.workspace_status",
+    "preflight": "import transformers, tokenizers, pyarrow, jinja2, trainer.qlora",
     "runtime": "import torch, transformers, peft, trl, bitsandbytes, inference.server, trainer.qlora",
 }
 

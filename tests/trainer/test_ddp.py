@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo on CPU): the data is split between them and only rank 0 writes.
+"""Two processes under torchrun (gloo on CPU), as the training pod runs them (the ``train`` step with the
+pre-flight's data sha256): the data is split between them and only rank 0 writes.
 
 The run also uses a configured chat template, which must then ship with the adapter."""
 
@@ -29,7 +30,7 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
     from transformers import AutoTokenizer
 
     from trainer.config import CollatorOptions, DatasetOptions
-    from trainer.data import read_rows
+    from trainer.data import combined_sha256, read_rows
     from trainer.packing import pack
     from trainer.preflight import prepare
 
@@ -41,14 +42,15 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
         logging_steps=1,
         ModelConfig={"chat_template": TEMPLATE},
     )
+    rows, files = read_rows(tmp_path / "data")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer.qlora"]
+    command += ["train", "--expect-data-sha256", combined_sha256(files)]
     command += ["--preset", "tiny-llama", "--config", str(config), "--data", str(tmp_path / "data")]
     command += ["--output", str(tmp_path / "out")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    rows, files = read_rows(tmp_path / "data")
     tokenizer = AutoTokenizer.from_pretrained(tiny_preset)
     tokenizer.chat_template = TEMPLATE
     prepared = prepare(rows, files, tokenizer, DatasetOptions(), CollatorOptions(), 128)

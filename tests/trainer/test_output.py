@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,8 @@ class _Saves:
     def __init__(self, fail: bool = False):
         self.fail = fail
 
-    def save_pretrained(self, path, **kwargs):
+    def save_pretrained(self, directory: str, **kwargs):
+        path = Path(directory)
         (path / "adapter_config.json").write_text("{}")
         if self.fail:
             raise OSError("disk full")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.trainer.synthetic import kaito_config, write_jsonl
 from trainer.config import CollatorOptions, DatasetOptions
-from trainer.data import DataError, read_rows
+from trainer.data import DataError, combined_sha256, read_rows
 from trainer.preflight import IGNORE, prepare
 from trainer.qlora import main
 
@@ -91,9 +91,10 @@ def test_missing_configured_column_names_the_file_and_the_columns(tmp_path):
         prepare(rows, files, None, DatasetOptions(messages_column="conversation"), CollatorOptions(), 64)
 
 
-def _cli(tmp_path, capsys, *extra):
-    config = kaito_config(tmp_path / "config.yaml")
-    code = main(["--preset", "tiny-llama", "--config", str(config), "--data", str(tmp_path / "data"), *extra])
+def _cli(tmp_path, capsys, *extra, step=None, **config_options):
+    config = kaito_config(tmp_path / "config.yaml", **config_options)
+    args = ["--preset", "tiny-llama", "--config", str(config), "--data", str(tmp_path / "data"), *extra]
+    code = main([step, *args] if step else args)
     return code, capsys.readouterr()
 
 
@@ -135,3 +136,39 @@ def test_unknown_config_key_is_one_message(tmp_path, capsys):
     code = main(["--preset", "tiny-llama", "--config", str(kaito_config(tmp_path / "c.yaml", lora_r=8))])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and "TrainingArguments.lora_r: unknown option" in errors[0]
+
+
+def test_preflight_step_writes_the_summary_the_controller_reads(tmp_path, capsys, tiny_preset):
+    write_jsonl(tmp_path / "data" / "a.jsonl", [GOOD, {"messages": [{"role": "user", "content": "hi"}]}])
+    code, out = _cli(tmp_path, capsys, "--summary-file", str(tmp_path / "summary"), step="preflight")
+    report, summary = json.loads(out.out), json.loads((tmp_path / "summary").read_text())
+    assert code == 1 and not summary["ok"] and summary["badRows"] == 1 and summary["usableRows"] == 1
+    assert summary["firstBadRows"][0] == {
+        "row": 1,
+        "file": "a.jsonl",
+        "reason": report["bad_rows"][0]["reason"],
+    }
+    assert summary["sha256"] == report["sha256"] == combined_sha256(read_rows(tmp_path / "data")[1])
+
+
+def test_preflight_step_summarises_a_config_error(tmp_path, capsys):
+    code, out = _cli(
+        tmp_path, capsys, "--summary-file", str(tmp_path / "summary"), step="preflight", lora_r=8
+    )
+    summary = json.loads((tmp_path / "summary").read_text())
+    assert code == 1 and not summary["ok"] and "sha256" not in summary
+    [error] = summary["errors"]
+    assert error.startswith("training_config.TrainingArguments.lora_r: unknown option")
+    assert f"error: {error}" in out.err
+
+
+def test_train_step_refuses_data_that_changed_since_the_preflight(tmp_path, capsys, tiny_preset):
+    write_jsonl(tmp_path / "data" / "a.jsonl", [GOOD])
+    code, out = _cli(tmp_path, capsys, step="preflight")
+    checked = json.loads(out.out)["sha256"]
+    write_jsonl(tmp_path / "data" / "a.jsonl", [GOOD, GOOD])
+    code, out = _cli(
+        tmp_path, capsys, "--expect-data-sha256", checked, "--output", str(tmp_path / "out"), step="train"
+    )
+    assert code == 1 and "the data changed since the pre-flight check" in out.err and checked in out.err
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,8 @@
                 train exited 0, because init containers run in order). Volume output: train is the
                 main container writing into the volume, and there is no push.
 
+Both steps run the trainer's one entry, ``python -m trainer.qlora preflight|train`` (``trainer.steps``).
+
 Both pods mount the controller's copy of the training config (``render.configmap``). Results and
 checkpoints live on ``<ws>-results`` (a PVC owned by the Workspace) so a retried pod resumes from the
 trainer's last checkpoint. Everything is a pure function of the Workspace and the settings; the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from contract.pod import (
@@ -37,10 +40,10 @@ from contract.pod import (
     WORKSPACE_NAME_ENV,
     WORKSPACE_NAMESPACE_ENV,
 )
-from contract.workspace import GROUP, Workspace, to_dict
+from contract.workspace import GROUP, DataDestination, DataSource, PresetSpec, Workspace, to_dict
 from tuning_controller.render.configmap import training_configmap_name
 from tuning_controller.render.meta import bounded_name, labels, metadata
-from tuning_controller.render.model import fetch_model_parts, workspace_model_source
+from tuning_controller.render.model import ModelParts, fetch_model_parts, workspace_model_source
 from tuning_controller.render.pod import (
     container_security,
     docker_config_volume,
@@ -64,6 +67,7 @@ TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # Container names: the status code reads termination messages by these.
 FETCH, PREFLIGHT, TRAIN, PUSH = "fetch-data", "preflight", "train", "push"
+TRAINER = ["-m", "trainer.qlora"]  # the trainer's entry (python or torchrun runs it)
 
 
 def child_name(ws: Workspace, suffix: str = "") -> str:
@@ -88,23 +92,38 @@ def service_account_name(ws: Workspace) -> str:
     return child_name(ws, "-tuning")
 
 
+@dataclass(frozen=True)
+class _Tuning:
+    """The parts of a (validated) tuning section the Jobs are made of, none of them missing."""
+
+    preset: PresetSpec
+    input: DataSource
+    output: DataDestination
+    method: str  # lower case
+
+
+def _tuning(ws: Workspace) -> _Tuning:
+    tuning = ws.tuning
+    if tuning is None or tuning.preset is None or tuning.input is None or tuning.output is None:
+        raise ValueError(f"Workspace {ws.name!r} has no tuning section")
+    return _Tuning(tuning.preset, tuning.input, tuning.output, tuning.method.lower())
+
+
 def revision(ws: Workspace, training_config: Mapping[str, Any]) -> str:
     """A short hash of what decides the training result; a change means a new Job."""
-    tuning = ws.tuning
-    assert tuning is not None and tuning.preset is not None
+    tuning = _tuning(ws)
     decided = {
         "input": to_dict(tuning.input),
         "output": to_dict(tuning.output),
         "config": training_config,
         "preset": tuning.preset.name,
-        "method": tuning.method.lower(),
+        "method": tuning.method,
     }
     return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None:
+def _fetch_container(source: DataSource, settings: Settings) -> dict[str, Any] | None:
     """Downloads urls or extracts a data image into the data emptyDir; None for volume input."""
-    source = ws.tuning.input
     if source.volume_source is not None:
         return None
     command = ["kaito-tune", "fetch-data", "--dest", DATA_DIR, "--termination-log", TERMINATION_LOG]
@@ -121,11 +140,10 @@ def _fetch_container(ws: Workspace, settings: Settings) -> dict[str, Any] | None
     return tools_container(FETCH, command, mounts, settings)
 
 
-def _data_volumes(ws: Workspace) -> list[dict[str, Any]]:
-    source = ws.tuning.input
+def _data_volumes(source: DataSource) -> list[dict[str, Any]]:
     if source.volume_source is not None:
         return [{"name": "data", **source.volume_source}]
-    volumes = [{"name": "data", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "data", "emptyDir": {}}]
     if source.image and source.image_pull_secrets:
         volumes.append(docker_config_volume("pull-secret", source.image_pull_secrets[0]))
     return volumes
@@ -141,12 +159,12 @@ def _config_volume(ws: Workspace) -> dict[str, Any]:
     }
 
 
-def _trainer_args(ws: Workspace) -> list[str]:
+def _trainer_args(tuning: _Tuning) -> list[str]:
     return [
         "--preset",
-        ws.tuning.preset.name,
+        tuning.preset.name,
         "--method",
-        ws.tuning.method.lower(),
+        tuning.method,
         "--config",
         f"{CONFIG_DIR}/{CONFIG_KEY}",
         "--data",
@@ -195,25 +213,21 @@ def _fail_job_on_exit(container: str, code: int) -> dict[str, Any]:
     }
 
 
-def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, Any]:
-    """The CPU pre-flight Job: fetch the data, run the trainer's dry run, report a compact summary."""
-    if ws.tuning is None:
-        raise ValueError(f"Workspace {ws.name!r} has no tuning section")
-    fetch = _fetch_container(ws, settings)
-    model = fetch_model_parts(workspace_model_source(ws.tuning.preset, settings), settings, config_only=True)
-    preflight = {
+def _preflight_container(ws: Workspace, settings: Settings, model: ModelParts) -> dict[str, Any]:
+    """The trainer's pre-flight: config, preset and data checked on a CPU; the summary goes to the
+    termination message."""
+    command = [
+        "python",
+        *TRAINER,
+        "preflight",
+        "--summary-file",
+        TERMINATION_LOG,
+        *_trainer_args(_tuning(ws)),
+    ]
+    return {
         "name": PREFLIGHT,
         "image": settings.preflight_image,
-        "command": [
-            "python",
-            "-m",
-            "trainer.workspace_status",
-            "preflight",
-            "--summary-file",
-            TERMINATION_LOG,
-            "--",
-            *_trainer_args(ws),
-        ],
+        "command": command,
         "volumeMounts": [
             mount("data", DATA_DIR, read_only=True),
             mount("config", CONFIG_DIR, read_only=True),
@@ -223,13 +237,20 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
+
+
+def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, Any]:
+    """The CPU pre-flight Job: fetch the data, run the trainer's pre-flight, report a compact summary."""
+    tuning = _tuning(ws)
+    fetch = _fetch_container(tuning.input, settings)
+    model = fetch_model_parts(workspace_model_source(tuning.preset, settings), settings, config_only=True)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the pre-flight talks to nobody
         "securityContext": pod_security(settings),
-        "containers": [preflight],
+        "containers": [_preflight_container(ws, settings, model)],
         "initContainers": [*([fetch] if fetch else []), *model.init],
-        "volumes": [*_data_volumes(ws), _config_volume(ws), *model.volumes],
+        "volumes": [*_data_volumes(tuning.input), _config_volume(ws), *model.volumes],
     }
     # Bad data exits 1: deterministic, so fail at once; a fetch may be retried once.
     return _job(
@@ -264,7 +285,7 @@ def _token_volume() -> dict[str, Any]:
 
 
 def _results_volume(ws: Workspace, settings: Settings) -> dict[str, Any]:
-    output = ws.tuning.output
+    output = _tuning(ws).output
     if output.volume_source is not None:
         return {"name": "results", **output.volume_source}
     if settings.results_volume == "pvc":
@@ -273,9 +294,8 @@ def _results_volume(ws: Workspace, settings: Settings) -> dict[str, Any]:
 
 
 def uses_results_claim(ws: Workspace, settings: Settings) -> bool:
-    return (
-        ws.tuning is not None and ws.tuning.output.volume_source is None and settings.results_volume == "pvc"
-    )
+    output = ws.tuning.output if ws.tuning else None
+    return output is not None and output.volume_source is None and settings.results_volume == "pvc"
 
 
 def results_sub_path(ws: Workspace, settings: Settings, rev: str) -> str:
@@ -300,25 +320,21 @@ def render_results_claim(ws: Workspace, settings: Settings) -> dict[str, Any]:
     }
 
 
-def render_training_job(
-    ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model_reference: str = ""
+def _train_container(
+    ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model: ModelParts
 ) -> dict[str, Any]:
-    """The training Job: fetch -> train (every GPU of the node) -> push (image output only).
-
-    ``model_reference`` is the weights' reference the pre-flight pinned (a digest or a commit)."""
-    if ws.tuning is None:
-        raise ValueError(f"Workspace {ws.name!r} has no tuning section")
-    model = fetch_model_parts(workspace_model_source(ws.tuning.preset, settings, model_reference), settings)
-    gpus = max(1, int(gpus))
-    module = ["-m", "trainer.workspace_status", "train", "--expect-data-sha256", data_sha256, "--"]
+    """The trainer on every GPU of the node (torchrun for several), reporting progress into the
+    Workspace's status with the token of the Workspace's own ServiceAccount."""
     launcher = ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
-    train = {
+    step = ["train", "--expect-data-sha256", data_sha256]
+    return {
         "name": TRAIN,
         "image": settings.trainer_image,
         "command": [
             *launcher,
-            *module,
-            *_trainer_args(ws),
+            *TRAINER,
+            *step,
+            *_trainer_args(_tuning(ws)),
             "--output",
             RESULTS_DIR,
             "--progress-interval",
@@ -342,41 +358,53 @@ def render_training_job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
-    output = ws.tuning.output
+
+
+def _push_container(ws: Workspace, settings: Settings, rev: str, image: str) -> dict[str, Any]:
+    """Pushes the adapter to ``image``; the only container that sees the push secret."""
+    command = [
+        "kaito-tune",
+        "push",
+        RESULTS_DIR,
+        image,
+        "--docker-config",
+        f"{PUSH_SECRET_DIR}/.dockerconfigjson",
+        "--digest-file",
+        TERMINATION_LOG,
+        "--termination-log",
+        TERMINATION_LOG,
+        "--format",
+        settings.push_format,
+        *plain_http_args(settings, image),
+    ]
+    mounts = [
+        mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
+        mount("push-secret", PUSH_SECRET_DIR, read_only=True),
+    ]
+    return tools_container(PUSH, command, mounts, settings)
+
+
+def _training_pod_spec(
+    ws: Workspace, settings: Settings, rev: str, train: dict[str, Any], model: ModelParts
+) -> dict[str, Any]:
+    """fetch -> train -> push for image output (train an init container, so push runs only after it
+    succeeded); fetch -> train for volume output."""
+    tuning = _tuning(ws)
+    output = tuning.output
     volumes = [
-        *_data_volumes(ws),
+        *_data_volumes(tuning.input),
         _config_volume(ws),
         _results_volume(ws, settings),
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         _token_volume(),
         *model.volumes,
     ]
-    fetch = _fetch_container(ws, settings)
+    fetch = _fetch_container(tuning.input, settings)
     init = [*([fetch] if fetch else []), *model.init]
     if output.image:
-        command = [
-            "kaito-tune",
-            "push",
-            RESULTS_DIR,
-            output.image,
-            "--docker-config",
-            f"{PUSH_SECRET_DIR}/.dockerconfigjson",
-            "--digest-file",
-            TERMINATION_LOG,
-            "--termination-log",
-            TERMINATION_LOG,
-            "--format",
-            settings.push_format,
-            *plain_http_args(settings, output.image),
-        ]
-        mounts = [
-            mount("results", RESULTS_DIR, read_only=True, sub_path=results_sub_path(ws, settings, rev)),
-            mount("push-secret", PUSH_SECRET_DIR, read_only=True),
-        ]
-        push = tools_container(PUSH, command, mounts, settings)
         volumes.append(docker_config_volume("push-secret", output.image_push_secret))
         init.append(train)
-        containers = [push]
+        containers = [_push_container(ws, settings, rev, output.image)]
     else:
         containers = [train]
     pod_spec: dict[str, Any] = {
@@ -395,11 +423,24 @@ def render_training_job(
     affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
     if affinity:
         pod_spec["affinity"] = affinity
+    return pod_spec
+
+
+def render_training_job(
+    ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model_reference: str = ""
+) -> dict[str, Any]:
+    """The training Job: fetch -> train (every GPU of the node) -> push (image output only).
+
+    ``model_reference`` is the weights' reference the pre-flight pinned (a digest or a commit)."""
+    tuning = _tuning(ws)
+    model = fetch_model_parts(workspace_model_source(tuning.preset, settings, model_reference), settings)
+    gpus = max(1, int(gpus))
+    train = _train_container(ws, settings, rev, data_sha256=data_sha256, gpus=gpus, model=model)
     return _job(
         ws,
         training_job_name(ws),
         "tuning",
-        pod_spec,
+        _training_pod_spec(ws, settings, rev, train, model),
         rev=rev,
         backoff_limit=settings.backoff_limit,
         deadline=settings.active_deadline_seconds,

@@ -1,0 +1,136 @@
+"""What the trainer reports to the controller: the pre-flight's data summary and the training progress.
+
+The pre-flight container writes the data summary as its termination message (the kubelet keeps 4096
+bytes of it) and the controller copies it into ``status.tuning.data``; the train container patches
+``status.tuning.progress`` itself. Writer and reader live here, so the two sides cannot drift::
+
+    data:     {"ok": false, "rows": 120, "usableRows": 118, "badRows": 2, "sha256": "9f...", "files": 1,
+               "firstBadRows": [{"row": 7, "file": "train.parquet", "reason": "..."}], "errors": ["..."],
+               "trainRows": 0, "evalRows": 0, "tokens": {"min": 12, "p50": 80, "max": 300,
+               "truncatedRows": 0}}
+    progress: {"step": 40, "totalSteps": 120, "percent": 33, "loss": 2.31, "evalLoss": null,
+               "tokensPerSecond": 2450.0, "etaSeconds": 95.0, "event": "progress",
+               "updatedAt": "2025-01-01T12:00:00Z"}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+SUMMARY_MAX_BYTES = 3800  # the kubelet keeps 4096 bytes of a termination message
+FIRST_BAD_ROWS = 5
+MAX_ERRORS = 5
+
+
+# ---- the pre-flight's data summary -----------------------------------------------------------------
+
+
+def data_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The pre-flight report (``trainer.preflight``) cut to what a person needs in ``kubectl get -o yaml``."""
+    bad = report.get("bad_rows") or []
+    tokens = report.get("tokens") or {}
+    summary: dict[str, Any] = {
+        "ok": bool(report.get("ok")),
+        "rows": report.get("rows", 0),
+        "usableRows": report.get("usable_rows", 0),
+        "badRows": len(bad),
+        "firstBadRows": [
+            {"row": b.get("index"), "file": b.get("file"), "reason": str(b.get("reason", ""))[:300]}
+            for b in bad[:FIRST_BAD_ROWS]
+        ],
+        "errors": [str(e)[:600] for e in report.get("errors") or []][:MAX_ERRORS],
+        "trainRows": report.get("train_rows", 0),
+        "evalRows": report.get("eval_rows", 0),
+        "tokens": {
+            "min": tokens.get("min"),
+            "p50": tokens.get("p50"),
+            "max": tokens.get("max"),
+            "truncatedRows": tokens.get("truncated_rows"),
+        },
+    }
+    if report.get("files"):
+        summary["sha256"] = report["sha256"]
+        summary["files"] = len(report["files"])
+    return summary
+
+
+def _compact(summary: Mapping[str, Any]) -> str:
+    return json.dumps(summary, separators=(",", ":"))
+
+
+def write_data_summary(summary: Mapping[str, Any], limit: int = SUMMARY_MAX_BYTES) -> str:
+    """JSON under ``limit`` bytes: drop bad-row details, then shorten error texts, until it fits."""
+    fitted: dict[str, Any] = json.loads(json.dumps(summary))
+    text = _compact(fitted)
+    while len(text.encode()) > limit and fitted.get("firstBadRows"):
+        fitted["firstBadRows"].pop()
+        text = _compact(fitted)
+    while len(text.encode()) > limit and fitted.get("errors"):
+        fitted["errors"] = [e[: max(40, len(e) // 2)] for e in fitted["errors"]]
+        text = _compact(fitted)
+        if all(len(e) <= 40 for e in fitted["errors"]):
+            fitted["errors"] = fitted["errors"][:1]
+            text = _compact(fitted)[:limit]
+            break
+    return text
+
+
+def read_data_summary(text: str) -> dict[str, Any] | None:
+    """The summary from a pre-flight termination message; None when the container wrote none."""
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+# ---- training progress -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report of the trainer (also its JSON lines on stdout, field for field)."""
+
+    event: str  # "start" | "progress" | "eval" | "checkpoint" | "stopped" | "done"
+    step: int
+    total_steps: int
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    time: float = 0.0
+
+
+class ProgressStatus(TypedDict):
+    """``status.tuning.progress`` as the trainer writes it (printer column: ``percent``)."""
+
+    step: int
+    totalSteps: int
+    percent: int
+    loss: float | None
+    evalLoss: float | None
+    tokensPerSecond: float | None
+    etaSeconds: float | None
+    event: str
+    updatedAt: str
+
+
+def progress_status(event: ProgressEvent, now: dt.datetime) -> ProgressStatus:
+    total = max(int(event.total_steps or 0), 0)
+    return {
+        "step": event.step,
+        "totalSteps": total,
+        "percent": int(100 * event.step / total) if total else 0,
+        "loss": event.loss,
+        "evalLoss": event.eval_loss,
+        "tokensPerSecond": event.tokens_per_s,
+        "etaSeconds": event.eta_s,
+        "event": event.event,
+        "updatedAt": now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }

@@ -1,0 +1,58 @@
+"""contract.reports: the pre-flight's summary fits a termination message and the controller reads it back."""
+
+from __future__ import annotations
+
+import json
+
+from contract.reports import (
+    ProgressEvent,
+    data_summary,
+    progress_status,
+    read_data_summary,
+    write_data_summary,
+)
+from tuning_controller import status as st
+
+
+def test_summary_fits_4k_with_many_long_bad_rows():
+    report = {
+        "ok": False,
+        "rows": 10_000,
+        "usable_rows": 0,
+        "bad_rows": [{"index": i, "file": f"part-{i}.parquet", "reason": "x" * 500} for i in range(2000)],
+        "errors": ["e" * 5000, "f" * 5000],
+        "tokens": {"min": 1, "p50": 2, "max": 3, "truncated_rows": 0},
+        "files": [{"path": "a.parquet", "sha256": "0" * 64}],
+        "sha256": "1" * 64,
+    }
+    text = write_data_summary(data_summary(report))
+    assert len(text.encode()) <= 3800
+    summary = json.loads(text)
+    assert summary["badRows"] == 2000 and summary["rows"] == 10_000 and summary["sha256"] == "1" * 64
+    assert summary["firstBadRows"] and summary["firstBadRows"][0]["row"] == 0
+
+
+def test_the_controller_reads_what_the_preflight_wrote():
+    report = {"ok": True, "rows": 3, "usable_rows": 3, "files": [{"path": "a.jsonl"}], "sha256": "ab" * 32}
+    written = write_data_summary(data_summary(report))
+    outcome = st.JobOutcome(phase=st.SUCCEEDED, terminations={"preflight": written})
+    assert st.data_summary(outcome) == read_data_summary(written) == json.loads(written)
+    assert read_data_summary("error: not json") is None and read_data_summary("[1]") is None
+
+
+def test_progress_status_is_the_printer_columns_shape():
+    import datetime as dt
+
+    event = ProgressEvent("progress", step=40, total_steps=120, loss=2.5, tokens_per_s=10.0, eta_s=95.0)
+    status = progress_status(event, dt.datetime(2025, 1, 1, 12, tzinfo=dt.UTC))
+    assert status == {
+        "step": 40,
+        "totalSteps": 120,
+        "percent": 33,
+        "loss": 2.5,
+        "evalLoss": None,
+        "tokensPerSecond": 10.0,
+        "etaSeconds": 95.0,
+        "event": "progress",
+        "updatedAt": "2025-01-01T12:00:00Z",
+    }
