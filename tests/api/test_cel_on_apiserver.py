@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from contract.workspace import MAX_ADAPTERS
 from tests.api.builders import EXAMPLES, edit
 from tests.fixtures.cluster import KubeError, kube_json
 from tuning_controller.crd import RULES
@@ -33,6 +34,16 @@ TUNING: dict[str, Any] = {
     },
 }
 ADAPTER = {"source": {"name": "a", "image": "myacr.azurecr.io/adapters/a:1"}, "strength": "0.5"}
+# As many adapters as the schema allows, image and volume sources alternating, names unique.
+LARGEST_ADAPTERS = [
+    {
+        "source": {"name": f"a{i}", "image": f"myacr.azurecr.io/adapters/a{i}:1"}
+        if i % 2 == 0
+        else {"name": f"a{i}", "volumeSource": {"persistentVolumeClaim": {"claimName": f"a{i}"}}},
+        "strength": "0.5",
+    }
+    for i in range(MAX_ADAPTERS)
+]
 INFERENCE: dict[str, Any] = {
     **{k: v for k, v in TUNING.items() if k != "tuning"},
     "metadata": {"name": "serve"},
@@ -64,7 +75,13 @@ CREATE_CASES = [
         "adapter-names",
         edit(INFERENCE, "inference.adapters", [ADAPTER, ADAPTER]),
         "inference.adapters",
-        "exists_one",
+        "lastIndexOf",
+    ),
+    (
+        "adapter-names-last-of-many",
+        edit(INFERENCE, "inference.adapters", [*LARGEST_ADAPTERS[:-1], LARGEST_ADAPTERS[0]]),
+        "inference.adapters",
+        "lastIndexOf",
     ),
     (
         "adapter-no-name",
@@ -89,8 +106,29 @@ CREATE_CASES = [
         "input-two-sources",
         edit(TUNING, "tuning.input.image", "myacr.azurecr.io/data:1"),
         "tuning.input",
-        "filter",
+        "has(self.urls) ?",
     ),
+    (
+        "input-image-and-volume",
+        edit(TUNING, "tuning.input", {"image": "myacr.azurecr.io/data:1", "volumeSource": {"emptyDir": {}}}),
+        "tuning.input",
+        "has(self.urls) ?",
+    ),
+    (
+        "input-all-three",
+        edit(
+            TUNING,
+            "tuning.input",
+            {
+                "urls": ["https://example.com/a"],
+                "image": "myacr.azurecr.io/d:1",
+                "volumeSource": {"emptyDir": {}},
+            },
+        ),
+        "tuning.input",
+        "has(self.urls) ?",
+    ),
+    ("input-none", edit(TUNING, "tuning.input", {"name": "data"}), "tuning.input", "has(self.urls) ?"),
     (
         "output-two-targets",
         edit(TUNING, "tuning.output.volumeSource", {"emptyDir": {}}),
@@ -206,6 +244,13 @@ def test_server_refuses_forbidden_updates_with_the_rule_message(
         lambda: kube_json(kube_client, "PUT", url(namespace, created["metadata"]["name"]), changed)
     )
     assert message(location, fragment) in said
+
+
+def test_the_most_adapters_with_unique_names_are_accepted(
+    workspace_crd: dict, kube_client: Any, namespace: str
+) -> None:
+    body = edit(INFERENCE, "inference.adapters", LARGEST_ADAPTERS)
+    kube_json(kube_client, "POST", url(namespace) + "?dryRun=All", body)
 
 
 def test_allowed_update_passes(workspace_crd: dict, kube_client: Any, namespace: str) -> None:

@@ -127,7 +127,8 @@ def test_required_static_rules_are_present() -> None:
     for fragment in (
         "has(self.inference) != has(self.tuning)",
         "has(self.imagePushSecret)",
-        "[has(self.urls), has(self.image), has(self.volumeSource)]",
+        "has(self.urls) ? !has(self.image) && !has(self.volumeSource)",
+        "names.indexOf(n) == names.lastIndexOf(n)",
         "self.preset == oldSelf.preset",
         "self.input == oldSelf.input",
         "has(oldSelf.tuning) == has(self.tuning)",
