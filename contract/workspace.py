@@ -26,6 +26,7 @@ from contract.suggest import did_you_mean
 
 GROUP = "kaito.sh"
 KIND = "Workspace"
+PLURAL = "workspaces"  # the CRD's resource name
 VERSIONS = ("v1alpha1", "v1beta1")
 API_VERSIONS = tuple(f"{GROUP}/{v}" for v in VERSIONS)
 

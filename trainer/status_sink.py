@@ -25,11 +25,10 @@ from contract.pod import (
     WORKSPACE_NAMESPACE_ENV,
 )
 from contract.reports import ProgressEvent, progress_status
-from contract.workspace import API_VERSIONS
+from contract.workspace import API_VERSIONS, PLURAL
 
 log = logging.getLogger("trainer")
 
-PLURAL = "workspaces"  # the Workspace CRD's resource name
 FIELD_MANAGER = "kaito-tune-trainer"
 MAX_INTERVAL_S = 30.0
 REQUEST_TIMEOUT_S = 30

@@ -19,9 +19,8 @@ import typing
 from typing import Any
 
 from contract import workspace as api
-from contract.workspace import ALLOWED_VOLUME_TYPES, GROUP, KIND, api_fields, unwrap_optional
+from contract.workspace import ALLOWED_VOLUME_TYPES, GROUP, KIND, PLURAL, api_fields, unwrap_optional
 
-PLURAL = "workspaces"
 SHORT_NAMES = ["wk", "wks"]
 STORAGE_VERSION = "v1beta1"
 LABEL_VALUE_MAX = 63  # the only string maps are matchLabels
