@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Condition types (KAITO's names).
@@ -44,11 +45,17 @@ REASON_QUEUED = "JobSuspended"
 REASON_IN_PROGRESS = "TuningInProgress"
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
-MESSAGE_MAX = 32768  # the CRD's bound on condition messages
+MESSAGE_MAX = 32768  # the CRD's bound on condition messages; status messages keep to it too
 
 
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def clip(text: str, limit: int = MESSAGE_MAX) -> str:
+    """``text`` cut to ``limit`` characters, ending in "..." when cut: every message the controller
+    writes (conditions, status.tuning/inference.message) goes through here, so one bound holds."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _status_word(status: bool | str) -> str:
@@ -72,10 +79,21 @@ def condition(
         "type": type_,
         "status": _status_word(status),
         "reason": reason,
-        "message": message[:MESSAGE_MAX],
+        "message": clip(message),
         "observedGeneration": int(generation or 0),
         "lastTransitionTime": now or now_rfc3339(),
     }
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """The generation a decision was made on, and when: what every condition of one write carries."""
+
+    generation: int
+    now: str
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str) -> dict[str, Any]:
+        return condition(type_, status, reason, message, self.generation, self.now)
 
 
 def find(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> dict[str, Any] | None:
@@ -128,7 +146,7 @@ def remove_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str)
 def same_conditions(a: Iterable[Mapping[str, Any]] | None, b: Iterable[Mapping[str, Any]] | None) -> bool:
     """Equal ignoring lastTransitionTime: lets a caller skip a status write that changes nothing."""
 
-    def key(items):
+    def key(items: Iterable[Mapping[str, Any]] | None) -> list[tuple[tuple[str, str], ...]]:
         return sorted(
             (
                 tuple(sorted((k, str(v)) for k, v in c.items() if k != "lastTransitionTime"))

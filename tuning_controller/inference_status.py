@@ -16,7 +16,7 @@ Workspace instead of hunted in pod logs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tuning_controller import conditions as c
@@ -55,9 +55,9 @@ def _container_problem(status: Mapping[str, Any]) -> str | None:
     return None
 
 
-def pod_problems(pods: list[Mapping[str, Any]]) -> list[str]:
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     """Failing containers of the pods, init containers first (they block the server)."""
-    problems = []
+    problems: list[str] = []
     for pod in pods:
         status = pod.get("status") or {}
         for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
@@ -67,7 +67,7 @@ def pod_problems(pods: list[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
-def pod_model(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+def pod_model(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The weights a server pod fetched: its fetch-model step's summary (source, pinned reference)."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
@@ -81,7 +81,7 @@ def pod_model(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 def inference_status(
     workload: Mapping[str, Any] | None,
-    pods: list[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
     generation: int,
     now: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
@@ -111,7 +111,7 @@ def inference_status(
     ]
     summary = {
         "phase": phase,
-        "message": message[: c.MESSAGE_MAX],
+        "message": c.clip(message),
         "replicas": desired,
         "readyReplicas": ready,
     }

@@ -135,10 +135,11 @@ class Kube:
         )
         resp = self.api.call_api(m, url, headers, payload, post, _request_timeout=timeout)
         resp.read()
+        raw = resp.data or b""
         try:
-            data = json.loads(resp.data) if resp.data else {}
+            data = json.loads(raw) if raw else {}
         except ValueError:
-            data = {"message": resp.data.decode(errors="replace")[:500]}
+            data = {"message": raw.decode(errors="replace")[:500]}
         if resp.status >= 300:
             raise KubeError(resp.status, data, f"{method} {path.split('?')[0]}")
         return data
@@ -176,7 +177,9 @@ class Kube:
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
         return self.request("POST", path, obj, params={"fieldManager": self.field_manager})
 
-    def apply(self, obj: Mapping[str, Any], *, force: bool = True, subresource: str | None = None) -> dict:
+    def apply(
+        self, obj: Mapping[str, Any], *, force: bool = True, subresource: str | None = None
+    ) -> dict[str, Any]:
         """Server-side apply: the fields in ``obj`` become this field manager's; idempotent by design.
 
         ``force`` takes over fields another manager set (the controller owns what it renders).

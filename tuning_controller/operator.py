@@ -4,8 +4,9 @@
     python -m tuning_controller.operator --namespace team-a        # one namespace
     curl localhost:8081/healthz ; curl localhost:8080/metrics
 
-Settings come from ``KAITO_TUNE_*`` variables (tuning_controller.settings). Logs are JSON lines on
-stderr (one object per record: time, level, logger, message, and the object kopf was handling).
+Settings come from ``KAITO_TUNE_*`` variables (tuning_controller.settings), read once here and handed to
+the handlers. Logs are JSON lines on stderr (one object per record: time, level, logger, message, and
+the object kopf was handling).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
 
 from contract.workspace import GROUP
 from tuning_controller import metrics
-from tuning_controller.settings import SettingsError, settings_from_env
+from tuning_controller.handlers import runtime
+from tuning_controller.settings import Settings, SettingsError, settings_from_env
 
 HANDLER_MODULES = ("tuning_controller.handlers.tuning", "tuning_controller.handlers.inference")
 log = logging.getLogger("kaito-tune")
@@ -56,22 +59,36 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def load_handlers() -> None:
-    """Import the handler modules: importing registers their kopf handlers. Called after the settings
-    check, because a handler decorator reads the settings."""
+def load_handlers(ours: Settings) -> None:
+    """Import the handler modules (importing registers their kopf handlers), then register those whose
+    registration depends on the settings, and hand the settings to the handlers."""
+    runtime.use(ours)
     for name in HANDLER_MODULES:
-        importlib.import_module(name)
+        importlib.import_module(name).register(ours)
+
+
+class WorkspaceDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff-base, built for Workspaces only. kopf builds it (a deep copy of the object) for
+    every event of every watched kind, pods and Jobs included, though only the Workspaces' delete
+    handlers (auto-provisioning) use it: under a burst of new Workspaces that copy was a fifth of the
+    controller's CPU."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        if body.get("kind") != "Workspace":
+            nothing: kopf.BodyEssence = {}
+            return nothing
+        return super().build(body=body, extra_fields=extra_fields)
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    ours = settings_from_env(os.environ)
-    # Handler progress and the last-handled spec live in annotations under our own prefix, not in
-    # kopf.zalando.org: visible with the object, and no status field of KAITO's API is taken.
+    ours = runtime.settings()
+    # Workspaces are followed by event handlers that keep what they handled in memory (handlers.runtime
+    # .Handled), so kopf stores nothing on them. Only the delete handlers of auto-provisioning make kopf
+    # keep a finalizer and its state: then in annotations under our own prefix, not in
+    # kopf.zalando.org, visible with the object, and no status field of KAITO's API is taken.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = WorkspaceDiffBase(prefix=GROUP, key="last-handled-configuration")
     # Events for people come from the handlers (milestones, failures); kopf's own log lines become
     # Events only from WARNING up, so a Workspace's event list stays readable.
     settings.posting.level = logging.WARNING
@@ -88,14 +105,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Synchronous handlers run in a thread pool: different Workspaces reconcile in parallel (200
     # applied at once must not queue behind each other); one Workspace is serialised by a lock.
     settings.execution.max_workers = ours.max_workers
-    # Errors of a handler are retried with this delay unless it says otherwise.
-    settings.execution.default_backoff = 10
-    # A timer (a Workspace waiting for nodes) running in a thread cannot be cancelled; when its
-    # Workspace is deleted, kopf looks again this often (default 60 s) before removing the finalizer.
-    settings.background.cancellation_polling = 1
+    # A failed delete handler is retried after as long as a failed reconcile.
+    settings.execution.default_backoff = runtime.RETRY_SECONDS
     # No peering objects: one replica runs (the chart's Deployment), and no extra CRD is needed.
     settings.peering.standalone = True
     metrics.serve(ours.metrics_port)
+    runtime.warm_up()
     log.info("settings: %s", json.dumps({k: v for k, v in vars(ours).items()}, default=str))
 
 
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    load_handlers()
+    load_handlers(ours)
     log.info("handlers: %s", ", ".join(HANDLER_MODULES))
     kopf.run(
         standalone=True,

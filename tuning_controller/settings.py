@@ -147,28 +147,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         # The two lists are stored canonical (networks as CIDRs, registries in lower case).
-        raw = ",".join(self.allowed_url_networks)
-        networks = []
-        for text in self.allowed_url_networks:
-            try:
-                networks.append(parse_network(text))
-            except ValueError:
-                raise SettingsError(
-                    f"{PREFIX}ALLOWED_URL_NETWORKS={raw!r}: {text!r} is not an IP network; must be "
-                    "comma-separated CIDRs or addresses, e.g. 10.250.0.0/24,127.0.0.1"
-                ) from None
-        object.__setattr__(self, "allowed_url_networks", tuple(networks))
-        raw = ",".join(self.insecure_registries)
-        registries = tuple(r.strip().lower() for r in self.insecure_registries)
-        for registry in registries:
-            match = _REGISTRY.fullmatch(registry)
-            if not match or (match["port"] and not 1 <= int(match["port"]) <= 65535):
-                raise SettingsError(
-                    f"{PREFIX}INSECURE_REGISTRIES={raw!r}: {registry!r} is not a registry; must be "
-                    "comma-separated host or host:port (no scheme, no path), "
-                    "e.g. 10.250.0.1:5000,registry.local"
-                )
-        object.__setattr__(self, "insecure_registries", registries)
+        object.__setattr__(self, "allowed_url_networks", _networks(self.allowed_url_networks))
+        object.__setattr__(self, "insecure_registries", _registries(self.insecure_registries))
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(
@@ -179,6 +159,9 @@ class Settings:
                 f"{PREFIX}MODEL_REGISTRY={self.model_registry!r}: must be a registry and optional path "
                 "without scheme, tag or digest, e.g. registry.example/kaito-models"
             )
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
         if not 1 <= self.progress_interval_seconds <= 30:
             raise SettingsError(
                 f"{PREFIX}PROGRESS_INTERVAL_SECONDS={self.progress_interval_seconds}: must be 1..30"
@@ -206,6 +189,34 @@ class Settings:
         except InvalidInputError:
             return False
         return registry in self.insecure_registries
+
+
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    """ALLOWED_URL_NETWORKS as CIDRs."""
+    networks = []
+    for text in values:
+        try:
+            networks.append(parse_network(text))
+        except ValueError:
+            raise SettingsError(
+                f"{PREFIX}ALLOWED_URL_NETWORKS={','.join(values)!r}: {text!r} is not an IP network; must be "
+                "comma-separated CIDRs or addresses, e.g. 10.250.0.0/24,127.0.0.1"
+            ) from None
+    return tuple(networks)
+
+
+def _registries(values: tuple[str, ...]) -> tuple[str, ...]:
+    """INSECURE_REGISTRIES in lower case, each ``host[:port]``."""
+    registries = tuple(r.strip().lower() for r in values)
+    for registry in registries:
+        match = _REGISTRY.fullmatch(registry)
+        if not match or (match["port"] and not 1 <= int(match["port"]) <= 65535):
+            raise SettingsError(
+                f"{PREFIX}INSECURE_REGISTRIES={','.join(values)!r}: {registry!r} is not a registry; must be "
+                "comma-separated host or host:port (no scheme, no path), "
+                "e.g. 10.250.0.1:5000,registry.local"
+            )
+    return registries
 
 
 def _model_registry_ok(prefix: str) -> bool:

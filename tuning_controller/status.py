@@ -17,14 +17,17 @@ deadline); a failed pod while the Job still retries shows in the message, never 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.reports import read_data_summary
 from tuning_controller import conditions as c
+from tuning_controller.plan import Event, StatusUpdate
 from tuning_controller.render.job import FETCH, PREFLIGHT, PUSH, TRAIN
 from tuning_controller.render.model import FETCH_MODEL
 
+KIND = "tuning"  # the status section these phases are written to
 # status.tuning.phase values, in the order a Workspace goes through them.
 CHECKING_DATA = "CheckingData"
 WAITING_FOR_NODES = "WaitingForNodes"
@@ -67,8 +70,6 @@ STATES = {
     WAITING_FOR_NODES: "Pending",
 }
 
-MESSAGE_MAX = 1500
-
 
 @dataclass(frozen=True)
 class JobOutcome:
@@ -100,9 +101,9 @@ def _terminated(cs: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
 
 
-def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _clip(text: str) -> str:
+    """One line (container messages span several), within the message bound."""
+    return c.clip(" ".join(str(text).split()))
 
 
 def _pod_failure(pod: Mapping[str, Any]) -> str:
@@ -115,35 +116,45 @@ def _pod_failure(pod: Mapping[str, Any]) -> str:
     return _clip(reason) if reason else "the pod failed"
 
 
-def _newest(pods: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _newest(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
 
 
-def job_outcome(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) -> JobOutcome:
+def _terminations(newest: list[Mapping[str, Any]]) -> dict[str, str]:
+    """container -> termination message over the pods, the newest pod's winning."""
+    terminations: dict[str, str] = {}
+    for pod in reversed(newest):
+        for cs in _statuses(pod):
+            term = _terminated(cs)
+            if term and term.get("message"):
+                terminations[cs["name"]] = str(term["message"]).strip()
+    return terminations
+
+
+def _running(newest: list[Mapping[str, Any]]) -> str:
+    """The container running now in the newest pod ("" for none)."""
+    running = ""
+    for cs in _statuses(newest[0]) if newest else []:
+        if "running" in (cs.get("state") or {}):
+            running = cs["name"]
+    return running
+
+
+def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> JobOutcome:
     """The state of ``job`` from its conditions, counters and its pods' container states."""
     if job is None:
         return JobOutcome(PENDING, "the Job does not exist yet")
     status = job.get("status", {})
     newest = _newest(pods)
-    terminations: dict[str, str] = {}
-    for pod in reversed(newest):  # newest pod last, so its messages win
-        for cs in _statuses(pod):
-            term = _terminated(cs)
-            if term and term.get("message"):
-                terminations[cs["name"]] = str(term["message"]).strip()
     failed = [p for p in newest if p.get("status", {}).get("phase") == "Failed"]
     failure = _pod_failure(failed[0]) if failed else ""
-    running = ""
-    for pod in newest[:1]:
-        for cs in _statuses(pod):
-            if "running" in (cs.get("state") or {}):
-                running = cs["name"]
-    common = {
+    running = _running(newest)
+    common: dict[str, Any] = {
         "running": running,
         "failed_pods": int(status.get("failed") or 0),
         "start_time": status.get("startTime"),
         "completion_time": status.get("completionTime"),
-        "terminations": terminations,
+        "terminations": _terminations(newest),
         "failure": failure,
     }
     if _condition_true(job, "Complete"):
@@ -158,23 +169,15 @@ def job_outcome(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) ->
     if job.get("spec", {}).get("suspend"):
         return JobOutcome(QUEUED, "the Job is suspended until its queue admits it", **common)
     if int(status.get("active") or 0) > 0 or running:
-        retry = (
-            f" (attempt {common['failed_pods'] + 1}; last failure: {failure})"
-            if common["failed_pods"]
-            else ""
-        )
+        tries = common["failed_pods"]
+        retry = f" (attempt {tries + 1}; last failure: {failure})" if tries else ""
         return JobOutcome("Running", f"{running or 'pod'} running{retry}", **common)
     return JobOutcome(PENDING, "waiting for the Job's pod", **common)
 
 
 def data_summary(outcome: JobOutcome) -> dict[str, Any] | None:
     """The pre-flight's JSON summary from its termination message (None when it wrote none)."""
-    text = outcome.terminations.get(PREFLIGHT, "")
-    try:
-        summary = json.loads(text)
-    except ValueError:
-        return None
-    return summary if isinstance(summary, dict) else None
+    return read_data_summary(outcome.terminations.get(PREFLIGHT, ""))
 
 
 def data_failure_message(outcome: JobOutcome, summary: Mapping[str, Any] | None) -> str:
@@ -264,3 +267,130 @@ def moves_back(old: str | None, new: str) -> bool:
 
 def state_for(phase: str) -> str:
     return STATES.get(phase, "Running")
+
+
+# ---- status.tuning updates: what one reconcile writes ------------------------------------------
+
+
+def invalid_update(message: str, reason: str, stamp: c.Stamp) -> StatusUpdate:
+    """The spec is refused (InvalidSpec, ImmutableFieldChanged): nothing runs until it changes."""
+    conds = (
+        stamp.condition(c.RESOURCE_READY, False, reason, message),
+        stamp.condition(c.WORKSPACE_SUCCEEDED, False, reason, message),
+    )
+    section = {"phase": INVALID, "message": c.clip(message)}
+    return StatusUpdate(KIND, section, conds, state_for(INVALID), announce=True)
+
+
+def checking_update(fresh: Mapping[str, Any], message: str, stamp: c.Stamp) -> StatusUpdate:
+    """The CPU pre-flight runs (or waits for its pod)."""
+    conds = (
+        stamp.condition(c.RESOURCE_READY, c.UNKNOWN, c.REASON_DATA_CHECK, message),
+        stamp.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_DATA_CHECK, message),
+    )
+    section = {**fresh, "phase": CHECKING_DATA, "message": message}
+    return StatusUpdate(KIND, section, conds, state_for(CHECKING_DATA))
+
+
+def data_failed_update(
+    fresh: Mapping[str, Any],
+    message: str,
+    reason: str,
+    found: tuple[dict[str, Any] | None, dict[str, Any] | None],
+    stamp: c.Stamp,
+) -> StatusUpdate:
+    """The pre-flight refused the data or could not fetch the model: failed before any GPU was paid for.
+    ``found`` is what it reported: (data summary, pinned model)."""
+    summary, model = found
+    conds = (stamp.condition(c.WORKSPACE_SUCCEEDED, False, reason, message),)
+    section = {**fresh, "phase": FAILED, "message": message, "data": summary, "model": model}
+    return StatusUpdate(KIND, section, conds, state_for(FAILED), announce=True)
+
+
+def waiting_update(
+    fresh: Mapping[str, Any],
+    node_conds: tuple[dict[str, Any], ...],
+    message: str,
+    summary: Mapping[str, Any],
+    stamp: c.Stamp,
+) -> StatusUpdate:
+    """The data passed; no GPU node is there yet (a NodeClaim not ready, no matching own node)."""
+    conds = (
+        *node_conds,
+        stamp.condition(c.RESOURCE_READY, False, c.REASON_NO_MATCHING_NODES, message),
+        stamp.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, c.REASON_NO_MATCHING_NODES, message),
+    )
+    section = {**fresh, "phase": WAITING_FOR_NODES, "message": message, "data": dict(summary)}
+    return StatusUpdate(KIND, section, conds, state_for(WAITING_FOR_NODES), announce=True)
+
+
+def training_update(
+    fresh: Mapping[str, Any],
+    outcome: JobOutcome,
+    output_image: str | None,
+    found: tuple[Mapping[str, Any], Mapping[str, Any]],
+    node_conds: tuple[dict[str, Any], ...],
+    stamp: c.Stamp,
+) -> StatusUpdate:
+    """The training Job's state: phase by the running step, the adapter's digest once pushed. ``found``
+    is the pre-flight's (data summary, pinned model), kept in status."""
+    summary, model = found
+    phase = training_phase(outcome)
+    section: dict[str, Any] = {
+        **fresh,
+        "phase": phase,
+        "message": outcome.message,
+        "data": summary,
+        "model": model,
+        "startTime": outcome.start_time,
+        "completionTime": outcome.completion_time,
+    }
+    digest = adapter_digest(outcome)
+    if output_image and digest:
+        section["adapter"] = {"image": output_image, "digest": digest}
+    if outcome.phase == SUCCEEDED:
+        section["message"] = (
+            f"adapter written to {f'{output_image}@{digest}' if digest else 'the output volume'}"
+        )
+    resource = stamp.condition(
+        c.RESOURCE_READY, True, c.REASON_RESOURCE_READY, "GPU node and Job resources are ready"
+    )
+    conds = (*node_conds, resource, *training_conditions(outcome, stamp.generation, stamp.now))
+    return StatusUpdate(KIND, section, conds, state_for(phase), announce=True)
+
+
+def status_patch(obj: Mapping[str, Any], update: StatusUpdate) -> dict[str, Any] | None:
+    """The merge patch that writes ``update`` into ``obj``'s status, conditional on its resourceVersion;
+    None when it would change nothing.
+
+    A tuning phase of the same revision only moves forward (``moves_back``): a write computed from Job
+    and pod reads older than the stored status is dropped (None), so the status never flaps."""
+    status = obj.get("status") or {}
+    old_section = status.get(update.key) or {}
+    phase, old_phase = update.section.get("phase"), old_section.get("phase")
+    same_revision = update.section.get("revision", old_section.get("revision")) == old_section.get("revision")
+    if update.key == KIND and phase and same_revision and moves_back(old_phase, phase):
+        return None
+    merged = c.set_conditions(status.get("conditions"), update.conditions)
+    changed = {k: v for k, v in update.section.items() if old_section.get(k) != v}
+    if (
+        not changed
+        and c.same_conditions(status.get("conditions"), merged)
+        and status.get("state") == update.state
+    ):
+        return None
+    return {
+        "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+        "status": {"conditions": merged, update.key: changed, "state": update.state},
+    }
+
+
+def announcement(obj: Mapping[str, Any], update: StatusUpdate) -> Event | None:
+    """The Event that ``update`` announces over ``obj``'s status: one per phase change (reason: the
+    phase), a Warning for Failed and Invalid."""
+    phase = update.section.get("phase")
+    old_phase = ((obj.get("status") or {}).get(update.key) or {}).get("phase")
+    if not update.announce or not phase or phase == old_phase:
+        return None
+    kind = "Warning" if phase in (FAILED, INVALID) else "Normal"
+    return Event(kind, phase, update.section.get("message", ""))

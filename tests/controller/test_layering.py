@@ -11,6 +11,11 @@ from tests.controller.conftest import REPO_ROOT
 
 CORE = [
     "tuning_controller.conditions",
+    "tuning_controller.plan",
+    "tuning_controller.tuning_reconcile",
+    "tuning_controller.inference_reconcile",
+    "tuning_controller.inference_status",
+    "tuning_controller.resync",
     "tuning_controller.status",
     "tuning_controller.nodes",
     "tuning_controller.settings",

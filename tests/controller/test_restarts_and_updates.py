@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 
-import kopf
 import pytest
 import yaml
 
@@ -21,8 +20,10 @@ from tests.controller.conftest import (
 from tests.controller.test_end_to_end import training_config
 from tests.fixtures.cluster import kube_json, wait_for
 from tuning_controller import conditions as c
-from tuning_controller.handlers.tuning import Controller, reconcile, write_status
+from tuning_controller.handlers.runtime import Controller, write_status
+from tuning_controller.handlers.tuning import reconcile
 from tuning_controller.kube import Kube, KubeError
+from tuning_controller.plan import Result, StatusUpdate
 from tuning_controller.settings import Settings
 
 API = "/apis/kaito.sh/v1beta1"
@@ -81,7 +82,7 @@ def test_status_write_rereads_and_retries_on_conflict(kube_client, namespace, co
             {"metadata": {"labels": {"touched": str(i + 1)}}},
             content_type="application/merge-patch+json",
         )
-        write_status(ctl, stale, [cond], {"phase": f"P{i}"}, "Pending", key="tuning")
+        write_status(ctl, stale, StatusUpdate("tuning", {"phase": f"P{i}"}, (cond,), "Pending"))
     ws = get_workspace(kube_client, namespace, "conflicted")
     assert ws["status"]["tuning"]["phase"] == "P4"
     assert condition(ws, "JobStarted")["message"] == "written despite conflicts"
@@ -115,7 +116,7 @@ def test_a_revisions_phase_only_moves_forward_and_each_transition_is_one_event(
     ):
         stale = get_workspace(kube_client, namespace, "flapping")
         section = {"revision": "r1", "phase": phase, "message": f"now {phase}"}
-        write_status(ctl, stale, [], section, "Running", key="tuning", announce=True)
+        write_status(ctl, stale, StatusUpdate("tuning", section, (), "Running", announce=True))
         stored.append(get_workspace(kube_client, namespace, "flapping")["status"]["tuning"]["phase"])
     assert stored == [
         "Pending",
@@ -130,7 +131,8 @@ def test_a_revisions_phase_only_moves_forward_and_each_transition_is_one_event(
     assert posted == ["Pending", "Training", "Pushing", "Succeeded"]
     # a new revision starts its own sequence
     section = {"revision": "r2", "phase": "CheckingData", "message": "checking the data"}
-    write_status(ctl, get_workspace(kube_client, namespace, "flapping"), [], section, "Pending", key="tuning")
+    update = StatusUpdate("tuning", section, (), "Pending")
+    write_status(ctl, get_workspace(kube_client, namespace, "flapping"), update)
     assert get_workspace(kube_client, namespace, "flapping")["status"]["tuning"]["phase"] == "CheckingData"
 
 
@@ -203,8 +205,8 @@ def test_immutable_change_refused_by_cel_and_by_the_handler(
     ctl = Controller(
         Kube.from_environment(str(control_plane.kubeconfig)), Settings(), lambda *a: posted.append(a)
     )
-    with pytest.raises(kopf.PermanentError, match="method"):
-        reconcile(ctl, new, old)
+    plan = reconcile(ctl, new, old)  # the handler raises kopf.PermanentError(plan.why)
+    assert plan is not None and plan.result is Result.INVALID and "tuning.method" in plan.why
     ws = get_workspace(kube_client, namespace, "fixed")
     assert condition(ws, "WorkspaceSucceeded")["reason"] == "ImmutableFieldChanged"
     assert ws["tuning"]["method"] == "lora" and jobs(kube_client, namespace) == []

@@ -1,0 +1,55 @@
+"""The resync: a key is called once per arming, after its delay; arming again postpones unless told not
+to; a cancelled key is not called."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tuning_controller.resync import Resync
+
+
+def test_due_keys_are_called_once_postponed_or_kept_and_cancelled():
+    called: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def due(key: str) -> None:
+        with lock:
+            called.append((key, time.monotonic() - start))
+
+    resync = Resync(due, workers=2)
+    resync.start()
+    try:
+        resync.arm("a", 0.2)
+        resync.arm("a", 0.5)  # postponed
+        resync.arm("b", 0.2)
+        resync.arm("b", 0.5, postpone=False)  # the earlier deadline stays
+        resync.arm("c", 0.2)
+        resync.cancel("c")
+        time.sleep(1.0)
+    finally:
+        resync.stop()
+    when = dict(called)
+    assert sorted(when) == ["a", "b"] and len(called) == 2
+    assert 0.45 <= when["a"] < 0.9 and 0.15 <= when["b"] < 0.45
+    assert resync.armed("a") is None
+
+
+def test_a_failing_call_does_not_stop_the_others():
+    seen: list[str] = []
+
+    def due(key: str) -> None:
+        if key == "bad":
+            raise RuntimeError("boom")
+        seen.append(key)
+
+    resync = Resync(due)
+    resync.start()
+    try:
+        resync.arm("bad", 0.05)
+        resync.arm("good", 0.1)
+        time.sleep(0.5)
+    finally:
+        resync.stop()
+    assert seen == ["good"]
