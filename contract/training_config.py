@@ -47,6 +47,14 @@ class Method(StrEnum):
         except ValueError:
             return None
 
+    @classmethod
+    def require(cls, value: str | None) -> Method:
+        """The method ``value`` names (any case); ValueError for code that only valid Workspaces reach."""
+        method = cls.parse(value)
+        if method is None:
+            raise ValueError(f"method must be lora or qlora, got {value!r}")
+        return method
+
 
 METHODS = tuple(m.value for m in Method)
 TORCH_DTYPES = ["auto", "bfloat16", "float16", "float32"]

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from contract.pod import CONFIG_KEY
-from contract.training_config import default_training_config
+from contract.training_config import Method, default_training_config
 from contract.workspace import GROUP, Workspace
 from tuning_controller.render.meta import metadata
 
@@ -32,7 +32,7 @@ def render_training_configmap(ws: Workspace, user_config: Mapping[str, Any] | No
     """
     if ws.tuning is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
-    method = ws.tuning.method.lower()
+    method = Method.require(ws.tuning.method)
     if user_config is not None:
         doc, source = dict(user_config), f"configmap/{ws.tuning.config}"
     else:

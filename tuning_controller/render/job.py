@@ -40,6 +40,7 @@ from contract.pod import (
     WORKSPACE_NAME_ENV,
     WORKSPACE_NAMESPACE_ENV,
 )
+from contract.training_config import Method
 from contract.workspace import GROUP, DataDestination, DataSource, PresetSpec, Workspace, to_dict
 from tuning_controller.render.configmap import training_configmap_name
 from tuning_controller.render.meta import bounded_name, labels, metadata
@@ -99,14 +100,14 @@ class _Tuning:
     preset: PresetSpec
     input: DataSource
     output: DataDestination
-    method: str  # lower case
+    method: Method
 
 
 def _tuning(ws: Workspace) -> _Tuning:
     tuning = ws.tuning
     if tuning is None or tuning.preset is None or tuning.input is None or tuning.output is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
-    return _Tuning(tuning.preset, tuning.input, tuning.output, tuning.method.lower())
+    return _Tuning(tuning.preset, tuning.input, tuning.output, Method.require(tuning.method))
 
 
 def revision(ws: Workspace, training_config: Mapping[str, Any]) -> str:
