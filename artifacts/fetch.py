@@ -23,9 +23,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
+from artifacts.blob_io import IO_BLOCK, TRANSIENT_ERRORS
 from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
 from artifacts.hosts import address_refusal, host_refusal, redact_url
-from artifacts.registry import GIB, IO_BLOCK, RETRY_STATUSES, TRANSIENT_ERRORS, Session
+from artifacts.registry import GIB, RETRY_STATUSES, Session
 
 MAX_REDIRECTS = 5
 

@@ -31,6 +31,7 @@ from tuning_controller.handlers.runtime import (
     essence,
     key_of,
     lock,
+    resync_with_operator,
     write_status,
 )
 from tuning_controller.inference_reconcile import (
@@ -48,7 +49,6 @@ from tuning_controller.plan import Plan, Read, Result, Verb, Write, named
 from tuning_controller.render.inference import selector_labels
 from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
-from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 from tuning_controller.validation import validate_workspace
 
@@ -146,17 +146,7 @@ def _resync_due(key: str) -> None:
         _reconcile_workspace(ws, prune=True)
 
 
-_resync = Resync(_resync_due)
-
-
-@kopf.on.startup()
-def start_inference_resync(**_: Any) -> None:
-    _resync.start()
-
-
-@kopf.on.cleanup()
-def stop_inference_resync(**_: Any) -> None:
-    _resync.stop()
+_resync = resync_with_operator(_resync_due, "inference")
 
 
 # ---- kopf handlers -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tuning_controller import status as st
 from tuning_controller.kube import Kube, KubeError, retry_on_conflict
 from tuning_controller.plan import StatusUpdate, Verb, Write
 from tuning_controller.render.meta import WORKSPACE_LABEL
+from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 
 # The controller's Jobs, pods, NodeClaims and servers (kopf's label filter; the watches are also
@@ -247,3 +248,11 @@ def write_status(ctl: Controller, ws_obj: Mapping[str, Any], update: StatusUpdat
         return written
 
     return retry_on_conflict(attempt)
+
+
+def resync_with_operator(due: Callable[[str], None], name: str) -> Resync:
+    """A Resync calling ``due`` that starts with the operator and stops at its cleanup."""
+    resync = Resync(due)
+    kopf.on.startup(id=f"start-{name}-resync")(lambda **_: resync.start())
+    kopf.on.cleanup(id=f"stop-{name}-resync")(lambda **_: resync.stop())
+    return resync

@@ -37,6 +37,7 @@ from tuning_controller.handlers.runtime import (
     essence,
     key_of,
     lock,
+    resync_with_operator,
     settings,
     write_status,
 )
@@ -45,7 +46,6 @@ from tuning_controller.plan import Plan, Read, Result
 from tuning_controller.render.job import data_job_name, training_job_name
 from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import NAMESPACE_LABEL, NODECLAIM_API_VERSION, nodeclaim_name
-from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
     DATA_JOB,
@@ -180,7 +180,7 @@ def _resync_due(key: str) -> None:
         _reconcile_workspace(ws)
 
 
-_resync = Resync(_resync_due)
+_resync = resync_with_operator(_resync_due, "tuning")
 
 
 def _stored_phase(body: Mapping[str, Any]) -> str | None:
@@ -193,16 +193,6 @@ def _schedule(key: str, phase: str | None, settings: Settings) -> None:
         _resync.cancel(key)
     else:
         _resync.arm(key, after[0], postpone=after[1])
-
-
-@kopf.on.startup()
-def start_resync(**_: Any) -> None:
-    _resync.start()
-
-
-@kopf.on.cleanup()
-def stop_resync(**_: Any) -> None:
-    _resync.stop()
 
 
 # ---- kopf handlers -----------------------------------------------------------------------------
