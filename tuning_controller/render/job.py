@@ -100,14 +100,14 @@ class _Tuning:
     preset: PresetSpec
     input: DataSource
     output: DataDestination
-    method: Method
+    method: str  # lower case
 
 
 def _tuning(ws: Workspace) -> _Tuning:
     tuning = ws.tuning
     if tuning is None or tuning.preset is None or tuning.input is None or tuning.output is None:
         raise ValueError(f"Workspace {ws.name!r} has no tuning section")
-    return _Tuning(tuning.preset, tuning.input, tuning.output, Method.require(tuning.method))
+    return _Tuning(tuning.preset, tuning.input, tuning.output, Method.require(tuning.method).value)
 
 
 def revision(ws: Workspace, training_config: Mapping[str, Any]) -> str:
