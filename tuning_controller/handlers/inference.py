@@ -10,6 +10,7 @@ node_retry_seconds (tuning_controller.resync).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -131,29 +132,16 @@ def _reconcile_workspace(body: Mapping[str, Any], logger: Logger = log, *, prune
         logger.error("the spec is refused: %s", plan.why)
 
 
-def _resync_due(key: str) -> None:
-    """A Workspace waiting for a node, or whose reconcile failed: reconcile it as it is now (pruning,
-    as the retried spec handler did)."""
-    ctl = controller()
-    namespace, name = key.split("/", 1)
-    try:
-        ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, name)
-    except KubeError as err:
-        log.warning("resync of %s failed, retrying in %ss: %s", key, RETRY_SECONDS, err)
-        _resync.arm(key, RETRY_SECONDS)
-        return
-    if ws is not None and is_inference(ws):
-        _reconcile_workspace(ws, prune=True)
+def is_inference(body: Mapping[str, Any], **_: Any) -> bool:
+    return bool(body.get("inference"))
 
 
-_resync = resync_with_operator(_resync_due, "inference")
+# A Workspace waiting for a node, or whose reconcile failed, is reconciled as it is now (pruning, as the
+# retried spec handler did).
+_resync = resync_with_operator("inference", is_inference, functools.partial(_reconcile_workspace, prune=True))
 
 
 # ---- kopf handlers -----------------------------------------------------------------------------
-
-
-def is_inference(body: Mapping[str, Any], **_: Any) -> bool:
-    return bool(body.get("inference"))
 
 
 @kopf.on.startup()

@@ -23,6 +23,8 @@ from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 
+log = logging.getLogger("kaito-tune")
+
 # The controller's Jobs, pods, NodeClaims and servers (kopf's label filter; the watches are also
 # filtered server-side, operator.configure).
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf hands a handler
@@ -250,8 +252,25 @@ def write_status(ctl: Controller, ws_obj: Mapping[str, Any], update: StatusUpdat
     return retry_on_conflict(attempt)
 
 
-def resync_with_operator(due: Callable[[str], None], name: str) -> Resync:
-    """A Resync calling ``due`` that starts with the operator and stops at its cleanup."""
+def resync_with_operator(
+    name: str, wanted: Callable[[Mapping[str, Any]], bool], reconcile: Callable[[dict[str, Any]], None]
+) -> Resync:
+    """A Resync that reconciles a due Workspace as it is now (when it still exists and is ``wanted``),
+    starting with the operator and stopping at its cleanup. A failed read is tried again after
+    RETRY_SECONDS: an API blip must not end the resyncs."""
+
+    def due(key: str) -> None:
+        ctl = controller()
+        namespace, ws_name = key.split("/", 1)
+        try:
+            ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, ws_name)
+        except KubeError as err:
+            log.warning("resync of %s failed, retrying in %ss: %s", key, RETRY_SECONDS, err)
+            resync.arm(key, RETRY_SECONDS)
+            return
+        if ws is not None and wanted(ws):
+            reconcile(ws)
+
     resync = Resync(due)
     kopf.on.startup(id=f"start-{name}-resync")(lambda **_: resync.start())
     kopf.on.cleanup(id=f"stop-{name}-resync")(lambda **_: resync.stop())

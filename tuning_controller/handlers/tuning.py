@@ -166,21 +166,11 @@ def _reconcile_workspace(body: Mapping[str, Any], logger: Logger = log) -> None:
         logger.error("the spec is refused: %s", plan.why)
 
 
-def _resync_due(key: str) -> None:
-    """Reconcile a Workspace the resync armed, as it is now."""
-    ctl = controller()
-    namespace, name = key.split("/", 1)
-    try:
-        ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, name)
-    except KubeError as err:  # an API blip must not end the resyncs: try again later
-        log.warning("resync of %s failed, retrying in %ss: %s", key, RETRY_SECONDS, err)
-        _resync.arm(key, RETRY_SECONDS)
-        return
-    if ws is not None and is_tuning(ws):
-        _reconcile_workspace(ws)
+def is_tuning(body: Mapping[str, Any], **_: Any) -> bool:
+    return bool(body.get("tuning"))
 
 
-_resync = resync_with_operator(_resync_due, "tuning")
+_resync = resync_with_operator("tuning", is_tuning, _reconcile_workspace)
 
 
 def _stored_phase(body: Mapping[str, Any]) -> str | None:
@@ -196,10 +186,6 @@ def _schedule(key: str, phase: str | None, settings: Settings) -> None:
 
 
 # ---- kopf handlers -----------------------------------------------------------------------------
-
-
-def is_tuning(body: Mapping[str, Any], **_: Any) -> bool:
-    return bool(body.get("tuning"))
 
 
 @kopf.on.event(GROUP, "workspaces", when=is_tuning)
