@@ -30,8 +30,12 @@ from tuning_controller import status as st
 from tuning_controller.gpu_fit import training_shape
 from tuning_controller.nodes import choose_node, nodeclaim_state
 from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Verb, Write, named
-from tuning_controller.render import sku_gpus, training_config_doc
-from tuning_controller.render.configmap import render_training_configmap
+from tuning_controller.render import sku_gpus
+from tuning_controller.render.configmap import (
+    TrainingConfig,
+    choose_training_config,
+    render_training_configmap,
+)
 from tuning_controller.render.job import (
     REVISION_ANNOTATION,
     data_job_name,
@@ -71,8 +75,7 @@ class Target:
     ws_obj: Mapping[str, Any]
     ws: Workspace
     settings: Settings
-    user_config: Mapping[str, Any] | None
-    doc: Mapping[str, Any]  # the training config the Jobs use
+    config: TrainingConfig  # the training config the Jobs use
     rev: str  # its revision: what decides the result
     stamp: c.Stamp
 
@@ -175,17 +178,19 @@ def tuning_target(
         # The config was copied into <ws>-training-config when the training began; a finished
         # Workspace whose spec did not change since keeps its outcome (and its adapter digest).
         return Plan(ws_obj["status"]["tuning"]["phase"])
+    tuning = ws.require_tuning()
+    chosen = choose_training_config(tuning, config) if Method.parse(tuning.method) else None
     found = validate_workspace(
         ws_obj,
         allowed_url_networks=settings.allowed_url_networks,
-        training_config=config,
+        training_config=chosen or config,
         model_registry=settings.model_registry,
     )
     problems = config_problems + errors(found)
     if problems:
         return _invalid(problems, c.REASON_INVALID_SPEC, stamp)
-    doc = training_config_doc(ws, config)
-    return Target(ws_obj, ws, settings, config, doc, revision(ws, doc), stamp)
+    assert chosen is not None  # a known method (validated), and tuning.config was read (else config_problems)
+    return Target(ws_obj, ws, settings, chosen, revision(ws, chosen.doc), stamp)
 
 
 # ---- the decision ------------------------------------------------------------------------------
@@ -267,7 +272,7 @@ def _data_check(
     if _data_passed(data, model):
         return [], data, model
     writes, job = _ensure_data_job(t, seen)
-    config = render_training_configmap(t.ws, t.user_config)
+    config = render_training_configmap(t.ws, t.config)
     if t.known_rev is None:  # first sight: a plain create is cheaper for the API server than an apply
         writes.append(Write(Verb.CREATE_OR_APPLY, config))
     elif t.known_rev != t.rev:
@@ -409,7 +414,7 @@ def _need_gib(t: Target) -> float | None:
         preset = get_model(_preset(t.ws).name)
     except UnknownName:
         return None
-    return training_shape(t.doc, method or "", preset).estimate(preset).total_gib
+    return training_shape(t.config.doc, method or "", preset).estimate(preset).total_gib
 
 
 # ---- when to look again without an event -------------------------------------------------------

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from contract.pod import StrengthError, parse_strength
+from contract.pod import CONFIG_KEY, StrengthError, parse_strength
 from contract.problems import Problem, Severity
-from contract.training_config import Method, default_training_config, validate_training_config
+from contract.training_config import ROOT, Method, validate_training_config
 from contract.workspace import (
     API_VERSIONS,
     KIND,
@@ -41,6 +41,7 @@ from tuning_controller.field_checks import (
 )
 from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
 from tuning_controller.model_source import source_problems
+from tuning_controller.render.configmap import TrainingConfig, choose_training_config
 from tuning_controller.training_targets import target_problems
 
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -120,7 +121,7 @@ def _tuning_problems(
     sku: GpuSku | None,
     *,
     allowed_networks: Sequence[str],
-    training_config: Mapping[str, Any] | None,
+    training_config: Mapping[str, Any] | TrainingConfig | None,
     model_registry: str,
 ) -> list[Problem]:
     method, problems = _method_problems(tuning.method)
@@ -135,7 +136,12 @@ def _tuning_problems(
     if tuning.config:
         problems += name_problems("tuning.config", tuning.config, what="ConfigMap", label=False)
     if method is not None:
-        problems += _training_config_problems(tuning, method, preset, sku, training_config)
+        config = (
+            training_config
+            if isinstance(training_config, TrainingConfig)
+            else choose_training_config(tuning, training_config)
+        )
+        problems += _training_config_problems(method, preset, sku, config)
     return problems
 
 
@@ -178,25 +184,20 @@ def _tuning_preset_problems(
 
 
 def _training_config_problems(
-    tuning: TuningSpec,
     method: Method,
     preset: ModelPreset | None,
     sku: GpuSku | None,
-    training_config: Mapping[str, Any] | None,
+    config: TrainingConfig | None,
 ) -> list[Problem]:
-    """The user's ConfigMap when the caller has it, else KAITO's template when none is named."""
+    """The chosen training config (the user's ConfigMap, else KAITO's template), when the caller has it."""
     problems: list[Problem] = []
-    doc = training_config
-    if doc is not None:
-        path = f"configmap/{tuning.config or 'training'}[training_config.yaml].training_config"
-    elif not tuning.config:
-        doc = default_training_config(method)
-        path = f"{method}-params-template.training_config"
-    if doc is not None:
-        problems += validate_training_config(doc, method, path=path)
-        problems += target_problems(doc, sku=sku, preset=preset, path=path)
+    if config is not None:
+        where = f"{config.source}[{CONFIG_KEY}]" if config.from_user else config.source
+        path = f"{where}.{ROOT}"
+        problems += validate_training_config(config.doc, method, path=path)
+        problems += target_problems(config.doc, sku=sku, preset=preset, path=path)
     if preset is not None and sku is not None:
-        problems += fit_problems(preset, method, sku, doc)
+        problems += fit_problems(preset, method, sku, config.doc if config is not None else None)
     return problems
 
 
@@ -373,13 +374,14 @@ def validate_workspace(
     old: Mapping[str, Any] | None = None,
     *,
     allowed_url_networks: Sequence[str] = (),
-    training_config: Mapping[str, Any] | None = None,
+    training_config: Mapping[str, Any] | TrainingConfig | None = None,
     model_registry: str = "",
 ) -> list[Problem]:
     """Every problem (errors and warnings) of a Workspace object; ``old`` adds the update rules.
 
     ``training_config`` is the parsed ``training_config.yaml`` of the ConfigMap named by tuning.config
-    when the caller has it; without a tuning.config, KAITO's template for the method is checked.
+    when the caller has it, or the config the controller chose (``choose_training_config``); without a
+    tuning.config, KAITO's template for the method is checked.
     ``allowed_url_networks`` are the networks the cluster admin allows input URL hosts in despite the
     SSRF policy (the controller's KAITO_TUNE_ALLOWED_URL_NETWORKS; in-cluster or air-gapped data servers,
     local development); never taken from the Workspace. ``model_registry`` is the cluster's mirror of

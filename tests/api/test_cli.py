@@ -158,6 +158,9 @@ def test_render_uses_the_named_configmap_and_refuses_invalid_input(
     obj = training_configmap(out)
     assert yaml.safe_load(obj["data"]["training_config.yaml"])["training_config"]["LoraConfig"]["r"] == 16
     assert obj["metadata"]["annotations"]["kaito.sh/training-config-source"] == "configmap/own"
+    code, out, err = run(capsys, "render", write(tmp_path, "alone.yaml", ws))
+    assert code == 1 and out == ""
+    assert "tuning.config names ConfigMap 'own'" in err
     code, out, err = run(capsys, "render", write(tmp_path, "bad.yaml", edit(ws, "tuning.method", "dora")))
     assert code == 1 and out == ""
     assert "tuning.method" in err

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from contract.workspace import parse_workspace
-from tuning_controller.render import render_workspace_objects, training_config_doc
+from tuning_controller.render import render_workspace_objects
+from tuning_controller.render.configmap import choose_training_config
 from tuning_controller.render.job import (
     render_data_job,
     render_training_job,
@@ -52,8 +53,15 @@ def containers(job: dict) -> dict[str, dict]:
     return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
 
 
+def template(ws) -> dict:
+    """The training config a Workspace without tuning.config trains with: its method's template."""
+    chosen = choose_training_config(ws.require_tuning(), None)
+    assert chosen is not None and not chosen.from_user
+    return dict(chosen.doc)
+
+
 def rev(ws) -> str:
-    return revision(ws, training_config_doc(ws, None))
+    return revision(ws, template(ws))
 
 
 def test_training_job_pipeline_and_push_secret_only_in_push():
@@ -167,17 +175,17 @@ def test_data_job_is_cpu_only_and_fails_at_once_on_bad_data():
 
 def test_revision_changes_with_config_input_and_method_only():
     ws = parsed(workspace())
-    base = revision(ws, training_config_doc(ws, None))
-    tweaked = training_config_doc(ws, None)
+    base = revision(ws, template(ws))
+    tweaked = template(ws)
     tweaked["training_config"]["LoraConfig"]["r"] = 16
     assert revision(ws, tweaked) != base
     other_input = parsed(workspace(input={"urls": ["https://data.example.com/other.parquet"]}))
-    assert revision(other_input, training_config_doc(other_input, None)) != base
+    assert revision(other_input, template(other_input)) != base
     lora = parsed(workspace(method="lora"))
-    assert revision(lora, training_config_doc(lora, None)) != base
+    assert revision(lora, template(lora)) != base
     relabelled = workspace()
     relabelled["metadata"]["labels"] = {"team": "x"}
-    assert revision(parsed(relabelled), training_config_doc(ws, None)) == base
+    assert revision(parsed(relabelled), template(ws)) == base
 
 
 def test_kueue_queue_label_suspends_both_jobs():
@@ -261,7 +269,7 @@ def test_settings_from_env_name_the_variable():
 
 def test_results_on_the_claim_are_kept_per_revision():
     ws = parsed(workspace())
-    tweaked = training_config_doc(ws, None)
+    tweaked = template(ws)
     tweaked["training_config"]["LoraConfig"]["r"] = 32
     paths = set()
     for rev_ in (rev(ws), revision(ws, tweaked)):

@@ -15,15 +15,6 @@ from tuning_controller.settings import Settings
 PENDING_DATA_SHA = "set-by-the-data-check"
 
 
-def training_config_doc(ws: Workspace, user_config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The training config the Job uses: the user's ConfigMap content, else the method's template."""
-    from contract.training_config import default_training_config
-
-    return (
-        dict(user_config) if user_config is not None else default_training_config(ws.require_tuning().method)
-    )
-
-
 def sku_gpus(ws: Workspace) -> int:
     """GPUs per node of the Workspace's instanceType (1 when unknown: own nodes report their own)."""
     from presets.catalog import UnknownName, get_sku
@@ -49,7 +40,7 @@ def render_workspace_objects(
     ``gpus`` per pod defaults to the instanceType's (own nodes report theirs at run time). A tuning Job's
     data sha256 comes from the pre-flight at run time; without it a placeholder shows.
     """
-    from tuning_controller.render.configmap import render_training_configmap
+    from tuning_controller.render.configmap import choose_training_config, render_training_configmap
     from tuning_controller.render.inference import render_inference_objects
     from tuning_controller.render.job import (
         render_data_job,
@@ -66,8 +57,11 @@ def render_workspace_objects(
     if ws.tuning is None:
         nodeclaim = [render_nodeclaim(ws, settings)] if provisions else []
         return [*nodeclaim, *render_inference_objects(ws, settings, gpus=gpus)]
-    rev = revision(ws, training_config_doc(ws, user_config))
-    objects = [render_training_configmap(ws, user_config), render_data_job(ws, settings, rev)]
+    config = choose_training_config(ws.tuning, user_config)
+    if config is None:
+        raise ValueError(f"tuning.config names ConfigMap {ws.tuning.config!r}: its training config is needed")
+    rev = revision(ws, config.doc)
+    objects = [render_training_configmap(ws, config), render_data_job(ws, settings, rev)]
     if provisions:
         objects.append(render_nodeclaim(ws, settings))
     objects += render_progress_rbac(ws)
