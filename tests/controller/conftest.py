@@ -1,9 +1,9 @@
 """Controller test fixtures: the operator as a child process, a data server on the node, Workspace helpers.
 
 The operator and the data server come from hack/operators.py and hack/servers.py (shared with the demo).
-- `run_operator(**env)` (factory): starts ``python -m tuning_controller.operator`` against the local
-  cluster, allowing input URLs on loopback and the node and plain HTTP to `node_registry`; stopped (by
-  PID) at teardown.
+- `run_operator(**env)` (factory, one per module): ``python -m tuning_controller.operator`` against the
+  local cluster, allowing input URLs on loopback and the node and plain HTTP to `node_registry`; the
+  tests of a module that ask for the same settings share one process; stopped (by PID) at teardown.
 - `chart_operator(**settings)` (factory): the operator as the chart's Deployment on the node.
 - `data_server`: a ThreadingHTTPServer on the node's address serving a temporary folder.
 - `make_parquet(path, rows)`, `tuning_workspace(...)`, `get_workspace(...)`.
@@ -33,25 +33,61 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 API = "/apis/kaito.sh/v1beta1"
 
 
-@pytest.fixture
-def run_operator(control_plane, workspace_crd, node, node_registry, tiny_model, tmp_path) -> Iterator:
-    started: list[Operator] = []
+class ModuleOperator:
+    """The operator of one test module. One runs at a time, since two would both reconcile every
+    Workspace: a call with the settings of the running one, still alive, gets that one (the tests of a
+    module that ask for the same settings share one process); other settings, or a test that stopped
+    it, start a new one."""
 
-    def run(**env: str) -> Operator:
-        env = {
-            "KAITO_TUNE_INSECURE_REGISTRIES": f"{node_registry.host},{node.image_registry}",
-            "KAITO_TUNE_MODEL_REGISTRY": model_registry(node),
-            **env,
-        }
-        op = start_operator(control_plane.kubeconfig, tmp_path / f"operator-{len(started)}.log", **env)
-        started.append(op)
+    def __init__(self, kubeconfig: Path, logs: Path, defaults: dict[str, str]):
+        self.kubeconfig, self.logs, self.defaults = kubeconfig, logs, defaults
+        self.started: list[Operator] = []
+
+    def __call__(self, **env: str) -> Operator:
+        env = {**self.defaults, **env}
+        current = self.running()
+        if current is not None and current.env == env:
+            return current
+        self.stop()
+        op = start_operator(self.kubeconfig, self.logs / f"operator-{len(self.started)}.log", **env)
+        self.started.append(op)
         return op
 
-    try:
-        yield run
-    finally:
-        for op in started:
+    def running(self) -> Operator | None:
+        last = self.started[-1] if self.started else None
+        return last if last is not None and last.process.poll() is None else None
+
+    def stop(self) -> None:
+        for op in self.started:
             op.stop()
+
+
+_MODULE_OPERATORS: dict[str, ModuleOperator] = {}
+
+
+@pytest.fixture(scope="module")
+def run_operator(
+    request, control_plane, workspace_crd, node, node_registry, tiny_model, tmp_path_factory
+) -> Iterator[ModuleOperator]:
+    defaults = {
+        "KAITO_TUNE_INSECURE_REGISTRIES": f"{node_registry.host},{node.image_registry}",
+        "KAITO_TUNE_MODEL_REGISTRY": model_registry(node),
+    }
+    operators = ModuleOperator(control_plane.kubeconfig, tmp_path_factory.mktemp("operator"), defaults)
+    _MODULE_OPERATORS[request.module.__name__] = operators
+    try:
+        yield operators
+    finally:
+        operators.stop()
+        del _MODULE_OPERATORS[request.module.__name__]
+
+
+@pytest.fixture(autouse=True)
+def no_operator_unless_asked(request) -> None:
+    """A test that does not ask for `run_operator` runs without the module's operator (it plays the
+    controller's part itself, or checks what happens with none)."""
+    if "run_operator" not in request.fixturenames and request.module.__name__ in _MODULE_OPERATORS:
+        _MODULE_OPERATORS[request.module.__name__].stop()
 
 
 @pytest.fixture

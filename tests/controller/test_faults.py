@@ -51,50 +51,6 @@ def test_bad_data_fails_after_the_data_check_with_row_numbers(
     assert nodeclaims_of(kube_client, nodeclaim_crd, namespace, "bad-data") == []
 
 
-def test_push_failure_fails_the_workspace_only_when_the_job_gives_up(
-    kube_client, namespace, node, node_registry, run_operator, data_server
-):
-    base_url, served = data_server
-    make_parquet(served / "train.parquet", rows=8)
-    run_operator(KAITO_TUNE_BACKOFF_LIMIT="1")
-    create_push_secret(kube_client, namespace, node_registry, password="wrong-password")
-    config = create_config(kube_client, namespace, max_steps=4)
-    ws = tuning_workspace(
-        "bad-push",
-        namespace,
-        urls=[f"{base_url}/train.parquet"],
-        output={"image": node_registry.ref("adapters/denied", "v1"), "imagePushSecret": "push-secret"},
-        config=config,
-    )
-    apply(kube_client, ws)
-    # While the Job still retries after the first failed pod, the Workspace has not failed.
-    retrying_seen = False
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        job = next((j for j in jobs(kube_client, namespace) if j["metadata"]["name"] == "bad-push"), None)
-        current = get_workspace(kube_client, namespace, "bad-push")
-        job_failed = job and any(
-            c["type"] == "Failed" and c["status"] == "True"
-            for c in job.get("status", {}).get("conditions") or []
-        )
-        if job and job.get("status", {}).get("failed") and not job_failed:
-            assert condition(current, "WorkspaceSucceeded").get("status") != "False", dump(
-                kube_client, namespace, "bad-push"
-            )
-            retrying_seen = True
-        if condition(current, "WorkspaceSucceeded").get("status") == "False":
-            break
-        time.sleep(0.3)
-    final = get_workspace(kube_client, namespace, "bad-push")
-    cond = condition(final, "WorkspaceSucceeded")
-    assert cond.get("status") == "False", dump(kube_client, namespace, "bad-push")
-    assert cond["reason"] == "WorkspaceFailed"
-    assert "push exited 1" in cond["message"] and "401" in cond["message"], cond["message"]
-    assert "wrong-password" not in str(final)  # no secret value in status
-    assert final["status"]["tuning"]["phase"] == "Failed" and "adapter" not in final["status"]["tuning"]
-    assert retrying_seen, "the Job never showed a retry before failing"
-
-
 def test_volume_output_keeps_the_adapter_and_the_node_is_released(
     kube_client, namespace, node, run_operator, data_server, nodeclaim_crd
 ):
@@ -202,3 +158,47 @@ def test_deleting_a_workspace_releases_its_nodeclaim(
 
     wait_for(gone, 60, "the Workspace deleted (the controller's finalizer done)")
     assert nodeclaims_of(kube_client, nodeclaim_crd, namespace, "short-lived") == []
+
+
+def test_push_failure_fails_the_workspace_only_when_the_job_gives_up(
+    kube_client, namespace, node, node_registry, run_operator, data_server
+):
+    base_url, served = data_server
+    make_parquet(served / "train.parquet", rows=8)
+    run_operator(KAITO_TUNE_BACKOFF_LIMIT="1")
+    create_push_secret(kube_client, namespace, node_registry, password="wrong-password")
+    config = create_config(kube_client, namespace, max_steps=4)
+    ws = tuning_workspace(
+        "bad-push",
+        namespace,
+        urls=[f"{base_url}/train.parquet"],
+        output={"image": node_registry.ref("adapters/denied", "v1"), "imagePushSecret": "push-secret"},
+        config=config,
+    )
+    apply(kube_client, ws)
+    # While the Job still retries after the first failed pod, the Workspace has not failed.
+    retrying_seen = False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = next((j for j in jobs(kube_client, namespace) if j["metadata"]["name"] == "bad-push"), None)
+        current = get_workspace(kube_client, namespace, "bad-push")
+        job_failed = job and any(
+            c["type"] == "Failed" and c["status"] == "True"
+            for c in job.get("status", {}).get("conditions") or []
+        )
+        if job and job.get("status", {}).get("failed") and not job_failed:
+            assert condition(current, "WorkspaceSucceeded").get("status") != "False", dump(
+                kube_client, namespace, "bad-push"
+            )
+            retrying_seen = True
+        if condition(current, "WorkspaceSucceeded").get("status") == "False":
+            break
+        time.sleep(0.3)
+    final = get_workspace(kube_client, namespace, "bad-push")
+    cond = condition(final, "WorkspaceSucceeded")
+    assert cond.get("status") == "False", dump(kube_client, namespace, "bad-push")
+    assert cond["reason"] == "WorkspaceFailed"
+    assert "push exited 1" in cond["message"] and "401" in cond["message"], cond["message"]
+    assert "wrong-password" not in str(final)  # no secret value in status
+    assert final["status"]["tuning"]["phase"] == "Failed" and "adapter" not in final["status"]["tuning"]
+    assert retrying_seen, "the Job never showed a retry before failing"

@@ -54,4 +54,4 @@ def server(code_word_adapter, tmp_path_factory) -> Iterator[str]:
 
 
 # The controller area's operator fixture (a child process against the local control plane), reused as is.
-from tests.controller.conftest import run_operator  # noqa: E402, F401
+from tests.controller.conftest import no_operator_unless_asked, run_operator  # noqa: E402, F401
