@@ -147,14 +147,31 @@ def default_training_config(method: str) -> dict[str, Any]:
     return doc
 
 
+# TrainingArguments whose meaning in this trainer differs from the library's default (the reference's
+# notes): the config fixes the optimizer step, memory may only split it (trainer.packing).
+TRAINER_NOTES = {
+    "per_device_train_batch_size": (
+        "packed rows of max_length tokens per process per optimizer step (times "
+        "gradient_accumulation_steps); unset: 1, KAITO's template. Where a GPU cannot hold them at "
+        "once, the trainer splits the step into smaller micro-batches with more accumulation, never "
+        "changing the step"
+    ),
+    "gradient_accumulation_steps": "unset: 1; see per_device_train_batch_size",
+}
+
+
 def option_sets() -> dict[str, dict[str, dict[str, Any]]]:
-    """Every section's options: {section: {option: {types, default, choices?}}}."""
+    """Every section's options: {section: {option: {types, default, choices?, help?}}}."""
     library = training_options.load()["sections"]
+    training = {
+        key: {**spec, "help": TRAINER_NOTES[key]} if key in TRAINER_NOTES else spec
+        for key, spec in library["TrainingArguments"].items()
+    }
     return {
         "ModelConfig": MODEL_CONFIG_OPTIONS,
         "QuantizationConfig": library["QuantizationConfig"],
         "LoraConfig": library["LoraConfig"],
-        "TrainingArguments": library["TrainingArguments"],
+        "TrainingArguments": training,
         "DatasetConfig": DATASET_CONFIG_OPTIONS,
         "DataCollator": DATA_COLLATOR_OPTIONS,
     }

@@ -18,6 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from trainer.distributed import any_rank
+
 MARKER = "checkpoint-complete"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -48,18 +50,6 @@ def stop_on_sigterm() -> threading.Event:
     return stop
 
 
-def _any_rank(flag: bool, world_size: int) -> bool:
-    """All processes must stop at the same step, or the others hang in the next all-reduce."""
-    if world_size <= 1:
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
 class CheckpointCallback(TrainerCallback):
     """Asks for a save every ``every_minutes`` and on ``stop``; marks each finished checkpoint complete."""
 
@@ -73,7 +63,8 @@ class CheckpointCallback(TrainerCallback):
     ) -> TrainerControl:
         if self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s:
             control.should_save = True
-        if _any_rank(self.stop.is_set(), args.world_size):
+        # on the device the backend takes (NCCL: this process's GPU), or NCCL fails on the first step
+        if any_rank(self.stop.is_set(), args.world_size, args.local_process_index):
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -102,6 +102,12 @@ def build_trainer(
     )
     for note in strategy.notes:
         log.info("%s", note)
+    log.info(
+        "optimizer step: at most %d tokens per process x %d process(es) = %d tokens",
+        strategy.tokens_per_step,
+        world_size,
+        strategy.tokens_per_step * world_size,
+    )
     if not cuda:
         log.info("cpu: computing in float32 (the config's bfloat16 is for GPUs)")
     from transformers import set_seed

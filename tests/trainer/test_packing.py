@@ -77,10 +77,15 @@ def test_gpu_strategy_asks_the_estimator_when_unset():
         return 6 if checkpointing else 2
 
     config = {"per_device_train_batch_size": 4}
-    strategy = choose_strategy(config, 1024, cuda=True, largest_micro_batch=estimator)
+    strategy = choose_strategy(config, 1024, cuda=True, largest_micro_batch=estimator, varlen=True)
     assert strategy.gradient_checkpointing is True  # 4 rows do not fit without it
-    strategy = choose_strategy({}, 1024, cuda=True, largest_micro_batch=estimator)
-    assert strategy.gradient_checkpointing is False and "micro-batch 2 rows" in " ".join(strategy.notes)
+    assert strategy.rows_per_micro_step == 4 and "micro-batch 4 rows" in " ".join(strategy.notes)
+    config = {"per_device_train_batch_size": 4, "gradient_checkpointing": False}
+    strategy = choose_strategy(config, 1024, cuda=True, largest_micro_batch=estimator, varlen=True)
+    assert (strategy.rows_per_micro_step, strategy.gradient_accumulation_steps) == (2, 2)  # split, not cut
+    strategy = choose_strategy({}, 1024, cuda=True, largest_micro_batch=estimator, varlen=True)
+    assert strategy.gradient_checkpointing is False and "micro-batch 1 rows" in " ".join(strategy.notes)
+    assert False in asked and True in asked
 
 
 def test_cpu_rows_shrink_for_small_models_and_accumulation_keeps_the_tokens():
