@@ -54,9 +54,12 @@ def secret_name_problems(path: str, name: str, *, placeholder_ok: bool = True) -
     return name_problems(path, name, what="Secret", label=False, placeholder_ok=placeholder_ok)
 
 
-def image_problems(path: str, image: str) -> list[Problem]:
+def image_problems(path: str, image: str, *, placeholder_ok: bool = True) -> list[Problem]:
     """The reference must parse (registry/repository[:tag][@digest]) and name a possible registry host
-    (no cloud metadata service, no link-local address); uppercase is a placeholder: warn."""
+    (no cloud metadata service, no link-local address). Uppercase is a placeholder (KAITO's examples
+    carry ``ACR_REPO_HERE``): a warning where ``placeholder_ok``, else an error, as KAITO's validation
+    has it for a tuning Workspace's input and output images (one that would train for hours and then
+    fail at the push)."""
     try:
         refusal = registry_refusal(Reference.parse(image).host_name)
         if refusal:
@@ -78,8 +81,8 @@ def image_problems(path: str, image: str) -> list[Problem]:
                 path,
                 "registries accept only lowercase repository names (the OCI distribution spec)",
                 image,
-                "replace the placeholder with the real lowercase repository before the push",
-                Severity.WARNING,
+                "replace the placeholder with the real lowercase repository",
+                Severity.WARNING if placeholder_ok else Severity.ERROR,
             )
         ]
     return []
@@ -170,7 +173,7 @@ def data_source_problems(
     for i, url in enumerate(source.urls):
         problems += url_problems(f"{path}.urls[{i}]", url, allowed_networks=allowed_networks)
     if source.image:
-        problems += image_problems(f"{path}.image", source.image)
+        problems += image_problems(f"{path}.image", source.image, placeholder_ok=for_adapter)
     for i, secret in enumerate(source.image_pull_secrets):
         problems += secret_name_problems(f"{path}.imagePullSecrets[{i}]", secret)
     if source.volume_source is not None:
@@ -186,7 +189,7 @@ def output_problems(output: DataDestination) -> list[Problem]:
             Problem(path, "set exactly one of image (with imagePushSecret) or volumeSource", None)
         )
     if output.image:
-        problems += image_problems(f"{path}.image", output.image)
+        problems += image_problems(f"{path}.image", output.image, placeholder_ok=False)
         if not output.image_push_secret:
             problems.append(
                 Problem(

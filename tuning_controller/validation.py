@@ -19,6 +19,7 @@ from contract.problems import Problem, Severity
 from contract.training_config import ROOT, Method, validate_training_config
 from contract.workspace import (
     API_VERSIONS,
+    GROUP,
     KIND,
     MAX_ADAPTERS,
     AdapterSpec,
@@ -272,6 +273,46 @@ def _adapter_problems(adapters: Sequence[AdapterSpec]) -> list[Problem]:
     return problems
 
 
+# KAITO's annotations that change what a Workspace does here: the node image family of a provisioned
+# node (passed on to the NodeClaim), and KAITO's inference runtime (vllm unless it says transformers).
+NODE_IMAGE_FAMILY_ANNOTATION = f"{GROUP}/node-image-family"
+NODE_IMAGE_FAMILIES = ("ubuntu", "azurelinux")
+RUNTIME_ANNOTATION = f"{GROUP}/runtime"
+
+
+def _annotation_problems(obj: Mapping[str, Any], ws: Workspace) -> list[Problem]:
+    """KAITO's node-image-family values; and a warning where KAITO would refuse the YAML that this
+    controller serves: adapter strengths under KAITO's default vLLM runtime (here strengths are merged
+    into the weights, whatever the runtime)."""
+    annotations = ws.metadata.get("annotations") or {}
+    problems: list[Problem] = []
+    family = annotations.get(NODE_IMAGE_FAMILY_ANNOTATION)
+    if family is not None and str(family).lower() not in NODE_IMAGE_FAMILIES:
+        problems.append(
+            Problem(
+                f"metadata.annotations[{NODE_IMAGE_FAMILY_ANNOTATION}]",
+                f"must be one of {', '.join(NODE_IMAGE_FAMILIES)}",
+                family,
+                "or remove it for the node class's default image",
+            )
+        )
+    adapters = (obj.get("inference") or {}).get("adapters") if ws.inference else None
+    strengths = [i for i, a in enumerate(adapters or ()) if isinstance(a, Mapping) and "strength" in a]
+    runtime = str(annotations.get(RUNTIME_ANNOTATION) or "vllm").lower()
+    if strengths and runtime != "transformers":
+        problems.append(
+            Problem(
+                f"inference.adapters[{strengths[0]}].strength",
+                "is served here (strengths are merged into the weights), but KAITO's vLLM runtime, its "
+                "default, refuses adapter strengths",
+                runtime,
+                f"to apply this YAML to KAITO too, annotate it {RUNTIME_ANNOTATION}: transformers",
+                Severity.WARNING,
+            )
+        )
+    return problems
+
+
 def _adapter_name_problems(path: str, name: str, seen: dict[str, int], index: int) -> list[Problem]:
     if not name:
         return [Problem(path, "is required", None, "name the adapter (DNS-1123 label)")]
@@ -412,6 +453,7 @@ def validate_workspace(
         )
     if ws.inference is not None:
         problems += _inference_problems(ws.inference, sku, model_registry)
+    problems += _annotation_problems(obj, ws)
     if old is not None and isinstance(old, Mapping):
         old_ws, _ = parse_workspace(old)
         problems += immutability_problems(ws, old_ws)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from contract.problems import Problem, errors
+from contract.problems import Problem, Severity, errors
 from contract.training_config import default_training_config, validate_training_config
 from tests.api.builders import ADAPTERS_SEED, INFERENCE_SEED, TUNING_SEED, edit, load
 from tuning_controller.training_targets import target_problems
@@ -57,6 +57,28 @@ WORKSPACE_CASES = [
     ws_case("name-not-dns1123", "tuning", [("metadata.name", "work space!")], "metadata.name", "DNS-1123"),
     ws_case("name-uppercase", "tuning", [("metadata.name", "Tuning_WS")], "metadata.name", "DNS-1123"),
     ws_case("name-missing", "tuning", [("metadata.name", DELETE)], "metadata.name", "is required"),
+    # KAITO's validation refuses these too: a placeholder repository would fail only at the push
+    ws_case(
+        "input-image-placeholder",
+        "tuning",
+        [("tuning.input", {"image": "ACR_REPO_HERE.azurecr.io/DATA_HERE:0.0.1"})],
+        "tuning.input.image",
+        "lowercase",
+    ),
+    ws_case(
+        "output-image-placeholder",
+        "tuning",
+        [("tuning.output.image", "myacr.azurecr.io/Adapters/Phi3:1")],
+        "tuning.output.image",
+        "lowercase",
+    ),
+    ws_case(
+        "node-image-family-unknown",
+        "tuning",
+        [("metadata.annotations", {"kaito.sh/node-image-family": "windows"})],
+        "metadata.annotations[kaito.sh/node-image-family]",
+        "ubuntu, azurelinux",
+    ),
     ws_case("name-too-long", "tuning", [("metadata.name", "w" * 64)], "metadata.name", "at most 63"),
     ws_case("unknown-top-level-field", "tuning", [("resourse", {})], "resourse", "did you mean 'resource'"),
     ws_case("spec-wrapper", "tuning", [("spec", {})], "spec", "unknown field"),
@@ -634,3 +656,19 @@ def test_bad_config_in_a_workspace_names_the_configmap(case: Case, tuning_ws: di
         case.id, case.base, case.edits, f"configmap/my-config[training_config.yaml].{case.path}", case.says
     )
     _assert_reported(problems, prefixed)
+
+
+def test_kaito_parity_warnings_and_accepted_annotations(adapters_ws: dict[str, Any]) -> None:
+    """What KAITO would refuse but this controller serves is a warning that says so; KAITO's node image
+    families pass in any case; an adapter image placeholder stays a warning (nothing trains first)."""
+    problems = validate_workspace(adapters_ws)
+    assert errors(problems) == []
+    (vllm,) = [p for p in problems if p.path == "inference.adapters[0].strength"]
+    assert vllm.severity is Severity.WARNING and "kaito.sh/runtime: transformers" in str(vllm)
+    placeholder = next(p for p in problems if p.path == "inference.adapters[0].source.image")
+    assert placeholder.severity is Severity.WARNING
+    annotated = edit(adapters_ws, "metadata.annotations", {"kaito.sh/runtime": "transformers"})
+    assert not [p for p in validate_workspace(annotated) if p.path.endswith(".strength")]
+    for family in ("ubuntu", "AzureLinux"):
+        ws = edit(adapters_ws, "metadata.annotations", {"kaito.sh/node-image-family": family})
+        assert not [p for p in validate_workspace(ws) if "node-image-family" in p.path]

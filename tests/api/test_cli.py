@@ -13,7 +13,7 @@ import yaml
 
 from contract.training_config import default_training_config
 from hack.operators import LOCAL_MODEL_REGISTRY
-from tests.api.builders import ADAPTERS_SEED, EXAMPLES, TUNING_SEED, edit, load
+from tests.api.builders import ADAPTERS_SEED, EXAMPLES, TUNING_SEED, edit, load, write_seed
 from tuning_controller.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +40,10 @@ def write(tmp_path: Path, name: str, *docs: Any) -> str:
     return str(path)
 
 
-def test_validate_examples_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    files = [str(p) for p in sorted(EXAMPLES.rglob("*.yaml"))]
+def test_validate_examples_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every example as written, the tuning seed with its placeholder output replaced (the placeholder
+    itself is refused: test_examples)."""
+    files = [str(write_seed(tmp_path) if p == TUNING_SEED else p) for p in sorted(EXAMPLES.rglob("*.yaml"))]
     # as the demo's cluster: loopback data and a mirror of the presets' weights
     code, out, _ = run(
         capsys,
@@ -123,8 +125,8 @@ def training_configmap(out: str) -> dict[str, Any]:
     return obj
 
 
-def test_render_prints_the_training_configmap(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "render", str(TUNING_SEED))
+def test_render_prints_the_training_configmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "render", str(write_seed(tmp_path)))
     assert code == 0
     obj = training_configmap(out)
     assert obj["kind"] == "ConfigMap"
@@ -193,10 +195,11 @@ def test_presets_table_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> N
     assert "phi-3-mini-4k-instruct" in err
 
 
-def test_console_script_runs_in_a_fresh_process() -> None:
+def test_console_script_runs_in_a_fresh_process(tmp_path: Path) -> None:
     """The installed entry point, as a user types it (the module form works without the script too)."""
     script = Path(sys.executable).with_name("kaito-tune")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "tuning_controller.cli"]
-    done = subprocess.run([*command, "validate", str(TUNING_SEED)], capture_output=True, text=True, cwd=REPO)
+    seed = str(write_seed(tmp_path))
+    done = subprocess.run([*command, "validate", seed], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "valid: 1 document(s)" in done.stdout
