@@ -368,3 +368,44 @@ def test_url_input_never_gets_plain_http():
     ws = parsed(workspace(input={"urls": ["http://10.250.0.1:5000/train.parquet"]}))
     settings = Settings(insecure_registries=("10.250.0.1:5000",), allowed_url_networks=("10.250.0.1",))
     assert "--plain-http" not in containers(render_data_job(ws, settings, rev(ws)))["fetch-data"]["command"]
+
+
+def _pod_volumes(obj: dict) -> list[dict]:
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or (spec.get("jobTemplate") or {}).get("spec", {}).get("template") or {}
+    return (template.get("spec") or {}).get("volumes") or []
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(
+            results_volume="emptyDir", model_cache="emptyDir", results_size="7Gi", model_cache_size="9Gi"
+        ),
+        Settings(inference_runtime="vllm", model_cache="emptyDir", model_cache_size="9Gi"),
+    ],
+    ids=["emptyDir-results-and-cache", "vllm"],
+)
+def test_every_scratch_volume_has_a_size_limit(settings):
+    """A pod that writes more than its emptyDir allows is evicted, instead of filling the node's disk;
+    only /dev/shm (memory, counted against the container) goes without."""
+    from tests.api.builders import ADAPTERS_SEED, load
+
+    tuning = parsed(workspace(input={"image": "registry.example.com/data/set:v1"}))
+    serving = parsed(load(ADAPTERS_SEED))
+    objects = render_workspace_objects(tuning, settings) + render_workspace_objects(serving, settings)
+    scratch = {
+        (o["kind"], v["name"]): v["emptyDir"] for o in objects for v in _pod_volumes(o) if "emptyDir" in v
+    }
+    assert {name for _, name in scratch} >= {"data", "model", "model-cache", "dshm"}
+    for (kind, name), empty_dir in scratch.items():
+        if name == "dshm":
+            assert empty_dir == {"medium": "Memory"}
+        else:
+            assert empty_dir.get("sizeLimit"), (kind, name)
+    sizes = {name: d.get("sizeLimit") for (_, name), d in scratch.items()}
+    assert sizes["model"] == sizes["model-cache"] == "9Gi" and sizes["data"] == "40Gi"
+    if settings.results_volume == "emptyDir":
+        assert sizes["results"] == "7Gi"
+    else:
+        assert sizes["merged"] == "9Gi"

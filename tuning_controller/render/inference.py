@@ -54,6 +54,8 @@ from tuning_controller.render.pod import (
     node_affinity,
     plain_http_args,
     pod_security,
+    scratch_volume,
+    shared_memory_volume,
     tools_container,
 )
 from tuning_controller.settings import TORCH_DIST_PORT, Settings
@@ -125,7 +127,7 @@ def _adapter_parts(ws: Workspace, settings: Settings) -> _AdapterParts:
         if adapter.source is not None:
             _add_adapter(parts, i, adapter.source, settings)
     if parts.init:  # the shared volume goes first: the per-adapter mounts nest inside it
-        parts.volumes.insert(0, {"name": PULLED_VOLUME, "emptyDir": {}})
+        parts.volumes.insert(0, scratch_volume(PULLED_VOLUME, settings.model_cache_size))
         parts.mounts.insert(0, mount(PULLED_VOLUME, ADAPTER_ROOT, read_only=True))
     return parts
 
@@ -275,13 +277,13 @@ def render_pod_template(ws: Workspace, settings: Settings, gpus: int) -> dict[st
     model = fetch_model_parts(workspace_model_source(spec.preset, settings), settings)
     adapters = _adapter_parts(ws, settings)
     init = [*model.init, *adapters.init]
-    volumes = [*adapters.volumes, *model.volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    volumes = [*adapters.volumes, *model.volumes, shared_memory_volume()]
     mounts = adapters.mounts
     if settings.inference_runtime == "vllm":
         server = _vllm_server(ws, settings, gpus)
         if spec.adapters:  # the merge reads the adapters only; vLLM reads the merged ones
             init.append(_merge_container(ws, image, mounts))
-            volumes.append({"name": "merged", "emptyDir": {}})
+            volumes.append(scratch_volume("merged", settings.model_cache_size))
             mounts = [mount("merged", MERGED_ROOT, read_only=True)]
     else:
         server = _transformers_server(ws, settings, gpus, image)

@@ -54,6 +54,8 @@ from tuning_controller.render.pod import (
     node_affinity,
     plain_http_args,
     pod_security,
+    scratch_volume,
+    shared_memory_volume,
     tools_container,
 )
 from tuning_controller.settings import Settings
@@ -141,10 +143,15 @@ def _fetch_container(source: DataSource, settings: Settings) -> dict[str, Any] |
     return tools_container(FETCH, command, mounts, settings)
 
 
+# fetch-data caps what it fetches at 20 GiB (its --max-size-gib); an image's layers may extract to more
+# than their compressed size, so the data emptyDir gets twice that before the kubelet evicts the pod.
+DATA_SIZE_LIMIT = "40Gi"
+
+
 def _data_volumes(source: DataSource) -> list[dict[str, Any]]:
     if source.volume_source is not None:
         return [{"name": "data", **source.volume_source}]
-    volumes: list[dict[str, Any]] = [{"name": "data", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [scratch_volume("data", DATA_SIZE_LIMIT)]
     if source.image and source.image_pull_secrets:
         volumes.append(docker_config_volume("pull-secret", source.image_pull_secrets[0]))
     return volumes
@@ -291,7 +298,7 @@ def _results_volume(ws: Workspace, settings: Settings) -> dict[str, Any]:
         return {"name": "results", **output.volume_source}
     if settings.results_volume == "pvc":
         return {"name": "results", "persistentVolumeClaim": {"claimName": results_claim_name(ws)}}
-    return {"name": "results", "emptyDir": {}}
+    return scratch_volume("results", settings.results_size)
 
 
 def uses_results_claim(ws: Workspace, settings: Settings) -> bool:
@@ -396,7 +403,7 @@ def _training_pod_spec(
         *_data_volumes(tuning.input),
         _config_volume(ws),
         _results_volume(ws, settings),
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        shared_memory_volume(),
         _token_volume(),
         *model.volumes,
     ]

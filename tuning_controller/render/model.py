@@ -32,6 +32,7 @@ from tuning_controller.render.pod import (
     docker_config_volume,
     mount,
     plain_http_args,
+    scratch_volume,
     tools_container,
 )
 from tuning_controller.settings import Settings
@@ -71,7 +72,7 @@ def fetch_model_parts(source: ModelSource, settings: Settings, *, config_only: b
         return ModelParts([], [volume], readers, [source.pull_secret] if source.pull_secret else [])
     command = ["kaito-tune", "fetch-model", "--dest", MODEL_WEIGHTS]
     mounts = [mount("model", MODEL_DIR)]
-    volumes: list[dict[str, Any]] = [{"name": "model", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [scratch_volume("model", settings.model_cache_size)]
     readers = [mount("model", MODEL_DIR, read_only=True)]
     if source.kind == "oci":
         command += ["--image", source.reference, *plain_http_args(settings, source.reference)]
@@ -104,7 +105,7 @@ def fetch_model_parts(source: ModelSource, settings: Settings, *, config_only: b
 def model_cache_volume(settings: Settings) -> dict[str, Any]:
     if settings.model_cache == "pvc":
         return {"name": "model-cache", "persistentVolumeClaim": {"claimName": MODEL_CACHE_CLAIM}}
-    return {"name": "model-cache", "emptyDir": {}}
+    return scratch_volume("model-cache", settings.model_cache_size)
 
 
 def render_model_cache_claim(namespace: str, settings: Settings) -> dict[str, Any]:

@@ -68,6 +68,18 @@ def gpu_tolerations() -> list[dict[str, Any]]:
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
+def scratch_volume(name: str, size_limit: str) -> dict[str, Any]:
+    """An emptyDir bounded by ``size_limit``: the kubelet evicts a pod that writes more, instead of the
+    node's disk filling up for every pod on it."""
+    return {"name": name, "emptyDir": {"sizeLimit": size_limit}}
+
+
+def shared_memory_volume() -> dict[str, Any]:
+    """/dev/shm for PyTorch (DataLoader workers, NCCL's intra-node transport). Memory-backed, so it counts
+    against the container's memory and needs no sizeLimit of its own: NCCL's need grows with the GPUs."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+
+
 def docker_config_volume(name: str, secret: str) -> dict[str, Any]:
     """A kubernetes.io/dockerconfigjson Secret as a volume holding only ``.dockerconfigjson``."""
     return {
