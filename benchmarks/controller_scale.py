@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/controller_scale.py              # 200 Workspaces
     .venv/bin/python benchmarks/controller_scale.py --count 20   # smoke run
     .venv/bin/python benchmarks/controller_scale.py --busy 1     # with one CPU-spinning process beside it
+    .venv/bin/python benchmarks/controller_scale.py --floor      # no operator: an instant controller
 
 ours:     the operator (``python -m tuning_controller.operator``, a child process) turns each Workspace
           into its training-config ConfigMap and its CPU pre-flight Job ``<ws>-data`` (data first: the
           GPU training Job only follows a successful data check, so "Job created" here is the data Job)
           and writes status (phase CheckingData, conditions). Latency per Workspace: from the moment its
           POST returned to the moment a watch on Jobs delivered its data Job.
+floor:    (``--floor``) the same writes made at once, as a controller that took no time would make them
+          when its watch delivers the Workspace (``instant_controller``): what any controller pays.
 baseline: the same client creating 200 Jobs directly (no controller): from POST return to the watch
           delivering it, i.e. the API server's own floor on this machine. They are created suspended,
           and the measurement of the controller starts once the Job controller has settled them, so
@@ -23,8 +26,10 @@ the CRD without its CEL rules, to show how much of the latency is the API server
 compared with each other run against the same one. ``writes`` counts the API server's answers (its
 ``apiserver_request_total``) to writes of the kinds the controller writes, between the first apply and
 the moment they stopped; ``api_ms_per_write`` is the API server's mean time per such write, and
-``window_cpu_s`` the CPU seconds the operator and the control plane's processes used in that window.
-Prints one JSON object.
+``window_cpu_s`` the CPU seconds the operator and the control plane's processes used from the first
+apply until the last data Job and status were seen. The benchmark follows Jobs and Workspaces by
+watches, never by listing them, so that its own reads load the API server as little as a user's
+``kubectl get -w`` would. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,8 +56,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tuning_controller.conditions import now_rfc3339  # noqa: E402
 from tuning_controller.crd import build_crd  # noqa: E402
 from tuning_controller.kube import Kube, resource_path  # noqa: E402
+from tuning_controller.plan import Plan  # noqa: E402
+from tuning_controller.settings import Settings  # noqa: E402
+from tuning_controller.status import status_patch  # noqa: E402
+from tuning_controller.tuning_reconcile import Target, decide, tuning_target  # noqa: E402
 
 WS_API = "kaito.sh/v1beta1"
 APPLY_THREADS = 16
@@ -117,6 +128,9 @@ def install_crd(kube: Kube, cel: bool = True, crd: dict | None = None) -> None:
         return True
 
     wait(served, 60, "the Workspace CRD to be served")
+    # The first write of a new CRD's objects is slow (~1.5 s here): made before either side is measured.
+    path = resource_path(WS_API, "Workspace", "default")
+    kube.request("POST", path, workspace("warm-up", "default"), params={"dryRun": "All"})
 
 
 def make_namespace(kube: Kube, name: str) -> None:
@@ -128,24 +142,35 @@ def make_namespace(kube: Kube, name: str) -> None:
     )
 
 
-class JobWatch(threading.Thread):
-    """Records when each Job of a namespace was first delivered by a watch."""
+class Watch(threading.Thread):
+    """Records when a watch first delivered each object of a kind in a namespace that ``shows`` holds
+    for (default: any), and hands it to ``on_seen``. The benchmark follows what it measures by watches,
+    not by listing it again and again, so that its own reads do not load the API server it measures."""
 
-    def __init__(self, kube: Kube, namespace: str):
+    def __init__(
+        self,
+        kube: Kube,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        shows: Callable[[dict], bool] = lambda obj: True,
+        on_seen: Callable[[dict], None] = lambda obj: None,
+    ):
         super().__init__(daemon=True)
         self.kube = kube
-        self.namespace = namespace
+        self.path = resource_path(api_version, kind, namespace)
+        self.shows, self.on_seen = shows, on_seen
         self.seen: dict[str, float] = {}
         self.ready = threading.Event()
         self.stop = threading.Event()
 
     def run(self) -> None:
         api = self.kube.api
-        path = resource_path("batch/v1", "Job", self.namespace)
-        listed = self.kube.request("GET", path)
+        listed = self.kube.request("GET", self.path)
         version = listed["metadata"]["resourceVersion"]
         while not self.stop.is_set():
-            query = f"{path}?watch=1&resourceVersion={version}&timeoutSeconds=30&allowWatchBookmarks=true"
+            query = f"{self.path}?watch=1&resourceVersion={version}&timeoutSeconds=30"
+            query += "&allowWatchBookmarks=true"
             m, url, headers, _, _ = api.param_serialize("GET", query, auth_settings=["BearerToken"])
             resp = api.rest_client.pool_manager.request(
                 m, url, headers=headers, preload_content=False, timeout=40
@@ -161,11 +186,17 @@ class JobWatch(threading.Thread):
                     event = json.loads(line)
                     obj = event["object"]
                     version = obj["metadata"].get("resourceVersion", version)
-                    if event["type"] == "ADDED":
-                        self.seen.setdefault(obj["metadata"]["name"], time.monotonic())
+                    name = obj["metadata"]["name"]
+                    if event["type"] in ("ADDED", "MODIFIED") and name not in self.seen and self.shows(obj):
+                        self.seen[name] = time.monotonic()
+                        self.on_seen(obj)
                 if self.stop.is_set():
                     break
             resp.release_conn()
+
+
+def has_phase(ws: dict) -> bool:
+    return bool(((ws.get("status") or {}).get("tuning") or {}).get("phase"))
 
 
 def api_requests(kube: Kube) -> Counter:
@@ -301,7 +332,7 @@ def latencies(applied: dict[str, float], seen: dict[str, float], job_of) -> list
 def baseline(kube: Kube, count: int) -> list[float]:
     """POST return -> watch delivery of ``count`` Jobs created directly: the API server's floor."""
     make_namespace(kube, "baseline")
-    watch = JobWatch(kube, "baseline")
+    watch = Watch(kube, "batch/v1", "Job", "baseline")
     watch.start()
     watch.ready.wait(10)
     applied = create_all(kube, [plain_job(f"job-{i}", "baseline") for i in range(count)])
@@ -372,25 +403,63 @@ def reconcile_metrics() -> dict[str, float]:
     }
 
 
-def measure(kube: Kube, count: int) -> tuple[list[float], float, float]:
-    """(apply -> data Job latencies, all_s, apply_s) of ``count`` Workspaces POSTed at once."""
-    watch = JobWatch(kube, "bench")
-    watch.start()
-    watch.ready.wait(10)
+def instant_controller(kubeconfig: Path, count: int, pool: ThreadPoolExecutor) -> Watch:
+    """``--floor``: what a controller that took no time at all would do. The writes and the status that
+    the operator's own pure reconcile plans for each Workspace are computed before the clock starts;
+    when its watch delivers a new Workspace, a thread of ``pool`` (as many as the operator's handler
+    threads) makes them (the owner's uid filled in). What remains is what any controller making these
+    writes pays: the watch's delivery and the API server's, etcd's and the cluster's work on the same
+    objects under the same burst."""
+    planned = {}
+    for i in range(count):
+        obj = {**workspace(f"ws-{i:03d}", "bench")}
+        obj["metadata"] = {**obj["metadata"], "uid": "to-be-set", "generation": 1}
+        target = tuning_target(obj, None, (None, []), Settings(), now_rfc3339())
+        plan = decide(target, {}) if isinstance(target, Target) else target
+        assert isinstance(plan, Plan) and plan.status is not None, plan
+        planned[obj["metadata"]["name"]] = plan
+    kube = Kube.from_environment(str(kubeconfig))  # its own connections, as the operator has
+
+    def write(created: dict) -> None:
+        plan = planned[created["metadata"]["name"]]
+        owner = {"uid": created["metadata"]["uid"]}
+        for w in plan.writes:
+            meta = w.obj["metadata"]
+            refs = [{**ref, **owner} for ref in meta.get("ownerReferences", ())]
+            kube.create({**w.obj, "metadata": {**meta, "ownerReferences": refs}})
+        assert plan.status is not None
+        patch = status_patch(created, plan.status)
+        assert patch is not None
+        meta = created["metadata"]
+        kube.merge_patch(WS_API, "Workspace", meta["namespace"], meta["name"], patch, subresource="status")
+
+    def follow(obj: dict) -> None:
+        pool.submit(write, obj)
+
+    return Watch(kube, WS_API, "Workspace", "bench", on_seen=follow)
+
+
+def measure(kube: Kube, count: int, floor: Watch | None = None) -> tuple[list[float], float, float]:
+    """(apply -> data Job latencies, all_s, apply_s) of ``count`` Workspaces POSTed at once; ``floor``:
+    the instant controller's watch, started with the benchmark's own."""
+    watch = Watch(kube, "batch/v1", "Job", "bench")
+    statuses = Watch(kube, WS_API, "Workspace", "bench", has_phase)
+    watches = (watch, statuses, floor) if floor else (watch, statuses)
+    for w in watches:
+        w.start()
+        w.ready.wait(10)
     started = time.monotonic()
     names = [f"ws-{i:03d}" for i in range(count)]
     applied = create_all(kube, [workspace(n, "bench") for n in names])
     apply_s = time.monotonic() - started
 
     def all_done() -> bool:
-        if sum(1 for n in names if f"{n}-data" in watch.seen) < count:
-            return False
-        items = kube.list(WS_API, "Workspace", "bench")
-        return sum(1 for w in items if ((w.get("status") or {}).get("tuning") or {}).get("phase")) >= count
+        return all(f"{n}-data" in watch.seen and n in statuses.seen for n in names)
 
-    wait(all_done, 300, f"{count} data Jobs and statuses", interval=0.25)
+    wait(all_done, 300, f"{count} data Jobs and statuses", interval=0.1)
     all_s = time.monotonic() - started
-    watch.stop.set()
+    for w in watches:
+        w.stop.set()
     return latencies(applied, watch.seen, lambda n: f"{n}-data"), all_s, apply_s
 
 
@@ -420,9 +489,10 @@ def stop_all(operator: subprocess.Popen | None, loops: list[subprocess.Popen], s
         shutil.rmtree(state, ignore_errors=True)
 
 
-def run(count: int, cel: bool = True, busy: int = 0, crd: dict | None = None) -> dict:
+def run(count: int, cel: bool = True, busy: int = 0, crd: dict | None = None, floor: bool = False) -> dict:
     state = Path(tempfile.mkdtemp(prefix="controller-scale-"))
     operator = None
+    pool = ThreadPoolExecutor(Settings().max_workers)  # --floor's instant controller
     loops = busy_loops(busy)
     try:
         kubeconfig = start_control_plane(state)
@@ -431,21 +501,24 @@ def run(count: int, cel: bool = True, busy: int = 0, crd: dict | None = None) ->
         base = baseline(kube, count)
 
         make_namespace(kube, "bench")
-        operator = start_operator(kubeconfig, state)
-        rss = PeakRss(operator.pid)
+        follower = instant_controller(kubeconfig, count, pool) if floor else None
+        if not floor:
+            operator = start_operator(kubeconfig, state)
+        rss = PeakRss(operator.pid if operator else os.getpid())
         rss.start()
         requests_before, cpu_before = api_requests(kube), control_plane_cpu(state)
         cpu_before["operator"] = sum(rss.proc.cpu_times()[:2])
-        ours, all_s, apply_s = measure(kube, count)
-        requests_after = settled_requests(kube)
+        ours, all_s, apply_s = measure(kube, count, follower)
         cpu_after = control_plane_cpu(state)
         cpu_after["operator"] = sum(rss.proc.cpu_times()[:2])
+        requests_after = settled_requests(kube)
         writes = controller_writes(requests_after, requests_before)
-        reconcile = reconcile_metrics()
+        reconcile = reconcile_metrics() if operator else {}
         rss.stop.set()
         cpu = rss.proc.cpu_times()
         p50, p95 = statistics.median(ours), percentile(ours, 0.95)
         return {
+            "side": "floor (instant controller in the benchmark)" if floor else "operator",
             "workspaces": count,
             "crd_cel_rules": cel,
             "measured": "apply -> data Job created (data-first: the training Job follows the data check)",
@@ -475,6 +548,7 @@ def run(count: int, cel: bool = True, busy: int = 0, crd: dict | None = None) ->
             "cpu_count": os.cpu_count(),
         }
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         stop_all(operator, loops, state)
 
 
@@ -484,9 +558,12 @@ def main() -> int:
     parser.add_argument("--without-cel", action="store_true", help="apply the CRD without its CEL rules")
     parser.add_argument("--busy", type=int, default=0, help="CPU-spinning processes beside the run")
     parser.add_argument("--crd", type=Path, help="install this CRD (JSON) instead of the tree's")
+    parser.add_argument(
+        "--floor", action="store_true", help="no operator: the benchmark makes its planned writes at once"
+    )
     args = parser.parse_args()
     crd = json.loads(args.crd.read_text()) if args.crd else None
-    print(json.dumps(run(args.count, cel=not args.without_cel, busy=args.busy, crd=crd)))
+    print(json.dumps(run(args.count, cel=not args.without_cel, busy=args.busy, crd=crd, floor=args.floor)))
     return 0
 
 
