@@ -43,6 +43,7 @@ REASON_MODEL_UNAVAILABLE = "ModelUnavailable"  # fetch-model failed in the pre-f
 REASON_NO_MATCHING_NODES = "NoMatchingNodes"
 REASON_QUEUED = "JobSuspended"
 REASON_IN_PROGRESS = "TuningInProgress"
+REASON_NAME_TAKEN = "NameTaken"  # an object the Workspace needs exists and is not the Workspace's
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 MESSAGE_MAX = 32768  # the CRD's bound on condition messages; status messages keep to it too

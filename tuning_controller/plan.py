@@ -21,16 +21,20 @@ from typing import Any
 
 
 class Verb(StrEnum):
+    """What the shell does with a Write. Every verb touches only what the Workspace owns (an owner
+    reference to its uid; a NodeClaim: its owner annotation): a namesake it does not own is never
+    adopted, applied over or deleted, and a create or apply that meets one stops the plan (``Taken``)."""
+
     CREATE = "create"
-    """Create; a namesake (a restart, a race) is adopted as it is, and the decision is taken again."""
+    """Create; an own namesake (a restart, a race) is adopted as it is, and the decision is taken again."""
     CREATE_OR_APPLY = "create-or-apply"
-    """Create (cheaper for the API server on first sight); a namesake is server-side applied."""
+    """Create (cheaper for the API server on first sight); an own namesake is server-side applied."""
     APPLY = "apply"
-    """Server-side apply."""
+    """Server-side apply, over an own object only."""
     REPLACE = "replace"
     """Delete this very object (its uid) and wait until it is gone, so that it can be created again."""
     DELETE = "delete"
-    """Delete by name when present."""
+    """Delete by name when present and owned; a namesake the Workspace does not own is left alone."""
 
 
 class Result(StrEnum):
@@ -69,6 +73,9 @@ class StatusUpdate:
     state: str
     announce: bool = False
     """Post an Event (reason: the phase) with the write that changes the phase."""
+    warning: str = ""
+    """Post a Warning Event with this reason with the write that changes the section's message (what
+    blocks a reconcile that keeps its phase: NameTaken)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,22 @@ class Plan:
     retry_after: float | None = None
     why: str = ""
     """For kopf's log: why the spec is refused (INVALID), what the reconcile waits for (WAITING)."""
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A name the Workspace needs is held by an object it does not own (the shell's report): nothing is
+    written to that object, and the Workspace waits until a person frees the name."""
+
+    kind: str
+    namespace: str | None  # None: cluster-scoped (a NodeClaim)
+    name: str
+    owner: str = ""
+    """Who owns it instead, for the message ("Workspace team/other (uid ...)"); "" for nobody."""
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
 @dataclass(frozen=True)

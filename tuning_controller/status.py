@@ -23,7 +23,7 @@ from typing import Any
 
 from contract.reports import read_data_summary
 from tuning_controller import conditions as c
-from tuning_controller.plan import Event, StatusUpdate
+from tuning_controller.plan import Event, Plan, Result, StatusUpdate, Taken
 from tuning_controller.render.job import FETCH, PREFLIGHT, PUSH, TRAIN
 from tuning_controller.render.model import FETCH_MODEL
 
@@ -359,6 +359,41 @@ def training_update(
     return StatusUpdate(KIND, section, conds, state_for(phase), announce=True)
 
 
+def taken_message(taken: Taken, uid: str, retry_after: float) -> str:
+    """What a person reads when a name the Workspace needs is held by an object it does not own."""
+    owner = f"owned by {taken.owner}" if taken.owner else "it has no owner"
+    return (
+        f"{taken.kind} {taken.where} exists and is not owned by this Workspace (uid {uid}; {owner}): "
+        f"the controller neither adopts nor changes it. Delete that {taken.kind}, or give the Workspace "
+        f"another name; the controller looks again every {retry_after:g}s"
+    )
+
+
+def taken_plan(key: str, ws_obj: Mapping[str, Any], taken: Taken, stamp: c.Stamp, retry_after: float) -> Plan:
+    """The Plan of a reconcile stopped by a name held by another object (``key``: the status section,
+    tuning or inference): the phase and state stay, ResourceReady (and InferenceReady) say NameTaken,
+    a Warning names the object, and the reconcile runs again after ``retry_after``."""
+    status = ws_obj.get("status") or {}
+    phase = (status.get(key) or {}).get("phase")
+    message = taken_message(taken, ws_obj["metadata"].get("uid", ""), retry_after)
+    reason = c.REASON_NAME_TAKEN
+    conds = [stamp.condition(c.RESOURCE_READY, False, reason, message)]
+    if key == KIND:
+        conds.append(stamp.condition(c.WORKSPACE_SUCCEEDED, c.UNKNOWN, reason, message))
+    else:
+        serving = (c.INFERENCE_READY, c.WORKSPACE_SUCCEEDED)
+        conds += [stamp.condition(t, False, reason, message) for t in serving]
+    state = status.get("state") or "Pending"
+    update = StatusUpdate(key, {"message": c.clip(message)}, tuple(conds), state, warning=reason)
+    return Plan(phase, status=update, result=Result.WAITING, retry_after=retry_after, why=message)
+
+
+def name_taken(ws_obj: Mapping[str, Any]) -> bool:
+    """Whether the stored status says a reconcile waits for a name held by another object."""
+    found = c.find((ws_obj.get("status") or {}).get("conditions"), c.RESOURCE_READY) or {}
+    return found.get("reason") == c.REASON_NAME_TAKEN and found.get("status") == c.FALSE
+
+
 def status_patch(obj: Mapping[str, Any], update: StatusUpdate) -> dict[str, Any] | None:
     """The merge patch that writes ``update`` into ``obj``'s status, conditional on its resourceVersion;
     None when it would change nothing.
@@ -387,9 +422,14 @@ def status_patch(obj: Mapping[str, Any], update: StatusUpdate) -> dict[str, Any]
 
 def announcement(obj: Mapping[str, Any], update: StatusUpdate) -> Event | None:
     """The Event that ``update`` announces over ``obj``'s status: one per phase change (reason: the
-    phase), a Warning for Failed and Invalid."""
+    phase), a Warning for Failed and Invalid; an update with a ``warning`` posts that Warning once per
+    new message."""
     phase = update.section.get("phase")
-    old_phase = ((obj.get("status") or {}).get(update.key) or {}).get("phase")
+    old_section = (obj.get("status") or {}).get(update.key) or {}
+    old_phase = old_section.get("phase")
+    message = update.section.get("message", "")
+    if update.warning and message != old_section.get("message"):
+        return Event("Warning", update.warning, message)
     if not update.announce or not phase or phase == old_phase:
         return None
     kind = "Warning" if phase in (FAILED, INVALID) else "Normal"

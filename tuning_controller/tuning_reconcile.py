@@ -29,7 +29,7 @@ from tuning_controller import conditions as c
 from tuning_controller import status as st
 from tuning_controller.gpu_fit import training_shape
 from tuning_controller.nodes import choose_node, nodeclaim_state
-from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Verb, Write, named
+from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Taken, Verb, Write, named
 from tuning_controller.render import sku_gpus
 from tuning_controller.render.configmap import (
     TrainingConfig,
@@ -57,7 +57,9 @@ from tuning_controller.render.rbac import render_progress_rbac
 from tuning_controller.settings import Settings
 from tuning_controller.validation import immutability_problems, validate_workspace
 
-# What ``decide`` may ask to see (``Read.what``, the keys of ``seen``).
+# What ``decide`` may ask to see (``Read.what``, the keys of ``seen``). A Job or NodeClaim is seen as
+# the object when the Workspace owns it, None when there is none, and ``Taken`` when its name is held by
+# an object the Workspace does not own.
 DATA_JOB = "data_job"  # the pre-flight Job <ws>-data
 DATA_PODS = "data_pods"  # its pods
 JOB = "job"  # the training Job <ws>
@@ -111,6 +113,16 @@ def _look(seen: Mapping[str, Any], what: str) -> Any:
     if what not in seen:
         raise _Unseen(what)
     return seen[what]
+
+
+def _own(seen_value: Any) -> Any:
+    """An observation as the Workspace's object: a name held by another's (``Taken``) is no object of
+    its own. A write to that name stops the plan in the shell; the GPU steps look first (``_taken``)."""
+    return None if isinstance(seen_value, Taken) else seen_value
+
+
+def _taken(t: Target, taken: Taken) -> Plan:
+    return st.taken_plan(st.KIND, t.ws_obj, taken, t.stamp, float(t.settings.node_retry_seconds))
 
 
 def revision_of(obj: Mapping[str, Any] | None) -> str | None:
@@ -209,14 +221,14 @@ def _decide(t: Target, seen: Mapping[str, Any]) -> Plan:
     writes: list[Write] = []
     job_gone = False
     if t.known_rev and t.known_rev != t.rev:  # a changed spec: stop the old training first
-        stop = _replace_other_revision(t, _look(seen, JOB))
+        stop = _replace_other_revision(t, _own(_look(seen, JOB)))
         writes += stop
         job_gone = bool(stop)
     checked = _data_check(t, seen)
     if isinstance(checked, Plan):
         return _prefixed(writes, checked)
     more, summary, model = checked
-    job = None if job_gone else _look(seen, JOB)
+    job = None if job_gone else _own(_look(seen, JOB))
     stop = _replace_other_revision(t, job)
     if stop:
         job = None
@@ -266,17 +278,20 @@ def _data_check(
     t: Target, seen: Mapping[str, Any]
 ) -> tuple[list[Write], Mapping[str, Any], Mapping[str, Any]] | Plan:
     """(writes, data summary, pinned model) once the pre-flight passed, else the Plan that reports it.
-    A passed check of this revision stays in status (its Job may be gone). The Job goes first (latency);
-    its pod waits for the ConfigMap if need be."""
+    A passed check of this revision stays in status (its Job may be gone). The ConfigMap goes first: the
+    Job's pod mounts it, and must never start with a namesake the Workspace does not own (which stops the
+    plan before the Job, NameTaken) or with another revision's config."""
     data, model = t.known.get("data") or {}, t.known.get("model") or {}
     if _data_passed(data, model):
         return [], data, model
-    writes, job = _ensure_data_job(t, seen)
+    writes: list[Write] = []
     config = render_training_configmap(t.ws, t.config)
     if t.known_rev is None:  # first sight: a plain create is cheaper for the API server than an apply
         writes.append(Write(Verb.CREATE_OR_APPLY, config))
     elif t.known_rev != t.rev:
         writes.append(Write(Verb.APPLY, config))
+    job_writes, job = _ensure_data_job(t, seen)
+    writes += job_writes
     pods = _look(seen, DATA_PODS) if _settled(job) else []
     outcome = st.job_outcome(job, pods)
     if outcome.phase not in (st.SUCCEEDED, st.FAILED):
@@ -293,7 +308,7 @@ def _ensure_data_job(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], M
     """The pre-flight Job as rendered: read when the status says it was created (else created, adopting
     a namesake); one of another revision is replaced."""
     rendered = render_data_job(t.ws, t.settings, t.rev)
-    found = _look(seen, DATA_JOB) if t.known_rev == t.rev else seen.get(DATA_JOB)
+    found = _own(_look(seen, DATA_JOB) if t.known_rev == t.rev else seen.get(DATA_JOB))
     if found is None:
         return [Write(Verb.CREATE, rendered, seen_as=DATA_JOB)], rendered
     if revision_of(found) != revision_of(rendered):
@@ -336,6 +351,8 @@ def _training(
     node_conds: tuple[dict[str, Any], ...] = ()
     pods: list[Mapping[str, Any]] = []
     if job is None:
+        if isinstance(seen.get(JOB), Taken):  # no GPU node for a Job that cannot be created
+            return _taken(t, seen[JOB])
         nodes = _gpu_nodes(t, seen, found[0])
         if isinstance(nodes, Plan):
             return nodes
@@ -374,6 +391,8 @@ def _gpu_nodes(
     if provisions_node(t.ws, t.settings):
         writes: list[Write] = []
         claim = _look(seen, NODECLAIM)
+        if isinstance(claim, Taken):
+            return _taken(t, claim)
         if claim is None:
             claim = render_nodeclaim(t.ws, t.settings)
             instance_type = t.ws.resource.instance_type if t.ws.resource else ""
@@ -420,14 +439,17 @@ def _need_gib(t: Target) -> float | None:
 # ---- when to look again without an event -------------------------------------------------------
 
 
-def resync_after(phase: str | None, settings: Settings) -> tuple[float, bool] | None:
+def resync_after(
+    phase: str | None, settings: Settings, *, blocked: bool = False
+) -> tuple[float, bool] | None:
     """(seconds, whether a change of the Workspace postpones it) until a Workspace in ``phase`` is
     reconciled again although no event came, or None for never.
 
-    Waiting for nodes: every node_retry_seconds (own nodes send no event it could follow). In progress:
+    Waiting for nodes, or ``blocked`` by a name another object holds (status.name_taken): every
+    node_retry_seconds (own nodes and freed names send no event it could follow). In progress:
     once nothing happened to it for resync_seconds, so a lost Job or pod event (an API blip at
     completion) costs at most that long, not a GPU node billing forever."""
-    if phase == st.WAITING_FOR_NODES:
+    if phase == st.WAITING_FOR_NODES or blocked:
         return float(settings.node_retry_seconds), False
     if phase and phase not in (*st.TERMINAL, st.INVALID):
         return float(settings.resync_seconds), True

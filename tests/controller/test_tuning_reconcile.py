@@ -109,14 +109,16 @@ def passed(rev: str, phase: str = st.CHECKING_DATA) -> dict:
     return {"tuning": {"revision": rev, "phase": phase, "data": data, "model": MODEL}}
 
 
-def test_first_sight_reads_nothing_and_creates_the_data_job_first():
+def test_first_sight_reads_nothing_and_creates_the_config_then_the_data_job():
     plan, reads = run(valid(workspace()), {})
     assert reads == []
+    # The ConfigMap first: the data Job's pod mounts it, and must never start with a namesake the
+    # Workspace does not own (the shell stops the plan there).
     assert writes(plan) == [
-        ("create", "Job", "ws-data"),
         ("create-or-apply", "ConfigMap", "ws-training-config"),
+        ("create", "Job", "ws-data"),
     ]
-    assert plan.writes[0].seen_as == DATA_JOB
+    assert plan.writes[1].seen_as == DATA_JOB
     assert plan.phase == st.CHECKING_DATA and plan.result is Result.OK
     assert plan.status is not None and plan.status.state == "Pending" and not plan.status.announce
     assert c.find(plan.status.conditions, c.WORKSPACE_SUCCEEDED)["reason"] == c.REASON_DATA_CHECK
@@ -159,8 +161,8 @@ def test_a_changed_spec_stops_the_old_training_and_checks_the_data_again():
     assert reads == [JOB]
     assert writes(plan) == [
         ("replace", "Job", "ws"),
-        ("create", "Job", "ws-data"),
         ("apply", "ConfigMap", "ws-training-config"),
+        ("create", "Job", "ws-data"),
     ]
     assert plan.writes[0].event.reason == "JobReplaced"
     section = plan.status.section

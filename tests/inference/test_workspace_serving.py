@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 
 import requests
 
@@ -16,9 +18,14 @@ from artifacts.registry import ClientOptions
 from hack.servers import write_docker_config
 from presets.catalog import get_model
 from presets.tiny import TINY_PRESET_NAME, ensure_tiny_preset
-from tests.controller.conftest import API, condition, get_workspace, wait_status
+from tests.controller.conftest import API, condition, get_workspace, nodeclaims_of, wait_status
+from tests.controller.conftest import nodeclaim_crd as nodeclaim_crd  # the fixture, for this module
 from tests.fixtures.cluster import kube_json, wait_for
+from tuning_controller.handlers import inference as inference_handlers
+from tuning_controller.handlers import runtime
+from tuning_controller.kube import Kube
 from tuning_controller.model_source import mirror_reference
+from tuning_controller.settings import Settings
 
 QUESTION = {"messages": [{"role": "user", "content": "what is the code word?"}]}
 ANSWER = "the code word is orange river garden"
@@ -237,3 +244,50 @@ def test_every_rendered_variant_is_accepted_by_the_api_server(kube_client, names
             )
             accepted = kube_json(kube_client, "POST", path, rendered)
             assert accepted["spec"]["selector"], (what, rendered["kind"])
+
+
+class PausingKube(Kube):
+    """Holds the first NodeClaim apply until ``go`` is set: a reconcile caught between its read of the
+    NodeClaim and its write."""
+
+    def __init__(self, api):
+        super().__init__(api)
+        self.at_apply, self.go = threading.Event(), threading.Event()
+
+    def apply(self, obj, **kwargs):
+        if obj["kind"] == "NodeClaim" and not self.at_apply.is_set():
+            self.at_apply.set()
+            self.go.wait(30)
+        return super().apply(obj, **kwargs)
+
+
+def test_an_inference_workspace_deleted_mid_reconcile_leaves_no_nodeclaim(
+    kube_client, namespace, control_plane, workspace_crd, nodeclaim_crd, monkeypatch
+):
+    """Issue 15 item 8: the delete handler releases the NodeClaim after the reconcile in flight (which
+    applies it), and a reconcile that read the Workspace before the deletion writes nothing after it.
+    The handlers run in this process against the real API server, so the race is forced, not hoped for."""
+    ws = inference_workspace("brief", namespace, "127.0.0.1:9/a:v1", "1.0")
+    ws["resource"]["instanceType"] = "Standard_NC24ads_A100_v4"
+    body = kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
+    kube = PausingKube(Kube.from_environment(str(control_plane.kubeconfig)).api)
+    settings = Settings(auto_provisioning=True, model_registry="registry.example/kaito-models")
+    ctl = runtime.Controller(kube, settings, lambda *a: None)
+    monkeypatch.setattr(runtime, "_controller", ctl)  # what the delete handler's controller() returns
+
+    plans: list = []
+    reconcile = threading.Thread(target=lambda: plans.append(inference_handlers.reconcile(ctl, body)))
+    reconcile.start()
+    assert kube.at_apply.wait(30), "the reconcile never came to apply the NodeClaim"
+    delete = threading.Thread(target=inference_handlers.inference_workspace_delete, args=(body,))
+    delete.start()
+    time.sleep(0.5)  # an unguarded delete handler finds no NodeClaim now, and is done
+    kube.go.set()
+    reconcile.join(60)
+    delete.join(60)
+    assert plans and plans[0].phase == "WaitingForNodes"  # it did apply the NodeClaim...
+    assert nodeclaims_of(kube_client, nodeclaim_crd, namespace, "brief") == []  # ...and it was released
+
+    # A reconcile that read the Workspace before the deletion and comes only now writes nothing.
+    assert inference_handlers.reconcile(ctl, body) is None
+    assert nodeclaims_of(kube_client, nodeclaim_crd, namespace, "brief") == []

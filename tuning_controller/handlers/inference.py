@@ -5,7 +5,11 @@ and its pods.
 A Workspace is reconciled when it appears (the listing at start included), when its spec, labels or
 annotations change, and on events of the controller's Deployments, StatefulSets and pods, so
 InferenceReady follows the pods without polling. One waiting for a node is looked at again every
-node_retry_seconds (tuning_controller.resync).
+node_retry_seconds (tuning_controller.resync), as is one whose Service, workload or NodeClaim name is held
+by an object it does not own (NameTaken in its status; that object is left alone).
+
+The delete handler (auto-provisioning) releases the NodeClaim under the Workspace's lock and marks its
+uid deleted, so a reconcile that read the Workspace before the deletion writes nothing afterwards.
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from contract.problems import errors
 from contract.workspace import GROUP, Workspace, parse_workspace
 from tuning_controller import conditions as c
 from tuning_controller import metrics
+from tuning_controller import status as st
 from tuning_controller.handlers.runtime import (
     MANAGED,
     RETRY_SECONDS,
     Controller,
     Handled,
     Logger,
+    NameTaken,
     carry_out,
     controller,
+    deleting,
     essence,
     key_of,
-    lock,
+    read_own,
+    reconciling,
     resync_with_operator,
     write_status,
 )
@@ -56,22 +64,30 @@ from tuning_controller.validation import validate_workspace
 log = logging.getLogger("kaito-tune.inference")
 
 
-def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False) -> Plan:
-    """Apply the Workspace's objects and write its status; returns the plan carried out.
+def reconcile(ctl: Controller, ws_obj: Mapping[str, Any], *, prune: bool = False) -> Plan | None:
+    """Apply the Workspace's objects and write its status; returns the plan carried out (None when the
+    Workspace's delete handler already ran: nothing is written).
 
     ``prune`` (on spec events) also deletes what another resource.count rendered."""
     key = key_of(ws_obj)
-    with lock(key), metrics.reconciling(KIND) as outcome:
-        plan = _reconcile(ctl, ws_obj, prune)
-        if plan.status:
-            write_status(ctl, ws_obj, plan.status)
-            metrics.set_state(KIND, key, plan.status.state)
-        outcome["result"] = plan.result
-        return plan
+    with reconciling(ws_obj) as alive:
+        if not alive:
+            return None
+        with metrics.reconciling(KIND) as outcome:
+            stamp = c.Stamp(int(ws_obj["metadata"].get("generation") or 0), c.now_rfc3339())
+            try:
+                plan = _reconcile(ctl, ws_obj, prune, stamp)
+            except NameTaken as taken:
+                retry = float(ctl.settings.node_retry_seconds)
+                plan = st.taken_plan(KIND, ws_obj, taken.taken, stamp, retry)
+            if plan.status:
+                write_status(ctl, ws_obj, plan.status)
+                metrics.set_state(KIND, key, plan.status.state)
+            outcome["result"] = plan.result
+            return plan
 
 
-def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], prune: bool) -> Plan:
-    stamp = c.Stamp(int(ws_obj["metadata"].get("generation") or 0), c.now_rfc3339())
+def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], prune: bool, stamp: c.Stamp) -> Plan:
     settings = ctl.settings
     found = validate_workspace(
         ws_obj, allowed_url_networks=settings.allowed_url_networks, model_registry=settings.model_registry
@@ -82,7 +98,7 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], prune: bool) -> Plan:
     ws, _ = parse_workspace(ws_obj)
     seen: dict[str, Any] = {}
     while isinstance(nodes := node_readiness(ws, settings, seen, stamp), Read):
-        seen[nodes.what] = _observe(ctl, ws, nodes.what)
+        seen[nodes.what] = _observe(ctl, ws_obj, ws, nodes.what)
     if isinstance(nodes, Plan):
         carry_out(ctl, ws_obj, nodes.writes, seen, set())
         return nodes
@@ -95,9 +111,10 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], prune: bool) -> Plan:
     return Plan(update.section["phase"], writes, update)
 
 
-def _observe(ctl: Controller, ws: Workspace, what: str) -> Any:
+def _observe(ctl: Controller, ws_obj: Mapping[str, Any], ws: Workspace, what: str) -> Any:
+    """What ``node_readiness`` asked to see; a NodeClaim the Workspace does not own reads as absent."""
     if what == NODECLAIM:
-        return ctl.kube.get(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
+        return read_own(ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
     if what == NODES:
         return ctl.kube.list("v1", "Node")
     raise ValueError(f"no read for {what!r}")
@@ -122,6 +139,8 @@ def _reconcile_workspace(body: Mapping[str, Any], logger: Logger = log, *, prune
     except Exception as err:
         logger.error("reconcile failed, retrying in %ss: %s", RETRY_SECONDS, err, exc_info=True)
         _resync.arm(key, RETRY_SECONDS)
+        return
+    if plan is None:  # deleted meanwhile
         return
     _handled.record(body, current)
     if plan.result is Result.WAITING:
@@ -195,11 +214,13 @@ def inference_pod_event(body: kopf.Body, type: str | None, logger: Logger, **_: 
 
 
 def inference_workspace_delete(body: kopf.Body, **_: Any) -> None:
-    """Owner references remove the Service and the workload; the cluster-scoped NodeClaim goes here."""
+    """Owner references remove the Service and the workload; the cluster-scoped NodeClaim goes here,
+    after any reconcile in flight, and no reconcile queued behind it writes anything (``deleting``)."""
     ws = parse_workspace(body)[0]
     ctl = controller()
     claim = named(NODECLAIM_API_VERSION, "NodeClaim", nodeclaim_name(ws))
-    carry_out(ctl, body, (Write(Verb.DELETE, claim),), {}, set())
+    with deleting(body):
+        carry_out(ctl, body, (Write(Verb.DELETE, claim),), {}, set())
     _resync.cancel(key_of(body))
 
 

@@ -1,6 +1,12 @@
 """What the tuning and inference handlers share: the process's Controller (client, settings, Events), a
-lock per Workspace, the label filter of the controller's children, and the plumbing that carries a
-``Plan`` out (create or adopt, apply, replace, delete, the status write).
+lock per Workspace with the uids whose delete handler ran, the label filter of the controller's children,
+and the plumbing that carries a ``Plan`` out (create or adopt, apply, replace, delete, the status write).
+
+Every write touches only what the Workspace owns: an object with an owner reference to its uid (what
+every namespaced object rendered for it carries), or a NodeClaim with its uid annotation
+(``render.nodeclaim.claimed_by``). A namesake it does not own reads as absent, is never adopted, applied
+over or deleted; a create or apply that meets one raises ``NameTaken``, which the handlers turn into a
+status that names it (``status.taken_plan``).
 
 The settings are read once, by ``tuning_controller.operator``, and handed to ``use``.
 """
@@ -10,7 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,8 +26,9 @@ import kopf
 
 from tuning_controller import status as st
 from tuning_controller.kube import Kube, KubeError, retry_on_conflict
-from tuning_controller.plan import StatusUpdate, Verb, Write
+from tuning_controller.plan import StatusUpdate, Taken, Verb, Write
 from tuning_controller.render.meta import WORKSPACE_LABEL
+from tuning_controller.render.nodeclaim import OWNER_ANNOTATION, claimed_by
 from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 
@@ -29,6 +38,9 @@ log = logging.getLogger("kaito-tune")
 # filtered server-side, operator.configure).
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf hands a handler
 MANAGED: Mapping[str, Any] = {"app.kubernetes.io/managed-by": "kaito-tune", WORKSPACE_LABEL: kopf.PRESENT}
+# How many deleted Workspaces' uids are remembered: a reconcile that read a Workspace just before its
+# deletion comes within seconds, so the oldest of this many can be forgotten.
+DELETED_KEPT = 4096
 
 
 @dataclass
@@ -40,9 +52,15 @@ class Controller:
     post_event: Callable[[Mapping[str, Any], str, str, str], None]
 
 
+class _Lock:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0  # threads holding or waiting for it
+
+
 _settings: Settings | None = None
 _controller: Controller | None = None
-_locks: dict[str, threading.Lock] = {}
+_locks: dict[str, _Lock] = {}
 _guard = threading.Lock()
 
 
@@ -73,14 +91,69 @@ def _kopf_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -
     kopf.event(cast(kopf.Body, obj), type=type_, reason=reason, message=message)
 
 
-def lock(key: str) -> threading.Lock:
-    """One Workspace reconciles in one thread at a time; different Workspaces in parallel."""
+@contextmanager
+def lock(key: str) -> Iterator[None]:
+    """One Workspace reconciles in one thread at a time; different Workspaces in parallel. A key's lock
+    is dropped once no thread holds or waits for it, so the locks kept are the Workspaces busy now."""
     with _guard:
-        return _locks.setdefault(key, threading.Lock())
+        entry = _locks.setdefault(key, _Lock())
+        entry.users += 1
+    try:
+        with entry.lock:
+            yield
+    finally:
+        with _guard:
+            entry.users -= 1
+            if entry.users == 0:
+                del _locks[key]
 
 
 def key_of(ws_obj: Mapping[str, Any]) -> str:
     return f"{ws_obj['metadata']['namespace']}/{ws_obj['metadata']['name']}"
+
+
+class Tombstones:
+    """The uids of the Workspaces whose delete handler ran, the newest ``size`` of them."""
+
+    def __init__(self, size: int = DELETED_KEPT) -> None:
+        self._size = size
+        self._uids: OrderedDict[str, None] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def add(self, uid: str) -> None:
+        with self._guard:
+            self._uids[uid] = None
+            self._uids.move_to_end(uid)
+            while len(self._uids) > self._size:
+                self._uids.popitem(last=False)
+
+    def __contains__(self, uid: object) -> bool:
+        with self._guard:
+            return uid in self._uids
+
+    def __len__(self) -> int:
+        return len(self._uids)
+
+
+_deleted = Tombstones()
+
+
+@contextmanager
+def reconciling(ws_obj: Mapping[str, Any]) -> Iterator[bool]:
+    """Hold the Workspace's lock for a reconcile; yields False when its delete handler ran already (a
+    reconcile that read the Workspace just before the deletion, and waited for the lock): that one must
+    write nothing, or it would bring back a NodeClaim the delete handler released."""
+    with lock(key_of(ws_obj)):
+        yield ws_obj["metadata"].get("uid") not in _deleted
+
+
+@contextmanager
+def deleting(ws_obj: Mapping[str, Any]) -> Iterator[None]:
+    """Hold the Workspace's lock for its delete handler: after any reconcile in flight, and before any
+    queued one, which then stops (``reconciling`` yields False)."""
+    with lock(key_of(ws_obj)):
+        _deleted.add(ws_obj["metadata"]["uid"])
+        yield
 
 
 # ---- what was handled ---------------------------------------------------------------------------
@@ -143,52 +216,146 @@ def warm_up() -> None:
 # ---- carrying a plan out -----------------------------------------------------------------------
 
 
-def create_or_get(ctl: Controller, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+class NameTaken(Exception):
+    """A write met a namesake the Workspace does not own; nothing was written to it."""
+
+    def __init__(self, taken: Taken):
+        super().__init__(f"{taken.kind} {taken.where} exists and is not owned by the Workspace")
+        self.taken = taken
+
+
+def owned(found: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> bool:
+    """Whether ``found`` (as read) is the Workspace's: an owner reference to its uid; for a NodeClaim,
+    its uid annotation (``claimed_by``)."""
+    meta = ws_obj["metadata"]
+    uid = meta.get("uid") or ""
+    if found.get("kind") == "NodeClaim":
+        return claimed_by(found, meta.get("namespace") or "", meta["name"], uid)
+    refs = (found.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(ref.get("uid") == uid for ref in refs)
+
+
+def owner_of(found: Mapping[str, Any]) -> str:
+    """Who owns ``found`` instead, in words ("" for nobody)."""
+    meta = found.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    if ref:
+        return f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    uid = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
+    return f"the Workspace with uid {uid}" if uid else ""
+
+
+def _guarded(obj: Mapping[str, Any]) -> bool:
+    """Whether a rendered object must be the Workspace's to be adopted or applied over: what is rendered
+    for it alone (an owner reference; a NodeClaim). A shared one (the namespace's model cache claim) is
+    not."""
+    return obj["kind"] == "NodeClaim" or bool(obj["metadata"].get("ownerReferences"))
+
+
+def _get(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    meta = obj["metadata"]
+    return ctl.kube.get(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+
+
+def _claim(found: Mapping[str, Any], obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> None:
+    """Raise NameTaken when ``found``, the namesake of the rendered ``obj``, is not the Workspace's."""
+    if _guarded(obj) and not owned(found, ws_obj):
+        meta = obj["metadata"]
+        raise NameTaken(Taken(obj["kind"], meta.get("namespace"), meta["name"], owner_of(found)))
+
+
+def read_own(
+    ctl: Controller,
+    ws_obj: Mapping[str, Any],
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    name: str,
+    report: bool = False,
+) -> dict[str, Any] | Taken | None:
+    """The object when the Workspace owns it; None when there is none. One it does not own is None too
+    (a write to that name then raises NameTaken), or with ``report`` the ``Taken`` that names it."""
+    found = ctl.kube.get(api_version, kind, namespace, name)
+    if found is None or owned(found, ws_obj):
+        return found
+    return Taken(kind, namespace, name, owner_of(found)) if report else None
+
+
+def create_or_get(
+    ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]
+) -> tuple[dict[str, Any], bool]:
     """(the object, whether it existed already): created, or when the name exists (a restart, a race)
-    the existing object, adopted as it is."""
+    the existing object, adopted as it is when the Workspace owns it; NameTaken when it does not."""
     try:
         return ctl.kube.create(obj), False
     except KubeError as err:
         if not err.already_exists:
             raise
-    meta = obj["metadata"]
-    found = ctl.kube.get(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+    found = _get(ctl, obj)
     if found is None:  # deleted in between: try once more
         return ctl.kube.create(obj), False
+    _claim(found, obj, ws_obj)
     return found, True
 
 
-def _create_or_apply(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any]:
+def _create_or_apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return ctl.kube.create(obj)
     except KubeError as err:
         if not err.already_exists:
             raise
+    return _apply(ctl, obj, ws_obj)
+
+
+def _apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Server-side apply (forced: the controller owns what it renders) over an own object only."""
+    if _guarded(obj):
+        found = _get(ctl, obj)
+        if found is not None:
+            _claim(found, obj, ws_obj)
     return ctl.kube.apply(obj)
 
 
-def _delete(ctl: Controller, obj: Mapping[str, Any], *, exact: bool) -> bool:
-    """Delete; ``exact``: this very object (its uid), and wait until it is gone (finalizers done)."""
+def _delete(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any], *, exact: bool) -> bool:
+    """Delete what the Workspace owns; ``exact``: this very object as read (its uid), and wait until it
+    is gone (finalizers done). By name, a namesake it does not own is left alone (False)."""
     meta = obj["metadata"]
     where = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-    uid = meta["uid"] if exact else None
-    deleted = ctl.kube.delete(*where, propagation="Background", uid=uid)
     if exact:
-        ctl.kube.wait_gone(*where, uid=meta["uid"], timeout=60)
+        uid = meta["uid"]
+    else:
+        found = ctl.kube.get(*where)
+        if found is None:
+            return False
+        if not owned(found, ws_obj):
+            log.warning("left %s %s alone: it is not the Workspace %s's", where[1], where[3], key_of(ws_obj))
+            return False
+        uid = found["metadata"]["uid"]
+    try:
+        deleted = ctl.kube.delete(*where, propagation="Background", uid=uid)
+    except KubeError as err:
+        if not err.conflict:  # 409: the uid precondition failed, a namesake took the name meanwhile
+            raise
+        return False
+    if exact:
+        ctl.kube.wait_gone(*where, uid=uid, timeout=60)
     return deleted
 
 
-def _write(ctl: Controller, write: Write) -> tuple[dict[str, Any] | None, bool, bool]:
+def _write(
+    ctl: Controller, ws_obj: Mapping[str, Any], write: Write
+) -> tuple[dict[str, Any] | None, bool, bool]:
     """(what the API server returned, whether a CREATE adopted a namesake, whether the write's Event is
     due)."""
     if write.verb is Verb.CREATE:
-        found, adopted = create_or_get(ctl, write.obj)
+        found, adopted = create_or_get(ctl, write.obj, ws_obj)
         return found, adopted, True
     if write.verb is Verb.CREATE_OR_APPLY:
-        return _create_or_apply(ctl, write.obj), False, True
+        return _create_or_apply(ctl, write.obj, ws_obj), False, True
     if write.verb is Verb.APPLY:
-        return ctl.kube.apply(write.obj), False, True
-    deleted = _delete(ctl, write.obj, exact=write.verb is Verb.REPLACE)
+        return _apply(ctl, write.obj, ws_obj), False, True
+    deleted = _delete(ctl, write.obj, ws_obj, exact=write.verb is Verb.REPLACE)
     return None, False, deleted or write.verb is Verb.REPLACE
 
 
@@ -206,13 +373,14 @@ def carry_out(
 ) -> bool:
     """Make ``writes`` in order, recording each result under its ``seen_as``; True when all are made.
 
-    False when a CREATE of an observed object found a namesake (after a restart): the rest is not made,
-    ``seen`` now holds the namesake, and the caller decides again. ``done`` holds the writes without an
-    observation already made, which a second decision repeats and this skips."""
+    False when a CREATE of an observed object found an own namesake (after a restart): the rest is not
+    made, ``seen`` now holds the namesake, and the caller decides again. ``done`` holds the writes
+    without an observation already made, which a second decision repeats and this skips. NameTaken when
+    a create or apply meets a namesake the Workspace does not own: the rest is not made."""
     for write in writes:
         if not write.seen_as and _identity(write) in done:
             continue
-        result, adopted, announce = _write(ctl, write)
+        result, adopted, announce = _write(ctl, ws_obj, write)
         if write.seen_as:
             seen[write.seen_as] = result
         else:

@@ -8,8 +8,10 @@ Job event, an own node labelled later) the resync (tuning_controller.resync) loo
 keeps no state on the Workspace (no annotations, no finalizer without auto-provisioning): a new
 Workspace costs its three writes (data Job, ConfigMap, status) and nothing more.
 
-Names are deterministic and creates adopt what already exists, so a controller killed mid-reconcile and
-restarted makes no duplicates. Status writes are conditional on the Workspace's resourceVersion,
+Names are deterministic and creates adopt what the Workspace already owns, so a controller killed
+mid-reconcile and restarted makes no duplicates; a name held by an object the Workspace does not own is
+left alone and reported in its status (NameTaken), and the reconcile looks again every
+node_retry_seconds. Status writes are conditional on the Workspace's resourceVersion,
 retried on conflict, and skipped when nothing changed.
 """
 
@@ -32,11 +34,14 @@ from tuning_controller.handlers.runtime import (
     Controller,
     Handled,
     Logger,
+    NameTaken,
     carry_out,
     controller,
+    deleting,
     essence,
     key_of,
-    lock,
+    read_own,
+    reconciling,
     resync_with_operator,
     settings,
     write_status,
@@ -65,9 +70,6 @@ from tuning_controller.tuning_reconcile import (
 log = logging.getLogger("kaito-tune.tuning")
 KIND = st.KIND
 ROUNDS = 12  # reads and adoptions of one reconcile; each round reads one object or adopts one namesake
-# uids of Workspaces whose delete handler ran: a reconcile that read the Workspace just before the
-# deletion and waited for its lock must not create a NodeClaim again after the release.
-_deleted: set[str] = set()
 
 
 # ---- the shell around the pure reconcile -------------------------------------------------------
@@ -79,8 +81,8 @@ def reconcile(
     """Bring the Workspace's objects and status in line with its spec; returns the plan carried out
     (None when the Workspace's delete handler already ran)."""
     key = key_of(ws_obj)
-    with lock(key):
-        if ws_obj["metadata"].get("uid") in _deleted:
+    with reconciling(ws_obj) as alive:
+        if not alive:
             return None
         with metrics.reconciling(KIND) as outcome:
             log.debug("reconcile %s", key)
@@ -96,17 +98,27 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any
         if target.status:
             write_status(ctl, ws_obj, target.status)
         return target
+    try:
+        step = _carry(ctl, target)
+    except NameTaken as taken:
+        retry = float(ctl.settings.node_retry_seconds)
+        step = st.taken_plan(KIND, ws_obj, taken.taken, target.stamp, retry)
+    if step.status:
+        write_status(ctl, ws_obj, step.status)
+    return step
+
+
+def _carry(ctl: Controller, target: Target) -> Plan:
+    """Decide, reading what the decision asks for, and carry the plan out (its status not written)."""
     seen: dict[str, Any] = {}
     done: set[tuple[str, str, str | None, str]] = set()
     for _ in range(ROUNDS):
         step = decide(target, seen)
         if isinstance(step, Read):
             seen[step.what] = _observe(ctl, target, seen, step.what)
-        elif carry_out(ctl, ws_obj, step.writes, seen, done):
-            if step.status:
-                write_status(ctl, ws_obj, step.status)
+        elif carry_out(ctl, target.ws_obj, step.writes, seen, done):
             return step
-    raise RuntimeError(f"no decision for {key_of(ws_obj)} after {ROUNDS} reads and adoptions")
+    raise RuntimeError(f"no decision for {key_of(target.ws_obj)} after {ROUNDS} reads and adoptions")
 
 
 def _user_config(ctl: Controller, ws_obj: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -123,14 +135,17 @@ def _pods(ctl: Controller, job: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> Any:
-    """Read what the reconcile asked to see (``reconcile``'s observation keys)."""
-    namespace = t.ws.namespace
+    """Read what the reconcile asked to see (``reconcile``'s observation keys); an object of the name that
+    the Workspace does not own is seen as ``Taken``."""
+    namespace, ws_obj = t.ws.namespace, t.ws_obj
     reads: dict[str, Callable[[], Any]] = {
-        DATA_JOB: lambda: ctl.kube.get("batch/v1", "Job", namespace, data_job_name(t.ws)),
+        DATA_JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, data_job_name(t.ws), True),
         DATA_PODS: lambda: _pods(ctl, seen[DATA_JOB]),
-        JOB: lambda: ctl.kube.get("batch/v1", "Job", namespace, training_job_name(t.ws)),
+        JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, training_job_name(t.ws), True),
         JOB_PODS: lambda: _pods(ctl, seen[JOB]),
-        NODECLAIM: lambda: ctl.kube.get(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(t.ws)),
+        NODECLAIM: lambda: read_own(
+            ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(t.ws), True
+        ),
         NODES: lambda: ctl.kube.list("v1", "Node"),
     }
     return reads[what]()
@@ -161,7 +176,10 @@ def _reconcile_workspace(body: Mapping[str, Any], logger: Logger = log) -> None:
     if plan is None:
         return
     _handled.record(body, current)
-    _schedule(key, plan.phase, ctl.settings)
+    if plan.result is Result.WAITING and plan.retry_after:
+        _resync.arm(key, plan.retry_after, postpone=False)
+    else:
+        _schedule(key, plan.phase, ctl.settings)
     if plan.result is Result.INVALID:
         logger.error("the spec is refused: %s", plan.why)
 
@@ -177,8 +195,8 @@ def _stored_phase(body: Mapping[str, Any]) -> str | None:
     return ((body.get("status") or {}).get("tuning") or {}).get("phase")
 
 
-def _schedule(key: str, phase: str | None, settings: Settings) -> None:
-    after = resync_after(phase, settings)
+def _schedule(key: str, phase: str | None, settings: Settings, *, blocked: bool = False) -> None:
+    after = resync_after(phase, settings, blocked=blocked)
     if after is None:
         _resync.cancel(key)
     else:
@@ -201,7 +219,7 @@ def workspace_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any)
     elif type is None or _handled.changed(body):
         _reconcile_workspace(body, logger)
     else:
-        _schedule(key, _stored_phase(body), settings())
+        _schedule(key, _stored_phase(body), settings(), blocked=st.name_taken(body))
 
 
 def _owner_workspace(ctl: Controller, body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -262,11 +280,9 @@ def workspace_delete(body: kopf.Body, **_: Any) -> None:
     deleted here."""
     ws = parse_workspace(body)[0]
     ctl = controller()
-    key = key_of(body)
-    with lock(key):  # after any reconcile in flight, and before any queued one (which then stops)
-        _deleted.add(body["metadata"]["uid"])
+    with deleting(body):  # after any reconcile in flight, and before any queued one (which then stops)
         carry_out(ctl, body, tuple(release_writes(ws, ctl.settings)), {}, set())
-    _resync.cancel(key)
+    _resync.cancel(key_of(body))
 
 
 def register(settings: Settings) -> None:

@@ -2,22 +2,27 @@
 
 NodeClaims are cluster-scoped, so they cannot be owned by a namespaced Workspace: the controller finds
 its claim by name (``<ws>-<hash of namespace/name>``, unique across namespaces, stable across restarts)
-and deletes it when the training Job ends or the Workspace goes.
+and deletes it when the training Job ends or the Workspace goes. The claim carries the Workspace's
+labels and its uid as an annotation (``kaito.sh/workspace-uid``): a claim of that name with another uid
+(a deleted namesake Workspace's), or made by someone else, is never read as the Workspace's, nor
+deleted (``claimed_by``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from contract.workspace import GROUP, Workspace
-from tuning_controller.render.meta import NAME_MAX, labels
+from tuning_controller.render.meta import NAME_MAX, WORKSPACE_LABEL, labels
 from tuning_controller.render.pod import GPU_RESOURCE
 from tuning_controller.settings import Settings
 
 NODECLAIM_API_VERSION = "karpenter.sh/v1"
 NAMESPACE_LABEL = f"{GROUP}/workspacenamespace"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+OWNER_ANNOTATION = f"{GROUP}/workspace-uid"
 
 
 def nodeclaim_name(ws: Workspace) -> str:
@@ -28,6 +33,22 @@ def nodeclaim_name(ws: Workspace) -> str:
 def provisions_node(ws: Workspace, settings: Settings) -> bool:
     """Whether the controller brings up the Workspace's node (else it looks for a matching own node)."""
     return settings.auto_provisioning and ws.resource is not None and bool(ws.resource.instance_type)
+
+
+def claimed_by(claim: Mapping[str, Any], namespace: str, name: str, uid: str) -> bool:
+    """Whether ``claim`` is the NodeClaim of the Workspace ``namespace/name`` with ``uid``: its owner
+    annotation names that uid. A claim without the annotation (made before the controller wrote it)
+    counts when the controller's labels name the Workspace."""
+    meta = claim.get("metadata") or {}
+    owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
+    if owner:
+        return bool(uid) and owner == uid
+    found = meta.get("labels") or {}
+    return (
+        found.get("app.kubernetes.io/managed-by") == "kaito-tune"
+        and found.get(WORKSPACE_LABEL) == name
+        and found.get(NAMESPACE_LABEL) == namespace
+    )
 
 
 def render_nodeclaim(ws: Workspace, settings: Settings) -> dict[str, Any]:
@@ -43,13 +64,17 @@ def render_nodeclaim(ws: Workspace, settings: Settings) -> dict[str, Any]:
         {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
     ]
     requirements += [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(match_labels.items())]
+    meta: dict[str, Any] = {
+        "name": nodeclaim_name(ws),
+        "labels": {**labels(ws, "gpu-node"), NAMESPACE_LABEL: ws.namespace, **match_labels},
+    }
+    uid = ws.metadata.get("uid")
+    if uid:
+        meta["annotations"] = {OWNER_ANNOTATION: uid}
     return {
         "apiVersion": NODECLAIM_API_VERSION,
         "kind": "NodeClaim",
-        "metadata": {
-            "name": nodeclaim_name(ws),
-            "labels": {**labels(ws, "gpu-node"), NAMESPACE_LABEL: ws.namespace, **match_labels},
-        },
+        "metadata": meta,
         "spec": {
             "nodeClassRef": {
                 "group": settings.node_class_group,
