@@ -10,7 +10,6 @@ in a condition). The CRD's CEL rules repeat the static subset so the API server 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +33,8 @@ from contract.workspace import (
 )
 from presets.catalog import GpuSku, ModelPreset, UnknownName, get_model, get_sku
 from tuning_controller.field_checks import (
+    DNS1123_SUBDOMAIN,
+    LABEL_VALUE,
     data_source_problems,
     image_problems,
     name_problems,
@@ -43,9 +44,8 @@ from tuning_controller.field_checks import (
 from tuning_controller.gpu_fit import fit_problems, inference_fit_problems
 from tuning_controller.model_source import source_problems
 from tuning_controller.render.configmap import TrainingConfig, choose_training_config
+from tuning_controller.render.nodeclaim import NODE_IMAGE_FAMILY_ANNOTATION
 from tuning_controller.training_targets import target_problems
-
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def _lookup(
@@ -55,6 +55,42 @@ def _lookup(
         return getter(name), []
     except UnknownName as exc:
         return None, [Problem(path, f"is not a known {kind}", name, f"{exc}{hint}")]
+
+
+# The labels the controller puts on what it creates (render.meta.labels, the NodeClaim's namespace
+# label): a NodeClaim also carries the selector's matchLabels, which must not pass for these.
+RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", f"{GROUP}/")
+
+
+def _label_key_problems(path: str, key: str) -> list[Problem]:
+    """A Kubernetes label key ([prefix/]name: a DNS subdomain of at most 253, a name of at most 63), and
+    none of the controller's own, which its NodeClaims carry beside the selector's labels."""
+    prefix, _, name = key.rpartition("/")
+    if (
+        not name
+        or len(name) > 63
+        or not LABEL_VALUE.match(name)
+        or len(prefix) > 253
+        or (prefix and not DNS1123_SUBDOMAIN.match(prefix))
+    ):
+        return [
+            Problem(
+                f"{path}.{key}",
+                "is not a valid label key: [DNS-subdomain prefix/]name, the name 63 alphanumerics, '-', "
+                "'_', '.'",
+                key,
+            )
+        ]
+    if key.startswith(RESERVED_LABEL_PREFIXES):
+        return [
+            Problem(
+                f"{path}.{key}",
+                "is a label the controller sets on what it creates (NodeClaims carry the selector's labels)",
+                key,
+                f"use a key outside {' and '.join(RESERVED_LABEL_PREFIXES)}",
+            )
+        ]
+    return []
 
 
 def _selector_problems(selector: LabelSelector | None) -> list[Problem]:
@@ -69,6 +105,7 @@ def _selector_problems(selector: LabelSelector | None) -> list[Problem]:
         ]
     problems = []
     for key, value in selector.match_labels.items():
+        problems += _label_key_problems(f"{path}.matchLabels", key)
         if isinstance(value, str) and (len(value) > 63 or not LABEL_VALUE.match(value)):
             problems.append(
                 Problem(
@@ -275,7 +312,6 @@ def _adapter_problems(adapters: Sequence[AdapterSpec]) -> list[Problem]:
 
 # KAITO's annotations that change what a Workspace does here: the node image family of a provisioned
 # node (passed on to the NodeClaim), and KAITO's inference runtime (vllm unless it says transformers).
-NODE_IMAGE_FAMILY_ANNOTATION = f"{GROUP}/node-image-family"
 NODE_IMAGE_FAMILIES = ("ubuntu", "azurelinux")
 RUNTIME_ANNOTATION = f"{GROUP}/runtime"
 

@@ -73,6 +73,20 @@ WORKSPACE_CASES = [
         "lowercase",
     ),
     ws_case(
+        "match-label-of-the-controller",
+        "tuning",
+        [("resource.labelSelector.matchLabels", {"kaito.sh/workspace": "other"})],
+        "resource.labelSelector.matchLabels.kaito.sh/workspace",
+        "label the controller sets",
+    ),
+    ws_case(
+        "match-label-key-invalid",
+        "tuning",
+        [("resource.labelSelector.matchLabels", {"Bad Key/x": "v"})],
+        "resource.labelSelector.matchLabels.Bad Key/x",
+        "not a valid label key",
+    ),
+    ws_case(
         "node-image-family-unknown",
         "tuning",
         [("metadata.annotations", {"kaito.sh/node-image-family": "windows"})],

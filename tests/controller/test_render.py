@@ -243,6 +243,18 @@ def test_nodeclaim_for_the_sku_with_labels_and_gpu_taint():
     assert train["resources"]["limits"]["nvidia.com/gpu"] == "2"  # every GPU of the SKU
 
 
+def test_nodeclaim_keeps_the_controllers_labels_and_passes_the_node_image_family_on():
+    obj = workspace()
+    obj["resource"]["labelSelector"]["matchLabels"]["kaito.sh/workspace"] = "someone-else"
+    obj["metadata"]["annotations"] = {"kaito.sh/node-image-family": "AzureLinux"}
+    claim = render_nodeclaim(parsed(obj), Settings(auto_provisioning=True))
+    assert claim["metadata"]["labels"]["kaito.sh/workspace"] == "ws"  # validation refuses the key too
+    assert claim["metadata"]["annotations"] == {
+        "kaito.sh/workspace-uid": "u-1",
+        "kaito.sh/node-image-family": "azurelinux",
+    }
+
+
 def test_long_names_stay_within_63_characters():
     obj = workspace()
     obj["metadata"]["name"] = "w" * 60

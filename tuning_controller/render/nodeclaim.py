@@ -23,6 +23,7 @@ NODECLAIM_API_VERSION = "karpenter.sh/v1"
 NAMESPACE_LABEL = f"{GROUP}/workspacenamespace"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 OWNER_ANNOTATION = f"{GROUP}/workspace-uid"
+NODE_IMAGE_FAMILY_ANNOTATION = f"{GROUP}/node-image-family"
 
 
 def nodeclaim_name(ws: Workspace) -> str:
@@ -66,11 +67,18 @@ def render_nodeclaim(ws: Workspace, settings: Settings) -> dict[str, Any]:
     requirements += [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(match_labels.items())]
     meta: dict[str, Any] = {
         "name": nodeclaim_name(ws),
-        "labels": {**labels(ws, "gpu-node"), NAMESPACE_LABEL: ws.namespace, **match_labels},
+        # the controller's labels last: a matchLabel cannot pass for them (validation refuses such keys)
+        "labels": {**match_labels, **labels(ws, "gpu-node"), NAMESPACE_LABEL: ws.namespace},
     }
+    annotations = {}
     uid = ws.metadata.get("uid")
     if uid:
-        meta["annotations"] = {OWNER_ANNOTATION: uid}
+        annotations[OWNER_ANNOTATION] = uid
+    family = (ws.metadata.get("annotations") or {}).get(NODE_IMAGE_FAMILY_ANNOTATION)
+    if family:  # KAITO's: the node class provisions this OS image (validated: ubuntu or azurelinux)
+        annotations[NODE_IMAGE_FAMILY_ANNOTATION] = str(family).lower()
+    if annotations:
+        meta["annotations"] = annotations
     return {
         "apiVersion": NODECLAIM_API_VERSION,
         "kind": "NodeClaim",
