@@ -5,6 +5,8 @@ claim and its training Job, and must not reach Secrets."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from kubernetes import client as k8s_client
 
@@ -19,17 +21,30 @@ from tests.controller.conftest import (
     make_parquet,
     tuning_workspace,
 )
-from tuning_controller.kube import Kube
+from tuning_controller.kube import Kube, KubeError
 from tuning_controller.render.job import QUEUE_LABEL
 
+WORKSPACES = "/apis/kaito.sh/v1beta1/namespaces/{}/workspaces"
 
-def may(api: k8s_client.ApiClient, namespace: str, verb: str, resource: str, group: str = "") -> bool:
+
+def may(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    verb: str,
+    resource: str,
+    group: str = "",
+    *,
+    operator_namespace: str | None = None,
+) -> bool:
+    """Whether the chart's ServiceAccount (in ``operator_namespace``, default ``namespace``) may ``verb``
+    ``resource`` in ``namespace`` ("" for cluster-scoped resources)."""
+    home = operator_namespace or namespace
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
         "spec": {
-            "user": f"system:serviceaccount:{namespace}:{RELEASE}",
-            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+            "user": f"system:serviceaccount:{home}:{RELEASE}",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{home}"],
             "resourceAttributes": {
                 "namespace": namespace,
                 "verb": verb,
@@ -105,3 +120,47 @@ def test_the_charts_operator_runs_a_tuning_workspace_to_its_training_job(
 
 def job_names(api, namespace: str) -> set[str]:
     return {j["metadata"]["name"] for j in jobs(api, namespace)}
+
+
+def test_the_namespaced_chart_serves_only_its_namespaces(kube_client, namespace, node, tiny_model, tmp_path):
+    """watchNamespaces: the operator (--namespace) reconciles Workspaces there and no others, and its
+    rights over namespaced objects hold only there (a Role each); cluster-wide it reads nodes and
+    namespaces (kopf observes them), no NodeClaims without autoProvisioning, and Secrets nowhere."""
+    server = start_data_server(tmp_path / "served", bind=node.ip)
+    make_parquet(server.root / "train.parquet", rows=8)
+    other = f"{namespace}-other"
+    kube_json(kube_client, "POST", "/api/v1/namespaces", {"metadata": {"name": other}})
+    home = f"{namespace}-operator"
+    settings = local_operator_settings(node, node.image_registry)
+    operator = install_chart(kube_client, home, {"settings": settings, "watchNamespaces": [namespace]})
+    urls = [f"{server.url}/train.parquet"]
+    try:
+        pod = operator.pod()
+        assert pod["spec"]["containers"][0]["args"] == ["--namespace", namespace]
+
+        def allowed(ns: str, verb: str, resource: str, group: str = "") -> bool:
+            return may(kube_client, ns, verb, resource, group, operator_namespace=home)
+
+        assert allowed(namespace, "create", "jobs", "batch") and allowed(namespace, "watch", "pods")
+        assert not allowed(other, "create", "jobs", "batch") and not allowed(other, "list", "pods")
+        assert not allowed(namespace, "get", "secrets") and not allowed(home, "get", "secrets")
+        assert allowed("", "list", "nodes") and not allowed("", "list", "pods")
+        assert not allowed("", "create", "nodeclaims", "karpenter.sh")
+        for ns in (other, namespace):  # the ignored one first: by the time the served one's Job exists,
+            # the operator had every chance to touch it
+            apply(kube_client, tuning_workspace("scoped", ns, urls=urls, labels={QUEUE_LABEL: "gpus"}))
+        wait_for(lambda: "scoped-data" in job_names(kube_client, namespace), 60, "the data Job")
+        assert job_names(kube_client, other) == set()
+        ignored = kube_json(
+            kube_client, "GET", f"/apis/kaito.sh/v1beta1/namespaces/{other}/workspaces/scoped"
+        )
+        assert "status" not in ignored or not ignored["status"], ignored["status"]
+        denied = [line for line in operator.log().splitlines() if "forbidden: User" in line]
+        assert not denied, denied[:3]
+    finally:
+        for ns in (namespace, other):
+            with contextlib.suppress(KubeError):
+                kube_json(kube_client, "DELETE", f"{WORKSPACES.format(ns)}/scoped")
+        operator.uninstall()
+        kube_json(kube_client, "DELETE", f"/api/v1/namespaces/{other}")
+        server.stop()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from hack.operators import LOCAL_MODEL_REGISTRY
+from tests.api.builders import TUNING_SEED, write_seed
 from tests.controlplane.test_workspace_crd import TUNING_WORKSPACE
 from tests.controlplane.workloads import job_manifest
 from tests.fixtures.cluster import REPO_ROOT, check_manifests
@@ -108,7 +109,10 @@ def test_project_charts_lint_render_and_validate(manifest_schemas):
     "example", sorted(p.relative_to(REPO_ROOT) for p in (REPO_ROOT / "examples").rglob("*.yaml")), ids=str
 )
 def test_objects_rendered_from_examples_validate(manifest_schemas, tmp_path, example):
-    """Every object `kaito-tune render` prints is valid for the API server (schemas from our own)."""
+    """Every object `kaito-tune render` prints is valid for the API server (schemas from our own). KAITO's
+    tuning seed is rendered as a user applies it: its placeholder output image replaced (as written it
+    is refused)."""
+    path = write_seed(tmp_path) if REPO_ROOT / example == TUNING_SEED else REPO_ROOT / example
     rendered = subprocess.run(
         [
             sys.executable,
@@ -116,7 +120,7 @@ def test_objects_rendered_from_examples_validate(manifest_schemas, tmp_path, exa
             "tuning_controller.cli",
             "render",
             *("--allow-url-network", "127.0.0.0/8", "--model-registry", LOCAL_MODEL_REGISTRY),
-            str(REPO_ROOT / example),
+            str(path),
         ],
         capture_output=True,
         text=True,
