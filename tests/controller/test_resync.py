@@ -53,3 +53,27 @@ def test_a_failing_call_does_not_stop_the_others():
     finally:
         resync.stop()
     assert seen == ["good"]
+
+
+def test_a_child_event_whose_workspace_cannot_be_read_arms_the_resync(monkeypatch):
+    """kopf does not retry event handlers: when a Job's Workspace cannot be read (the connection dropped:
+    urllib3's error, not a KubeError), its resync is armed instead of the event being lost."""
+    from urllib3.exceptions import MaxRetryError
+
+    from tuning_controller.handlers import runtime
+    from tuning_controller.handlers import tuning as handlers
+    from tuning_controller.settings import Settings
+
+    class Unreachable:
+        def get(self, *args):
+            raise MaxRetryError(None, "/apis/kaito.sh/v1beta1/namespaces/team/workspaces/ws", "refused")
+
+    ctl = runtime.Controller(Unreachable(), Settings(), lambda *a: None)  # type: ignore[arg-type]
+    monkeypatch.setattr(runtime, "_controller", ctl)
+    armed: list[tuple[str, float]] = []
+    monkeypatch.setattr(handlers._resync, "arm", lambda key, delay, postpone=True: armed.append((key, delay)))
+    job = {"kind": "Job", "metadata": {"namespace": "team", "labels": {"kaito.sh/workspace": "ws"}}}
+    handlers._follow(job, runtime.log)
+    assert armed == [("team/ws", runtime.RETRY_SECONDS)]
+    handlers._follow({"kind": "Job", "metadata": {"namespace": "team", "labels": {}}}, runtime.log)
+    assert len(armed) == 1  # not a Workspace's child: nothing to do

@@ -38,7 +38,9 @@ from tuning_controller.handlers.runtime import (
     deleting,
     essence,
     key_of,
+    owner_key,
     read_own,
+    reconcile_current,
     reconciling,
     resync_with_operator,
     write_status,
@@ -53,10 +55,8 @@ from tuning_controller.inference_reconcile import (
     serving_update,
     serving_writes,
 )
-from tuning_controller.kube import KubeError
 from tuning_controller.plan import Plan, Read, Result, Verb, Write, named
 from tuning_controller.render.inference import selector_labels
-from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
 from tuning_controller.settings import Settings
 from tuning_controller.validation import validate_workspace
@@ -185,18 +185,11 @@ def inference_workspace_event(body: kopf.Body, type: str | None, logger: Logger,
 
 def _follow(body: Mapping[str, Any], logger: Logger) -> None:
     """A server Deployment, StatefulSet or pod changed: refresh its Workspace's status."""
-    labels = body.get("metadata", {}).get("labels") or {}
-    name, namespace = labels.get(WORKSPACE_LABEL), body.get("metadata", {}).get("namespace")
-    if not name or not namespace:
-        return
-    ctl = controller()
-    try:
-        ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, name)
-    except KubeError as err:
-        logger.warning("reading the Workspace of %s failed: %s", body.get("kind"), err)
-        return
-    if ws is not None and ws.get("inference"):
-        _reconcile_workspace(ws, prune=False)
+    key = owner_key(body)
+    if key is not None:
+        reconcile_current(
+            _resync, key, is_inference, functools.partial(_reconcile_workspace, prune=False), logger
+        )
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)

@@ -28,7 +28,7 @@ from tuning_controller import status as st
 from tuning_controller.kube import Kube, KubeError, retry_on_conflict
 from tuning_controller.plan import StatusUpdate, Taken, Verb, Write
 from tuning_controller.render.meta import WORKSPACE_LABEL
-from tuning_controller.render.nodeclaim import OWNER_ANNOTATION, claimed_by
+from tuning_controller.render.nodeclaim import NAMESPACE_LABEL, OWNER_ANNOTATION, claimed_by
 from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 
@@ -420,26 +420,43 @@ def write_status(ctl: Controller, ws_obj: Mapping[str, Any], update: StatusUpdat
     return retry_on_conflict(attempt)
 
 
+def owner_key(body: Mapping[str, Any]) -> str | None:
+    """namespace/name of the Workspace whose child ``body`` is: its workspace label, in its own namespace
+    (a cluster-scoped NodeClaim: its namespace label); None for none."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    name, namespace = labels.get(WORKSPACE_LABEL), meta.get("namespace") or labels.get(NAMESPACE_LABEL)
+    return f"{namespace}/{name}" if name and namespace else None
+
+
+def reconcile_current(
+    resync: Resync,
+    key: str,
+    wanted: Callable[[Mapping[str, Any]], bool],
+    reconcile: Callable[[dict[str, Any]], None],
+    logger: Logger = log,
+) -> None:
+    """Reconcile the Workspace ``key`` as it is now, when it exists and is ``wanted``. When it cannot be
+    read (an API error, or urllib3's when the connection drops), its resync comes after RETRY_SECONDS
+    instead: kopf does not retry event handlers, and a resync must not end with one failed read."""
+    ctl = controller()
+    namespace, name = key.split("/", 1)
+    try:
+        ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, name)
+    except Exception as err:
+        logger.warning("reading Workspace %s failed, again in %ss: %s", key, RETRY_SECONDS, err)
+        resync.arm(key, RETRY_SECONDS, postpone=False)
+        return
+    if ws is not None and wanted(ws):
+        reconcile(ws)
+
+
 def resync_with_operator(
     name: str, wanted: Callable[[Mapping[str, Any]], bool], reconcile: Callable[[dict[str, Any]], None]
 ) -> Resync:
-    """A Resync that reconciles a due Workspace as it is now (when it still exists and is ``wanted``),
-    starting with the operator and stopping at its cleanup. A failed read is tried again after
-    RETRY_SECONDS: an API blip must not end the resyncs."""
-
-    def due(key: str) -> None:
-        ctl = controller()
-        namespace, ws_name = key.split("/", 1)
-        try:
-            ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, ws_name)
-        except KubeError as err:
-            log.warning("resync of %s failed, retrying in %ss: %s", key, RETRY_SECONDS, err)
-            resync.arm(key, RETRY_SECONDS)
-            return
-        if ws is not None and wanted(ws):
-            reconcile(ws)
-
-    resync = Resync(due)
+    """A Resync that reconciles a due Workspace as it is now (``reconcile_current``), starting with the
+    operator and stopping at its cleanup."""
+    resync = Resync(lambda key: reconcile_current(resync, key, wanted, reconcile))
     kopf.on.startup(id=f"start-{name}-resync")(lambda **_: resync.start())
     kopf.on.cleanup(id=f"stop-{name}-resync")(lambda **_: resync.stop())
     return resync

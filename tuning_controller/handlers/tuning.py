@@ -40,17 +40,17 @@ from tuning_controller.handlers.runtime import (
     deleting,
     essence,
     key_of,
+    owner_key,
     read_own,
+    reconcile_current,
     reconciling,
     resync_with_operator,
     settings,
     write_status,
 )
-from tuning_controller.kube import KubeError
 from tuning_controller.plan import Plan, Read, Result
 from tuning_controller.render.job import data_job_name, training_job_name
-from tuning_controller.render.meta import WORKSPACE_LABEL
-from tuning_controller.render.nodeclaim import NAMESPACE_LABEL, NODECLAIM_API_VERSION, nodeclaim_name
+from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
     DATA_JOB,
@@ -222,27 +222,15 @@ def workspace_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any)
         _schedule(key, _stored_phase(body), settings(), blocked=st.name_taken(body))
 
 
-def _owner_workspace(ctl: Controller, body: Mapping[str, Any]) -> dict[str, Any] | None:
-    labels = body.get("metadata", {}).get("labels") or {}
-    name = labels.get(WORKSPACE_LABEL)
-    namespace = labels.get(NAMESPACE_LABEL) or body.get("metadata", {}).get("namespace")
-    if not name or not namespace:
-        return None
-    ws = ctl.kube.get(ctl.settings.workspace_api_version, "Workspace", namespace, name)
-    if ws is None or not ws.get("tuning") or ws["metadata"].get("deletionTimestamp"):
-        return None
-    return ws
+def _live_tuning(ws: Mapping[str, Any]) -> bool:
+    return bool(ws.get("tuning")) and not ws["metadata"].get("deletionTimestamp")
 
 
 def _follow(body: Mapping[str, Any], logger: Logger) -> None:
     """A Job, pod or NodeClaim of a Workspace changed: reconcile that Workspace."""
-    try:
-        ws = _owner_workspace(controller(), body)
-    except KubeError as err:
-        logger.warning("reading the Workspace of %s failed: %s", body.get("kind"), err)
-        return
-    if ws is not None:
-        _reconcile_workspace(ws)
+    key = owner_key(body)
+    if key is not None:
+        reconcile_current(_resync, key, _live_tuning, _reconcile_workspace, logger)
 
 
 def _pod_has_news(body: Mapping[str, Any], **_: Any) -> bool:
