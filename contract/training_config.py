@@ -80,8 +80,8 @@ MODEL_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "layer placement",
         ["auto", "balanced", "balanced_low_0", "sequential"],
     ),
-    "trust_remote_code": _opt(["bool"], False, "run modelling code shipped with the model"),
-    "revision": _opt(["str", "null"], None, "model revision (the preset pins one)"),
+    "trust_remote_code": _opt(["bool"], False, "only false: code shipped with the weights never runs"),
+    "revision": _opt(["str", "null"], None, "refused: the preset pins the weights' revision"),
     "attn_implementation": _opt(
         ["str", "null"],
         None,
@@ -228,6 +228,14 @@ DTYPE_OPTIONS = {
 FORBIDDEN = {
     ("TrainingArguments", "hub_token"): "secrets do not belong in a ConfigMap; the pod never talks to a hub",
     ("TrainingArguments", "push_to_hub"): "the adapter is pushed to tuning.output as an OCI artifact instead",
+    ("ModelConfig", "trust_remote_code"): (
+        "code shipped with the weights would run in the training pod; every preset's architecture is "
+        "built into transformers"
+    ),
+    ("ModelConfig", "revision"): (
+        "the preset pins the weights' revision (status.tuning.model shows the digest fetched); other "
+        "weights come from the preset's presetOptions.image"
+    ),
 }
 
 

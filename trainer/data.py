@@ -210,7 +210,8 @@ def to_example(row: dict[str, Any], mapping: dict[str, str]) -> Example:
                 raise BadRow(f"message {i} is not a {{role, content}} object")
             role = turn.get("role")
             if role not in ROLES:
-                raise BadRow(f"message {i} has unknown role {role!r}; allowed: {', '.join(ROLES)}")
+                shown = repr(role) if len(repr(role)) <= 40 else f"{repr(role)[:37]}..."  # data, not status
+                raise BadRow(f"message {i} has unknown role {shown}; allowed: {', '.join(ROLES)}")
             turns.append({"role": role, "content": _text(turn.get("content"), f"message {i} content")})
         if not any(t["role"] == "assistant" for t in turns):
             raise BadRow("conversation has no assistant turn: nothing to learn from")

@@ -567,6 +567,20 @@ CONFIG_CASES = [
         "secrets",
     ),
     cfg_case(
+        "trust-remote-code",
+        "qlora",
+        [(f"{T}.ModelConfig.trust_remote_code", True)],
+        f"{T}.ModelConfig.trust_remote_code",
+        "would run in the training pod",
+    ),
+    cfg_case(
+        "model-revision",
+        "qlora",
+        [(f"{T}.ModelConfig.revision", "main")],
+        f"{T}.ModelConfig.revision",
+        "the preset pins the weights' revision",
+    ),
+    cfg_case(
         "split-zero",
         "qlora",
         [(f"{T}.DatasetConfig.train_test_split", 0)],

@@ -36,6 +36,11 @@ def test_assistant_only_labels_cover_exactly_the_answer(tmp_path, tiny_tokenizer
     [
         ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
         ({"messages": [{"role": "wizard", "content": "hi"}, GOOD["messages"][1]]}, "unknown role 'wizard'"),
+        # the data's own text goes into status messages at most 40 characters long
+        (
+            {"messages": [{"role": "x" * 5000, "content": "hi"}, GOOD["messages"][1]]},
+            f"role '{'x' * 36}...; allowed",
+        ),
         ({"messages": [{"role": "user", "content": 42}, GOOD["messages"][1]]}, "must be a string, got int"),
         ({"messages": [GOOD["messages"][0], {"role": "assistant", "content": " "}]}, "is empty"),
     ],
