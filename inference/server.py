@@ -47,6 +47,8 @@ from inference.protocol import (
 
 log = logging.getLogger(__name__)
 OWNER = "kaito-tune"
+# What a client sees of a failure inside the server: exception text can carry paths, prompts or tokens.
+INTERNAL_ERROR = "internal error; see the server log"
 
 
 class Busy(Exception):
@@ -343,9 +345,9 @@ class Handlers:
         except (ConnectionResetError, asyncio.CancelledError):
             task.cancel()
             raise
-        except Exception as exc:  # the headers are sent: report in-band, as OpenAI's streams do
-            log.exception("generation failed")
-            await response.write(f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n".encode())
+        except Exception:  # the headers are sent: report in-band, as OpenAI's streams do
+            log.exception("generation failed")  # the details stay in the log, as for a non-streamed 500
+            await response.write(f"data: {json.dumps({'error': {'message': INTERNAL_ERROR}})}\n\n".encode())
             return response
         await response.write(chunk({}, result.finish_reason, _usage(result)))
         await response.write(b"data: [DONE]\n\n")
@@ -379,7 +381,7 @@ async def _observe(request: web.Request, handler: Callable[[web.Request], Awaita
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         status = 500
-        return web.json_response({"error": {"message": "internal error; see the server log"}}, status=500)
+        return web.json_response({"error": {"message": INTERNAL_ERROR}}, status=500)
     finally:
         metrics.requests.labels(endpoint, str(status)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
