@@ -493,3 +493,25 @@ def _parsed(body: dict):
     from contract.workspace import parse_workspace
 
     return parse_workspace(body)[0]
+
+
+def test_a_pod_that_only_carries_the_jobs_label_does_not_set_its_outcome():
+    """The Job's pods are read by its uid label and kept only when the Job controls them: a pod someone
+    made with the label (and a termination message naming an adapter digest) is ignored."""
+    from tuning_controller.handlers import tuning as handlers
+
+    job = {"metadata": {"name": "ws", "namespace": "team", "uid": "job-uid"}}
+    label = {"batch.kubernetes.io/controller-uid": "job-uid"}
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "ws", "uid": "job-uid", "controller": True}
+    real = {"metadata": {"name": "ws-abc", "labels": label, "ownerReferences": [owner]}}
+    forged = {"metadata": {"name": "ws-forged", "labels": label}}
+    seen: list[str | None] = []
+
+    class Listing:
+        def list(self, api_version, kind, namespace=None, label_selector=None):
+            seen.append(label_selector)
+            return [real, forged]
+
+    ctl = runtime.Controller(Listing(), Settings(), lambda *a: None)  # type: ignore[arg-type]
+    assert handlers._pods(ctl, job) == [real]
+    assert seen == ["batch.kubernetes.io/controller-uid=job-uid"]

@@ -130,8 +130,17 @@ def _user_config(ctl: Controller, ws_obj: Mapping[str, Any]) -> tuple[dict[str, 
 
 
 def _pods(ctl: Controller, job: Mapping[str, Any]) -> list[dict[str, Any]]:
-    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
-    return ctl.kube.list("v1", "Pod", job["metadata"]["namespace"], label_selector=selector)
+    """The Job's pods: labelled with its uid and controlled by it. A pod that only carries the label was
+    made by someone else, and its termination message must not set the outcome (an adapter digest)."""
+    uid = job["metadata"]["uid"]
+    selector = f"batch.kubernetes.io/controller-uid={uid}"
+    found = ctl.kube.list("v1", "Pod", job["metadata"]["namespace"], label_selector=selector)
+    return [pod for pod in found if _controlled_by(pod, uid)]
+
+
+def _controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> Any:
