@@ -107,8 +107,8 @@ class Settings:
     """Least recently used cache entries not in use are deleted while the cache holds more than this."""
     backoff_limit: int = 2
     """Pod retries of the training Job before the Workspace fails."""
-    active_deadline_seconds: int = 0
-    """Wall-clock limit of the training Job; 0 for none."""
+    active_deadline_seconds: int = 7 * 24 * 3600
+    """Wall-clock limit of the training Job (7 days: a hung run must not hold GPUs for ever); 0 for none."""
     data_deadline_seconds: int = 1800
     """Wall-clock limit of the CPU pre-flight Job (fetch + dry run)."""
     progress_interval_seconds: int = 15

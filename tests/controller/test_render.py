@@ -67,6 +67,7 @@ def rev(ws) -> str:
 def test_training_job_pipeline_and_push_secret_only_in_push():
     ws = parsed(workspace())
     job = render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=2)
+    assert job["spec"]["activeDeadlineSeconds"] == 7 * 24 * 3600  # a hung run does not hold GPUs for ever
     spec = job["spec"]["template"]["spec"]
     assert [c["name"] for c in spec["initContainers"]] == ["fetch-data", "fetch-model", "train"]
     assert [c["name"] for c in spec["containers"]] == ["push"]
