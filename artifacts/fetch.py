@@ -1,11 +1,12 @@
 """Download tuning-input URLs into the data directory: host policy, retries, resume, size cap.
 
 Each URL's host is checked with :func:`artifacts.hosts.host_refusal`, and so is every address it
-resolves to and every redirect hop, so neither DNS nor a redirect can lead to a private or metadata
-address (a resolver that answers differently between our check and the connection could still; the
-cluster's egress policy is the backstop). ``allowed_networks`` (the controller's admin setting
-KAITO_TUNE_ALLOWED_URL_NETWORKS, passed as ``--allow-network``) opens networks of in-cluster or air-gapped
-data servers, or loopback for local development and tests.
+resolves to, every redirect hop, and the address each direct connection actually reached (a resolver
+that answers differently between the check and the connection, DNS rebinding, is caught there), so
+neither DNS nor a redirect can lead to a private or metadata address. Through an HTTP(S) proxy the
+proxy resolves the host, and the cluster's egress policy is the backstop. ``allowed_networks`` (the
+controller's admin setting KAITO_TUNE_ALLOWED_URL_NETWORKS, passed as ``--allow-network``) opens networks
+of in-cluster or air-gapped data servers, or loopback for local development and tests.
 Files are written as ``.<name>.partial`` and renamed when complete, so a half-written file is never
 mistaken for data.
 """
@@ -18,10 +19,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from artifacts.blob_io import IO_BLOCK, TRANSIENT_ERRORS
 from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
@@ -78,10 +82,51 @@ def file_name(url: str, index: int, taken: set[str]) -> str:
     return name
 
 
+def _checked(connection: Any, allowed_networks: tuple[str, ...]) -> type[HTTPConnection]:
+    """``connection`` that checks the address it actually connected to against the host policy.
+
+    ``check_url`` resolves the host before the request, and the connection resolves it again: a DNS
+    answer that changes in between (DNS rebinding) would reach a refused address. The peer of the
+    connected socket is what counts."""
+
+    class Checked(connection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            peer = str(sock.getpeername()[0])
+            reason = address_refusal(peer, allowed_networks=allowed_networks)
+            if reason:
+                sock.close()
+                raise BlockedHostError(
+                    f"host {self.host} connected to {reason}; data URLs must be public hosts"
+                )
+            return sock
+
+    return Checked
+
+
+class _PolicyAdapter(HTTPAdapter):
+    """Direct connections (not through a proxy, which resolves for itself) checked at connect time."""
+
+    def __init__(self, allowed_networks: tuple[str, ...]) -> None:
+        self.allowed_networks = allowed_networks
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pools = {}
+        for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool)):
+            conn = _checked(pool.ConnectionCls, self.allowed_networks)
+            pools[scheme] = type(f"Checked{pool.__name__}", (pool,), {"ConnectionCls": conn})
+        self.poolmanager.pool_classes_by_scheme = pools
+
+
 class _Downloader:
     def __init__(self, options: FetchOptions) -> None:
         self.options = options
         self.session = Session()
+        adapter = _PolicyAdapter(tuple(options.allowed_networks))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.verify = options.ca_bundle or True
         self.session.headers["User-Agent"] = "kaito-tune-fetch"
         self.session.headers["Accept-Encoding"] = "identity"  # byte offsets must match the file for Range

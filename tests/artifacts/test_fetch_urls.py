@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -216,6 +218,35 @@ def test_loopback_urls_are_refused_unless_their_network_is_allowed(data_server: 
 def test_a_redirect_to_the_metadata_service_is_refused(data_server: str, tmp_path: Path) -> None:
     with pytest.raises(BlockedHostError, match=r"169\.254\.169\.254"):
         fetch_urls([f"{data_server}/redirect"], tmp_path / "data", FAST)
+
+
+def test_a_host_that_resolves_elsewhere_at_connect_time_is_refused(
+    data_server: str,
+    requests_seen: list[tuple[str, str | None]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the check sees a public address, the connection's own lookup gets loopback. The
+    address the socket reached is checked too, so nothing is sent there."""
+    real = socket.getaddrinfo
+    port = int(data_server.rsplit(":", 1)[1])
+
+    def answer(address: str):
+        def resolve(host: str, *args: object, **kwargs: object) -> list:
+            return real(address if host == "data.example.com" else host, *args, **kwargs)  # type: ignore[arg-type]
+
+        return resolve
+
+    # the policy's lookups (check_url) see a public address, the connection's own gets loopback
+    monkeypatch.setattr(
+        "artifacts.fetch.socket",
+        SimpleNamespace(getaddrinfo=answer("93.184.216.34"), gaierror=socket.gaierror),
+    )
+    monkeypatch.setattr(socket, "getaddrinfo", answer("127.0.0.1"))
+    options = FetchOptions(retries=1, backoff_s=0.01)
+    with pytest.raises(BlockedHostError, match=r"connected to 127\.0\.0\.1 is a loopback address"):
+        fetch_urls([f"http://data.example.com:{port}/a.jsonl"], tmp_path / "data", options)
+    assert requests_seen == []
 
 
 def test_size_cap_stops_a_download_and_leaves_no_partial_file(data_server: str, tmp_path: Path) -> None:
