@@ -206,6 +206,10 @@ class MemoryKube:
     def wait_gone(self, *args, **kwargs) -> bool:
         return True
 
+    def merge_patch(self, api_version, kind, namespace, name, patch, subresource=None) -> dict:
+        self.writes.append(("patch", kind, name))
+        return copy.deepcopy(self.objects.get((kind, namespace, name)) or {})
+
 
 def shell(*objects: dict) -> tuple[Controller, MemoryKube]:
     kube = MemoryKube(*objects)
@@ -515,3 +519,25 @@ def test_a_pod_that_only_carries_the_jobs_label_does_not_set_its_outcome():
     ctl = runtime.Controller(Listing(), Settings(), lambda *a: None)  # type: ignore[arg-type]
     assert handlers._pods(ctl, job) == [real]
     assert seen == ["batch.kubernetes.io/controller-uid=job-uid"]
+
+
+def test_a_workspace_blocked_by_a_taken_name_releases_its_gpu_node(monkeypatch):
+    """A name taken after the node came up (the training's ServiceAccount, say) blocks the Workspace
+    until it is free: its NodeClaim is released meanwhile instead of billing."""
+    from tuning_controller.handlers import tuning as handlers
+
+    settings = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
+    ws_obj = workspace(instance_type=SKU)
+    claim = render_nodeclaim(valid(ws_obj, settings).ws, settings)
+    claim["metadata"]["uid"] = "claim-uid"
+    kube = MemoryKube(ws_obj, claim)
+    ctl = Controller(kube, settings, lambda *a: None)  # type: ignore[arg-type]
+
+    def blocked(*_):
+        raise NameTaken(Taken("ServiceAccount", "team", "ws-tuning", ""))
+
+    monkeypatch.setattr(handlers, "_carry", blocked)
+    plan = handlers._reconcile(ctl, ws_obj, None)
+    assert plan.result is Result.WAITING and plan.why.startswith("ServiceAccount team/ws-tuning exists")
+    assert ("delete", "NodeClaim", claim["metadata"]["name"]) in kube.writes
+    assert kube.get("karpenter.sh/v1", "NodeClaim", None, claim["metadata"]["name"]) is None

@@ -101,6 +101,9 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any
     try:
         step = _carry(ctl, target)
     except NameTaken as taken:
+        # Blocked until the name is free: the Workspace's GPU node must not bill meanwhile (a new one is
+        # requested once the training can start).
+        carry_out(ctl, ws_obj, tuple(release_writes(target.ws, ctl.settings)), {}, set())
         retry = float(ctl.settings.node_retry_seconds)
         step = st.taken_plan(KIND, ws_obj, taken.taken, target.stamp, retry)
     if step.status:
