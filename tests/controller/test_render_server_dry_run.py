@@ -8,17 +8,18 @@ import sys
 
 import yaml
 
+from tests.api.builders import write_seed
 from tests.controller.conftest import REPO_ROOT
 from tests.fixtures.cluster import kube_json
 from tuning_controller.kube import resource_path
 
-EXAMPLE = REPO_ROOT / "examples" / "tuning" / "kaito_workspace_tuning_phi_3.yaml"
 
-
-def test_rendered_objects_pass_server_side_dry_run(kube_client, namespace, nodeclaim_crd):
+def test_rendered_objects_pass_server_side_dry_run(kube_client, namespace, nodeclaim_crd, tmp_path):
+    """KAITO's tuning example as a user applies it (its placeholder output image replaced)."""
+    example = write_seed(tmp_path)
     env = {**os.environ, "KAITO_TUNE_AUTO_PROVISIONING": "true", "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "tuning_controller.cli", "render", str(EXAMPLE)],
+        [sys.executable, "-m", "tuning_controller.cli", "render", str(example)],
         capture_output=True,
         text=True,
         env=env,
