@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -46,7 +45,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,15 +54,25 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cluster_bench import (  # noqa: E402
+    WS_API,
+    Watch,
+    api_requests,
+    busy_loops,
+    install_crd,
+    make_namespace,
+    start_control_plane,
+    stop_control_plane,
+    wait,
+    workspace,
+)
 from tuning_controller.conditions import now_rfc3339  # noqa: E402
-from tuning_controller.crd import build_crd  # noqa: E402
-from tuning_controller.kube import Kube, resource_path  # noqa: E402
+from tuning_controller.kube import Kube  # noqa: E402
 from tuning_controller.plan import Plan  # noqa: E402
 from tuning_controller.settings import Settings  # noqa: E402
 from tuning_controller.status import status_patch  # noqa: E402
 from tuning_controller.tuning_reconcile import Target, decide, tuning_target  # noqa: E402
 
-WS_API = "kaito.sh/v1beta1"
 APPLY_THREADS = 16
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
 # What the controller writes for a Workspace. Pods, jobs/status, pods/status and events are left out:
@@ -79,147 +87,10 @@ CONTROLLER_RESOURCES = (
     "rolebindings",
     "persistentvolumeclaims",
 )
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-def start_control_plane(state: Path) -> Path:
-    env = {**os.environ, "CONTROL_PLANE_OWNER_PID": str(os.getpid()), "CONTROL_PLANE_MAX_SECONDS": "1800"}
-    out = subprocess.run(
-        [str(ROOT / "hack" / "control-plane.sh"), "start", str(state)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=True,
-    )
-    line = next(x for x in out.stdout.splitlines() if x.startswith("export KUBECONFIG="))
-    return Path(line.split("=", 1)[1])
-
-
-def wait(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def without_cel(obj):
-    """The CRD without its CEL rules (``--without-cel``: attributes API-server time to CEL)."""
-    if isinstance(obj, dict):
-        return {k: without_cel(v) for k, v in obj.items() if k != "x-kubernetes-validations"}
-    if isinstance(obj, list):
-        return [without_cel(v) for v in obj]
-    return obj
-
-
-def install_crd(kube: Kube, cel: bool = True, crd: dict | None = None) -> None:
-    """The tree's CRD, or ``crd`` (``--crd``: the same CRD for trees compared with each other)."""
-    crd = crd or build_crd()
-    kube.apply(crd if cel else without_cel(crd))
-
-    def served() -> bool:
-        try:
-            kube.list(WS_API, "Workspace", "default")
-        except Exception:
-            return False
-        return True
-
-    wait(served, 60, "the Workspace CRD to be served")
-    # The first write of a new CRD's objects is slow (~1.5 s here): made before either side is measured.
-    path = resource_path(WS_API, "Workspace", "default")
-    kube.request("POST", path, workspace("warm-up", "default"), params={"dryRun": "All"})
-
-
-def make_namespace(kube: Kube, name: str) -> None:
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    wait(
-        lambda: kube.get("v1", "ServiceAccount", name, "default"),
-        60,
-        f"ServiceAccount {name}/default",
-    )
-
-
-class Watch(threading.Thread):
-    """Records when a watch first delivered each object of a kind in a namespace that ``shows`` holds
-    for (default: any), and hands it to ``on_seen``. The benchmark follows what it measures by watches,
-    not by listing it again and again, so that its own reads do not load the API server it measures."""
-
-    def __init__(
-        self,
-        kube: Kube,
-        api_version: str,
-        kind: str,
-        namespace: str,
-        shows: Callable[[dict], bool] = lambda obj: True,
-        on_seen: Callable[[dict], None] = lambda obj: None,
-    ):
-        super().__init__(daemon=True)
-        self.kube = kube
-        self.path = resource_path(api_version, kind, namespace)
-        self.shows, self.on_seen = shows, on_seen
-        self.seen: dict[str, float] = {}
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        api = self.kube.api
-        listed = self.kube.request("GET", self.path)
-        version = listed["metadata"]["resourceVersion"]
-        while not self.stop.is_set():
-            query = f"{self.path}?watch=1&resourceVersion={version}&timeoutSeconds=30"
-            query += "&allowWatchBookmarks=true"
-            m, url, headers, _, _ = api.param_serialize("GET", query, auth_settings=["BearerToken"])
-            resp = api.rest_client.pool_manager.request(
-                m, url, headers=headers, preload_content=False, timeout=40
-            )
-            self.ready.set()
-            buffer = b""
-            for chunk in resp.stream(4096):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event["object"]
-                    version = obj["metadata"].get("resourceVersion", version)
-                    name = obj["metadata"]["name"]
-                    if event["type"] in ("ADDED", "MODIFIED") and name not in self.seen and self.shows(obj):
-                        self.seen[name] = time.monotonic()
-                        self.on_seen(obj)
-                if self.stop.is_set():
-                    break
-            resp.release_conn()
 
 
 def has_phase(ws: dict) -> bool:
     return bool(((ws.get("status") or {}).get("tuning") or {}).get("phase"))
-
-
-def api_requests(kube: Kube) -> Counter:
-    """Counters from the API server's /metrics: (verb, resource[/subresource]) -> requests answered, and
-    ("seconds", verb, resource) -> the time it took to answer them."""
-    api = kube.api
-    m, url, headers, _, _ = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
-    resp = api.call_api(m, url, headers, None, None, _request_timeout=30)
-    resp.read()
-    counts: Counter = Counter()
-    for line in resp.data.decode().splitlines():
-        name = line.split("{", 1)[0]
-        if name not in ("apiserver_request_total", "apiserver_request_duration_seconds_sum"):
-            continue
-        labels = dict(_LABEL.findall(line.split("}", 1)[0]))
-        sub = labels.get("subresource")
-        key = (labels.get("verb", ""), labels.get("resource", "") + (f"/{sub}" if sub else ""))
-        value = float(line.rsplit(" ", 1)[1])
-        if name == "apiserver_request_total":
-            counts[key] += int(value)
-        else:
-            counts[("seconds", *key)] += value
-    return counts
 
 
 def settled_requests(kube: Kube, quiet_s: float = 3.0, timeout: float = 30.0) -> Counter:
@@ -263,29 +134,6 @@ def write_latencies(after: Counter, before: Counter, writes: dict[str, int]) -> 
         if n:
             out[kind] = round(seconds / n * 1000, 1)
     return out
-
-
-def busy_loops(n: int) -> list[subprocess.Popen]:
-    """``n`` processes that spin a CPU each (``--busy``): the machine under load beside the run."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
-def workspace(name: str, namespace: str) -> dict:
-    return {
-        "apiVersion": WS_API,
-        "kind": "Workspace",
-        "metadata": {"name": name, "namespace": namespace},
-        "resource": {
-            "instanceType": "Standard_NC24ads_A100_v4",
-            "labelSelector": {"matchLabels": {"apps": "bench"}},
-        },
-        "tuning": {
-            "preset": {"name": "phi-3-mini-4k-instruct"},
-            "method": "qlora",
-            "input": {"urls": ["https://data.example.com/bench/train.parquet"]},
-            "output": {"image": "registry.example.com/bench/adapter:v1", "imagePushSecret": "push"},
-        },
-    }
 
 
 def plain_job(name: str, namespace: str) -> dict:
@@ -484,7 +332,7 @@ def stop_all(operator: subprocess.Popen | None, loops: list[subprocess.Popen], s
             operator.wait(20)
         except subprocess.TimeoutExpired:
             operator.kill()
-    subprocess.run([str(ROOT / "hack" / "control-plane.sh"), "stop", str(state)], check=False, timeout=120)
+    stop_control_plane(state)
     if not os.environ.get("KEEP_STATE"):
         shutil.rmtree(state, ignore_errors=True)
 
