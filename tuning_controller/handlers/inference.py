@@ -176,6 +176,10 @@ def inference_workspace_event(body: kopf.Body, type: str | None, logger: Logger,
     """The listing at start and a new or changed essence (spec, labels, annotations) reconcile, pruning
     what another resource.count rendered; no kopf state is stored on the Workspace."""
     if type == "DELETED":
+        if controller().settings.auto_provisioning:
+            # Deleted before kopf added its finalizer, the delete handler never ran: the NodeClaim a
+            # reconcile made is released here (a no-op when the handler did it).
+            inference_workspace_delete(body)
         if _handled.forget(body):
             _resync.cancel(key_of(body))
             metrics.set_state(KIND, key_of(body), None)

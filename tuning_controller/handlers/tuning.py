@@ -225,6 +225,10 @@ def workspace_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any)
     is stored on the Workspace: its own status says what happened."""
     key = key_of(body)
     if type == "DELETED":
+        if settings().auto_provisioning:
+            # Deleted before kopf added its finalizer, the delete handler never ran: the NodeClaim a
+            # reconcile made is released here (a no-op when the handler did it).
+            workspace_delete(body)
         if _handled.forget(body):
             _resync.cancel(key)
             metrics.set_state(KIND, key, None)
