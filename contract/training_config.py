@@ -13,6 +13,7 @@ problem is collected; nothing stops at the first.
 from __future__ import annotations
 
 import copy
+import functools
 import posixpath
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -160,18 +161,24 @@ TRAINER_NOTES = {
 }
 
 
+@functools.cache
+def _training_arguments() -> dict[str, dict[str, Any]]:
+    """TrainingArguments' options with this trainer's notes, built once (validation asks per section)."""
+    library = training_options.load()["sections"]["TrainingArguments"]
+    return {
+        key: {**spec, "help": TRAINER_NOTES[key]} if key in TRAINER_NOTES else spec
+        for key, spec in library.items()
+    }
+
+
 def option_sets() -> dict[str, dict[str, dict[str, Any]]]:
     """Every section's options: {section: {option: {types, default, choices?, help?}}}."""
     library = training_options.load()["sections"]
-    training = {
-        key: {**spec, "help": TRAINER_NOTES[key]} if key in TRAINER_NOTES else spec
-        for key, spec in library["TrainingArguments"].items()
-    }
     return {
         "ModelConfig": MODEL_CONFIG_OPTIONS,
         "QuantizationConfig": library["QuantizationConfig"],
         "LoraConfig": library["LoraConfig"],
-        "TrainingArguments": training,
+        "TrainingArguments": _training_arguments(),
         "DatasetConfig": DATASET_CONFIG_OPTIONS,
         "DataCollator": DATA_COLLATOR_OPTIONS,
     }
