@@ -224,6 +224,14 @@ class NameTaken(Exception):
         self.taken = taken
 
 
+def has_owner(found: Mapping[str, Any], uid: str, *, controller: bool = False) -> bool:
+    """Whether ``found`` has an owner reference to ``uid`` (``controller``: the controlling one)."""
+    refs = (found.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(
+        ref.get("uid") == uid and (ref.get("controller") or not controller) for ref in refs
+    )
+
+
 def owned(found: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> bool:
     """Whether ``found`` (as read) is the Workspace's: an owner reference to its uid; for a NodeClaim,
     its uid annotation (``claimed_by``)."""
@@ -231,8 +239,7 @@ def owned(found: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> bool:
     uid = meta.get("uid") or ""
     if found.get("kind") == "NodeClaim":
         return claimed_by(found, meta.get("namespace") or "", meta["name"], uid)
-    refs = (found.get("metadata") or {}).get("ownerReferences") or []
-    return bool(uid) and any(ref.get("uid") == uid for ref in refs)
+    return has_owner(found, uid)
 
 
 def owner_of(found: Mapping[str, Any]) -> str:

@@ -39,6 +39,7 @@ from tuning_controller.handlers.runtime import (
     controller,
     deleting,
     essence,
+    has_owner,
     key_of,
     owner_key,
     read_own,
@@ -138,12 +139,7 @@ def _pods(ctl: Controller, job: Mapping[str, Any]) -> list[dict[str, Any]]:
     uid = job["metadata"]["uid"]
     selector = f"batch.kubernetes.io/controller-uid={uid}"
     found = ctl.kube.list("v1", "Pod", job["metadata"]["namespace"], label_selector=selector)
-    return [pod for pod in found if _controlled_by(pod, uid)]
-
-
-def _controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+    return [pod for pod in found if has_owner(pod, uid, controller=True)]
 
 
 def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> Any:
