@@ -205,14 +205,11 @@ def _render(args: argparse.Namespace) -> int:
             continue
         ws, _ = parse_workspace(doc.body)
         user_config = configmaps.get(ws.tuning.config) if ws.tuning and ws.tuning.config else None
-        if ws.tuning and ws.tuning.config and user_config is None:
-            print(
-                f"{doc.label}: tuning.config names ConfigMap {ws.tuning.config!r}, which {args.file} "
-                "does not hold: add it to the file to render the training config the Job would use",
-                file=sys.stderr,
-            )
+        try:
+            objects += render_workspace_objects(ws, settings, user_config)
+        except ValueError as exc:  # what a valid Workspace still needs: its tuning.config ConfigMap
+            print(f"{doc.label}: {exc}: add it to {args.file}", file=sys.stderr)
             return 1
-        objects += render_workspace_objects(ws, settings, user_config)
     if not objects:
         print(f"{args.file}: no Workspace to render", file=sys.stderr)
     sys.stdout.write(dump_yaml(objects))

@@ -59,7 +59,10 @@ def render_workspace_objects(
         return [*nodeclaim, *render_inference_objects(ws, settings, gpus=gpus)]
     config = choose_training_config(ws.tuning, user_config)
     if config is None:
-        raise ValueError(f"tuning.config names ConfigMap {ws.tuning.config!r}: its training config is needed")
+        raise ValueError(
+            f"tuning.config names ConfigMap {ws.tuning.config!r}, which was not given: the Job's training "
+            "config is rendered from it"
+        )
     rev = revision(ws, config.doc)
     objects = [render_training_configmap(ws, config), render_data_job(ws, settings, rev)]
     if provisions:
