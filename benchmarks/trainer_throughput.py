@@ -237,10 +237,10 @@ def run_ours(model_dir: Path, data_dir: Path, config: dict, steps: int, catalog_
     setup = load_setup(options)
     if catalog_name:
         setup = dataclasses.replace(setup, preset=dataclasses.replace(setup.preset, name=catalog_name))
-    prepared = check_data(options, setup).prepared
-    if not prepared.ok:
-        raise SystemExit(f"pre-flight refused the data: {prepared.report['errors']}")
-    trainer = build_trainer(options, setup, prepared, threading.Event())
+    data = check_data(options, setup)
+    if not data.prepared.ok:
+        raise SystemExit(f"pre-flight refused the data: {data.prepared.report['errors']}")
+    trainer = build_trainer(options, setup, data, threading.Event())
     timing = _timing_callback()
     trainer.add_callback(timing)
     trainer.train()

@@ -7,7 +7,7 @@ bytes of it) and the controller copies it into ``status.tuning.data``; the train
     data:     {"ok": false, "rows": 120, "usableRows": 118, "badRows": 2, "sha256": "9f...", "files": 1,
                "firstBadRows": [{"row": 7, "file": "train.parquet", "reason": "..."}], "errors": ["..."],
                "trainRows": 0, "evalRows": 0, "tokens": {"min": 12, "p50": 80, "max": 300,
-               "truncatedRows": 0}}
+               "truncatedRows": 0}, "packing": "bfd"}
     progress: {"step": 40, "totalSteps": 120, "percent": 33, "loss": 2.31, "evalLoss": null,
                "tokensPerSecond": 2450.0, "etaSeconds": 95.0, "event": "progress",
                "updatedAt": "2025-01-01T12:00:00Z"}
@@ -52,6 +52,8 @@ def data_summary(report: Mapping[str, Any]) -> dict[str, Any]:
             "truncatedRows": tokens.get("truncated_rows"),
         },
     }
+    if report.get("packing"):
+        summary["packing"] = report["packing"]
     if report.get("files"):
         summary["sha256"] = report["sha256"]
         summary["files"] = len(report["files"])

@@ -114,7 +114,8 @@ DATA_COLLATOR_OPTIONS: dict[str, dict[str, Any]] = {
     "assistant_only_loss": _opt(["bool"], True, "loss on assistant turns only (conversational data)"),
 }
 
-# KAITO's lora-params-template / qlora-params-template.
+# KAITO's lora-params-template / qlora-params-template, plus TRL's packing (KAITO trains one unpacked
+# example per step: with packing, a step is one row of up to max_length tokens of whole examples).
 _QLORA_TEMPLATE: dict[str, Any] = {
     ROOT: {
         "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
@@ -130,6 +131,7 @@ _QLORA_TEMPLATE: dict[str, Any] = {
             "ddp_find_unused_parameters": False,
             "save_strategy": "no",
             "per_device_train_batch_size": 1,
+            "packing": True,
         },
         "DataCollator": {"mlm": True},
         "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
@@ -149,15 +151,17 @@ def default_training_config(method: str) -> dict[str, Any]:
 
 
 # TrainingArguments whose meaning in this trainer differs from the library's default (the reference's
-# notes): the config fixes the optimizer step, memory may only split it (trainer.packing).
+# notes): the config fixes the optimizer step, memory may only split it (trainer.strategy).
 TRAINER_NOTES = {
     "per_device_train_batch_size": (
-        "packed rows of max_length tokens per process per optimizer step (times "
-        "gradient_accumulation_steps); unset: 1, KAITO's template. Where a GPU cannot hold them at "
-        "once, the trainer splits the step into smaller micro-batches with more accumulation, never "
-        "changing the step"
+        "sequences per process per optimizer step (times gradient_accumulation_steps): with packing, "
+        "packed rows of up to max_length tokens (TRL's meaning), without it examples (KAITO's); unset: "
+        "1, KAITO's template. Where a GPU cannot hold them at once, the trainer splits the step into "
+        "smaller micro-batches with more accumulation, never changing the step"
     ),
     "gradient_accumulation_steps": "unset: 1; see per_device_train_batch_size",
+    "packing": "the built-in templates turn it on (bfd); the status's data summary shows it",
+    "gradient_checkpointing": "unset: on only where the memory estimator says the micro-batch needs it",
 }
 
 
@@ -387,6 +391,14 @@ SHARED_OPTIONS = (
     ("DataCollator", "completion_only_loss", "TrainingArguments", "completion_only_loss"),
     ("DataCollator", "assistant_only_loss", "TrainingArguments", "assistant_only_loss"),
     ("DatasetConfig", "max_length", "TrainingArguments", "max_length"),
+    ("DatasetConfig", "text_column", "TrainingArguments", "dataset_text_field"),
+    ("TrainingArguments", "gradient_checkpointing", "TrainingArguments", "activation_checkpointing"),
+    (
+        "TrainingArguments",
+        "gradient_checkpointing_kwargs",
+        "TrainingArguments",
+        "activation_checkpointing_kwargs",
+    ),
 )
 
 
@@ -394,8 +406,12 @@ def _conflicts(sections: Mapping[str, Any], path: str) -> list[Problem]:
     problems = []
     for first, key, second, other in SHARED_OPTIONS:
         a, b = sections.get(first), sections.get(second)
-        if not (isinstance(a, Mapping) and isinstance(b, Mapping) and key in a and other in b):
-            continue
+        if (
+            not (isinstance(a, Mapping) and isinstance(b, Mapping))
+            or a.get(key) is None
+            or b.get(other) is None
+        ):
+            continue  # null means unset
         if a[key] != b[other]:
             problems.append(
                 Problem(

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
 
+# TRL packing strategies that split examples longer than max_length instead of truncating them.
+SPLITTING_STRATEGIES = ("bfd_split", "wrapped")
+
 # from_pretrained kwargs a config may set (the controller's option set: one list for both sides).
 MODEL_KEYS = frozenset(MODEL_CONFIG_OPTIONS)
 
@@ -87,9 +90,28 @@ class TrainingConfig:
         args_len = self.section("TrainingArguments").get("max_length")
         return int(self.dataset.max_length or args_len or 1024)
 
+    @property
+    def packing(self) -> str:
+        """TRL's packing strategy when packing is on, else "off" (the status and the logs show it)."""
+        args = self.section("TrainingArguments")
+        return str(args.get("packing_strategy") or "bfd") if args.get("packing") else "off"
+
+    @property
+    def truncation(self) -> str | None:
+        """TRL's ``truncation_mode`` for the pre-flight, or None where packing splits long examples."""
+        args = self.section("TrainingArguments")
+        if self.packing in SPLITTING_STRATEGIES:
+            return None
+        return str(args.get("truncation_mode") or "keep_start")
+
 
 class ConfigError(InvalidSpec):
     """The training config cannot be used; carries every problem found."""
+
+
+def _set(section: dict[str, Any]) -> dict[str, Any]:
+    """The options given a value (null means unset, so the other section's name for it counts)."""
+    return {k: v for k, v in section.items() if v is not None}
 
 
 def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
@@ -99,9 +121,13 @@ def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
     if problems:
         raise ConfigError(problems)
     sections = {name: dict(values or {}) for name, values in doc["training_config"].items()}
+    args = sections.get("TrainingArguments", {})
+    # TRL's names for the same settings (validation refuses the two disagreeing)
+    losses = {k: args[k] for k in ("completion_only_loss", "assistant_only_loss") if args.get(k) is not None}
+    text = {"text_column": args["dataset_text_field"]} if args.get("dataset_text_field") is not None else {}
     try:
-        dataset = DatasetOptions(**sections.get("DatasetConfig", {}))
-        collator = CollatorOptions(**sections.get("DataCollator", {}))
+        dataset = DatasetOptions(**{**text, **_set(sections.get("DatasetConfig", {}))})
+        collator = CollatorOptions(**{**losses, **_set(sections.get("DataCollator", {}))})
     except TypeError as exc:  # pragma: no cover - keys were checked above
         raise ConfigError([Problem("training_config", str(exc))]) from exc
     if not 0 < float(dataset.train_test_split) <= 1:

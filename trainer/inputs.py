@@ -51,10 +51,15 @@ def check_data(options: TrainerOptions, setup: Setup) -> CheckedData:
     config, preset = setup.config, setup.preset
     try:
         tokenizer = load_tokenizer(preset, config)
+    except InvalidSpec:
+        raise
     except (OSError, ValueError) as exc:  # not in the image/cache (no download allowed), or no tokenizer
         raise InvalidSpec(
             [Problem("--preset", f"cannot load {preset.name!r} from {preset.source}: {exc}")]
         ) from exc
     rows, files = read_rows(options.data)
-    prepared = prepare(rows, files, tokenizer, config.dataset, config.collator, config.max_length)
+    prepared = prepare(
+        rows, files, tokenizer, config.dataset, config.collator, config.max_length, config.truncation
+    )
+    prepared.report["packing"] = config.packing  # TRL packs when training; the status shows it
     return CheckedData(tokenizer, prepared, files)

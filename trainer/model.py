@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from contract.problems import Problem
 from presets.resolve import ResolvedPreset
-from trainer.config import TrainingConfig, lora_config, model_kwargs, quantization_config
+from trainer.config import ConfigError, TrainingConfig, lora_config, model_kwargs, quantization_config
 
 if TYPE_CHECKING:
     import torch
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def load_tokenizer(preset: ResolvedPreset, config: TrainingConfig) -> PreTrainedTokenizerBase:
-    """The preset's tokenizer; ModelConfig.chat_template replaces the template, and a pad token is ensured."""
+    """The preset's tokenizer; ModelConfig.chat_template replaces the template, TrainingArguments'
+    eos_token and pad_token (TRL's) replace those tokens, and a pad token is ensured."""
     from transformers import AutoTokenizer
 
     section = config.section("ModelConfig")
@@ -25,6 +27,21 @@ def load_tokenizer(preset: ResolvedPreset, config: TrainingConfig) -> PreTrained
     tokenizer = AutoTokenizer.from_pretrained(preset.source, revision=preset.revision, **kwargs)
     if section.get("chat_template"):
         tokenizer.chat_template = section["chat_template"]
+    args = config.section("TrainingArguments")
+    for key in ("eos_token", "pad_token"):
+        token = args.get(key)
+        if token is None:
+            continue
+        if token not in tokenizer.get_vocab():
+            where = f"training_config.TrainingArguments.{key}"
+            raise ConfigError(
+                [
+                    Problem(
+                        where, f"is not a token of {preset.name}'s tokenizer", token, "name one, or unset it"
+                    )
+                ]
+            )
+        setattr(tokenizer, key, token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -38,20 +55,21 @@ def load_model(
     *,
     on_cpu: bool,
     attn_implementation: str,
-    gradient_checkpointing: bool,
     device_map: dict[str, int] | None = None,
 ) -> PeftModel:
-    """Base model (4-bit NF4 / 8-bit / full precision) wrapped with a fresh LoRA adapter."""
+    """Base model (4-bit NF4 / 8-bit / full precision) wrapped with a fresh LoRA adapter.
+
+    Gradient checkpointing is the Trainer's to enable (``SFTConfig.gradient_checkpointing``)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
     kwargs = model_kwargs(config.section("ModelConfig"), on_cpu=on_cpu)
     kwargs.setdefault("revision", preset.revision)
+    kwargs.setdefault("attn_implementation", attn_implementation)
     quant = quantization_config(config.section("QuantizationConfig"), on_cpu=on_cpu)
     model = AutoModelForCausalLM.from_pretrained(
         preset.source,
         quantization_config=quant,
-        attn_implementation=attn_implementation,
         device_map=device_map,
         **kwargs,
     )
@@ -59,14 +77,7 @@ def load_model(
     if quant is not None and on_cpu:
         _keep_cpu_4bit_trainable(model)
     if quant is not None:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = lora_config(config.section("LoraConfig"), preset.target_modules)
     return get_peft_model(model, lora)
 

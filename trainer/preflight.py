@@ -4,13 +4,15 @@
 their index in the concatenated input and the reason, the token-length histogram, the truncation rate
 against ``max_length`` and the data's sha256. The ``preflight`` step prints that report and stops.
 
-Loss masks come from rendering a conversation turn by turn: the characters an assistant turn adds are the
-ones trained on, whatever the chat template (no ``{% generation %}`` marks needed).
+Loss masks are TRL's (``tests/trainer/test_trl_parity.py``): a chat template's ``{% generation %}`` marks
+where it has them; where it has none (TRL then knows a training variant of a few templates only), the
+conversation is rendered turn by turn and the characters an assistant turn adds are the ones trained on.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
+GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 HISTOGRAM_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
@@ -78,30 +81,55 @@ def _char_spans(
     return full, spans
 
 
+def _marked_assistant_tokens(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels from a template's ``{% generation %}`` marks, as TRL computes them."""
+    out: Any = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(out["input_ids"])
+    return ids, [tok if mask else IGNORE for tok, mask in zip(ids, out["assistant_masks"], strict=True)]
+
+
 def encode(
     index: int,
     example: Example,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     collator: CollatorOptions,
+    truncation: str | None = "keep_start",
 ) -> Encoded:
-    """Tokenize one example and build its labels; raises BadRow when nothing would be learned."""
+    """Tokenize one example and build its labels; raises BadRow when nothing would be learned.
+
+    ``truncation`` is TRL's ``truncation_mode`` (keep the first or the last ``max_length`` tokens), or None
+    where packing splits long examples itself (``bfd_split``, ``wrapped``)."""
     train_all = (
         not collator.assistant_only_loss
         if example.messages is not None
         else not collator.completion_only_loss
     )
-    text, spans = _char_spans(tokenizer, example, train_all)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    labels = [
-        tok if any(a <= start < b for a, b in spans) else IGNORE
-        for tok, (start, _end) in zip(ids, enc["offset_mapping"], strict=True)
-    ]
+    if (
+        example.messages is not None
+        and not train_all
+        and GENERATION_MARK.search(str(tokenizer.chat_template))
+    ):
+        ids, labels = _marked_assistant_tokens(tokenizer, example.messages)
+    else:
+        text, spans = _char_spans(tokenizer, example, train_all)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        labels = [
+            tok if any(a <= start < b for a, b in spans) else IGNORE
+            for tok, (start, _end) in zip(ids, enc["offset_mapping"], strict=True)
+        ]
     if labels:
         labels[0] = IGNORE  # nothing precedes the first token; also keeps packed sequences apart
     full_length = len(ids)
-    ids, labels = ids[:max_length], labels[:max_length]
+    if truncation is not None and full_length > max_length:
+        kept = slice(None, max_length) if truncation == "keep_start" else slice(-max_length, None)
+        ids, labels = ids[kept], labels[kept]
+        labels[0] = IGNORE
     if all(label == IGNORE for label in labels):
         if full_length > max_length:
             raise BadRow(
@@ -160,8 +188,10 @@ def prepare(
     options: DatasetOptions,
     collator: CollatorOptions,
     max_length: int,
+    truncation: str | None = "keep_start",
 ) -> Prepared:
-    """Check and tokenize every row; the report says whether training may start and why not."""
+    """Check and tokenize every row; the report says whether training may start and why not
+    (``truncation``: see ``encode``)."""
     encoded: list[Encoded] = []
     bad: list[dict[str, Any]] = []
     too_long = 0
@@ -173,7 +203,8 @@ def prepare(
         mapping = column_mapping(columns, options, f.relpath) if f.rows else {}
         for index in range(f.first_row, f.first_row + f.rows):
             try:
-                item = encode(index, to_example(rows[index], mapping), tokenizer, max_length, collator)
+                example = to_example(rows[index], mapping)
+                item = encode(index, example, tokenizer, max_length, collator, truncation)
             except BadRow as exc:
                 bad.append({"index": index, "file": f.relpath, "reason": str(exc)})
                 too_long += exc.too_long
@@ -196,7 +227,7 @@ def prepare(
             f"{len(bad)} of {len(rows)} rows are unusable (first: row {bad[0]['index']} in {bad[0]['file']}: "
             f"{bad[0]['reason']}); fix them, or set DatasetConfig.skip_bad_rows: true to skip them"
         )
-    elif stats["truncated_rows"] == len(encoded):
+    elif truncation is not None and stats["truncated_rows"] == len(encoded):
         errors.append(f"{every_row_too_long} (shortest has {stats['min']} tokens)")
     train, evaluation = _split(encoded, options) if not errors else ([], [])
     report = {
@@ -210,6 +241,7 @@ def prepare(
         "eval_rows": len(evaluation),
         "trained_tokens": sum(sum(1 for x in e.labels if x != IGNORE) for e in encoded),
         "max_length": max_length,
+        "truncation": truncation or "none: packing splits longer rows",
         "tokens": stats,
         "files": [{"path": f.relpath, "rows": f.rows, "sha256": f.sha256} for f in files],
         "sha256": combined_sha256(files),

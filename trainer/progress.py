@@ -84,7 +84,7 @@ class ProgressCallback(TrainerCallback):
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
         done = state.global_step - self.first_step
-        tokens = (state.num_input_tokens_seen - self.first_tokens) * max(1, args.world_size)
+        tokens = state.num_input_tokens_seen - self.first_tokens  # every process's (the Trainer gathers them)
         eta = (state.max_steps - state.global_step) * elapsed / done if done else None
         return ProgressEvent(
             event=kind,

@@ -1,81 +1,64 @@
-"""The Trainer: transformers' loop (DDP, checkpoints, schedules, resume) with loss only where it counts.
+"""TRL's SFTTrainer as this project runs it: the config's TrainingArguments, with the layout of a step.
 
-The stock causal-LM loss projects every position onto the full vocabulary and computes cross-entropy in
-plain torch; on a CPU that was about a third of the step. Here the LM head runs only on positions whose
-next token is trained (``logits_to_keep`` with their indices), and the sum is divided by the number of
-trained tokens in the whole accumulated step, so accumulation and several processes average per token.
+The training loop, the dataset packing (``packing``, ``packing_strategy``: bfd, bfd_split, wrapped), the
+collators (padded, or ``padding_free``), the loss (TRL's fused LM head: no full logits; on CUDA it
+projects only the positions that carry a label) and DDP are TRL's and transformers', unchanged.
+
+Departures from TRL, each for a measured reason:
+- **Tokenisation and loss masks come from the pre-flight** (``trainer.preflight``), which SFTTrainer takes
+  as a processed dataset (``input_ids`` + ``labels``). The pre-flight runs in the data Job, on a CPU with
+  no torch, before a GPU node is requested: a bad row fails there with its index, costing no GPU time,
+  where TRL's tokenisation would first run after the model loaded on the GPU and stop at the first bad
+  row without naming it. Its masks follow TRL's options (``completion_only_loss``,
+  ``assistant_only_loss``, ``dataset_text_field``, ``truncation_mode``, ``eos_token``) and match TRL's
+  own labels token for token on every shape (``tests/trainer/test_trl_parity.py``); assistant masks need no
+  ``{% generation %}`` marks, so chat templates TRL has no training variant for work too.
+- **The step is the config's, its split the hardware's** (``trainer.strategy``): the micro-batch,
+  accumulation, gradient checkpointing when unset, and the attention kernel.
+- **CPU computes in float32** (bfloat16 autocast on a CPU is slow or unsupported), and TRL's cast of a
+  quantised model's adapter weights to bfloat16 is undone there for the same reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from transformers import Trainer
-
-from trainer.packing import Strategy
-from trainer.preflight import IGNORE
+from trainer.strategy import Strategy
 
 if TYPE_CHECKING:
     from trl import SFTConfig
 
 
-class PackedTrainer(Trainer):
-    """Trainer for one padding-free packed row per forward (see ``trainer.packing.collate``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = True  # our loss is already normalised per token of the whole step
-
-    def compute_loss(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        targets = inputs["labels"][0, 1:]
-        positions = (targets != IGNORE).nonzero().squeeze(-1)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            position_ids=inputs["position_ids"],
-            use_cache=False,
-            logits_to_keep=positions,
-        )
-        loss = F.cross_entropy(outputs.logits[0].float(), targets[positions], reduction="sum")
-        if model.training:
-            self.state.num_input_tokens_seen += inputs["input_ids"].numel()
-        if num_items_in_batch is not None and model.training:
-            loss = loss / num_items_in_batch
-            if self.args.average_tokens_across_devices:  # DDP averages gradients over processes: undo that
-                loss = loss * self.accelerator.num_processes
-        else:
-            loss = loss / max(1, positions.numel())
-        return (loss, outputs) if return_outputs else loss
-
-
 def sft_config(
-    training_args: dict[str, Any], strategy: Strategy, output_dir: str, *, has_eval: bool, world_size: int
+    training_args: Mapping[str, Any],
+    strategy: Strategy,
+    output_dir: str,
+    *,
+    has_eval: bool,
+    world_size: int,
 ) -> SFTConfig:
-    """SFTConfig from the TrainingArguments section, with the keys this trainer decides overridden."""
+    """SFTConfig from the TrainingArguments section: every key as given, the step's layout as chosen."""
     from trl import SFTConfig
 
     values = dict(training_args)
-    values.pop("gradient_checkpointing", None)  # enabled on the model in trainer.model (non-reentrant)
-    values.update(
-        output_dir=output_dir,
-        per_device_train_batch_size=strategy.rows_per_micro_step,
-        per_device_eval_batch_size=strategy.rows_per_micro_step,
-        gradient_accumulation_steps=strategy.gradient_accumulation_steps,
-        gradient_checkpointing=False,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        report_to="none",
-        torch_empty_cache_steps=None,  # flushing the allocator cache every step only costs time
-        prediction_loss_only=True,
-        use_liger_kernel=strategy.use_liger_kernel,
+    kwargs = values.pop("gradient_checkpointing_kwargs", None) or values.get(
+        "activation_checkpointing_kwargs"
     )
+    values.pop("gradient_checkpointing", None)  # transformers 5 calls it activation checkpointing
+    values.update(
+        output_dir=output_dir,  # checkpoints; the adapter goes to the results directory (output_dir)
+        per_device_train_batch_size=strategy.micro_batch,
+        gradient_accumulation_steps=strategy.gradient_accumulation_steps,
+        activation_checkpointing=strategy.gradient_checkpointing,
+        activation_checkpointing_kwargs=kwargs or {"use_reentrant": False},
+        # the pre-flight truncated every example; packing cuts rows at max_length
+        max_length=strategy.max_length if strategy.packing else None,
+        include_num_input_tokens_seen="non_padding",  # tokens per second in the progress events
+    )
+    values.setdefault("per_device_eval_batch_size", strategy.micro_batch)
+    values.setdefault("disable_tqdm", True)  # the progress events and their bar report instead
+    values.setdefault("report_to", "none")
     values.setdefault("save_total_limit", 2)
     if has_eval:
         values.setdefault("eval_strategy", "epoch")
@@ -87,5 +70,7 @@ def sft_config(
         if world_size > 1:
             values["ddp_backend"] = "gloo"
     else:
+        import torch
+
         values.setdefault("bf16", torch.cuda.is_bf16_supported())
     return SFTConfig(**values)

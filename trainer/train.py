@@ -15,25 +15,25 @@ import torch
 from contract.pod import EXIT_OK, EXIT_SIGTERM
 from presets.resolve import ResolvedPreset
 from trainer.checkpoint import CheckpointCallback, newest_complete, stop_on_sigterm
-from trainer.config import TrainingConfig
 from trainer.inputs import CheckedData, Setup
 from trainer.model import load_model, vllm_warnings
 from trainer.options import TrainerOptions
 from trainer.output import build_metadata, write_results
-from trainer.packing import PackedRows, choose_strategy, collate, cpu_row_tokens, pack
-from trainer.preflight import Prepared
+from trainer.preflight import Encoded
 from trainer.progress import JsonLinesSink, ProgressCallback, ProgressSink, TqdmSink
-from trainer.sft import PackedTrainer, sft_config
+from trainer.sft import sft_config
 from trainer.status_sink import status_sinks_from_env
+from trainer.strategy import choose_strategy
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+    from datasets import Dataset
     from transformers.trainer_utils import TrainOutput
+    from trl import SFTTrainer
 
 log = logging.getLogger("trainer")
 
 
-def _estimator(preset: ResolvedPreset, method: str, row_tokens: int) -> Callable[[bool], int] | None:
+def _estimator(preset: ResolvedPreset, method: str, max_length: int) -> Callable[[bool], int] | None:
     """The memory estimator's micro-batch for this GPU, or None for a model outside the catalog."""
     from presets.catalog import UnknownName, get_model
     from presets.memory import largest_micro_batch
@@ -43,16 +43,16 @@ def _estimator(preset: ResolvedPreset, method: str, row_tokens: int) -> Callable
     except UnknownName:
         return None
     gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    return lambda checkpointing: largest_micro_batch(entry, method, gib, row_tokens, checkpointing)
+    return lambda checkpointing: largest_micro_batch(entry, method, gib, max_length, checkpointing)
 
 
-def _model_config(preset: ResolvedPreset, config: TrainingConfig) -> PretrainedConfig:
-    """The preset's config.json (dimensions only; no weights loaded)."""
-    from transformers import AutoConfig
+def _dataset(examples: list[Encoded]) -> Dataset:
+    """The pre-flight's examples as the processed dataset SFTTrainer takes (input_ids + labels)."""
+    from datasets import Dataset
 
-    section = config.section("ModelConfig")
-    kwargs = {k: section[k] for k in ("local_files_only", "trust_remote_code") if k in section}
-    return AutoConfig.from_pretrained(preset.source, revision=preset.revision, **kwargs)
+    return Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+    )
 
 
 def _sinks(options: TrainerOptions) -> list[ProgressSink]:
@@ -68,7 +68,7 @@ def _sinks(options: TrainerOptions) -> list[ProgressSink]:
     return sinks + status_sinks_from_env()  # the Workspace's status, in the controller's pods
 
 
-def _metrics(trainer: PackedTrainer, result: TrainOutput, has_eval: bool) -> dict[str, Any]:
+def _metrics(trainer: SFTTrainer, result: TrainOutput, has_eval: bool) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
@@ -87,55 +87,62 @@ def _metrics(trainer: PackedTrainer, result: TrainOutput, has_eval: bool) -> dic
 
 
 def build_trainer(
-    options: TrainerOptions, setup: Setup, prepared: Prepared, stop: threading.Event
-) -> PackedTrainer:
-    """The configured Trainer for this hardware (also used by benchmarks/trainer_throughput.py)."""
-    config, preset, method = setup.config, setup.preset, setup.method
+    options: TrainerOptions, setup: Setup, data: CheckedData, stop: threading.Event
+) -> SFTTrainer:
+    """TRL's SFTTrainer, configured for this hardware (also used by benchmarks/trainer_throughput.py)."""
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    config, preset, method, prepared = setup.config, setup.preset, setup.method, data.prepared
     cuda = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     training_args = config.section("TrainingArguments")
-    estimator = _estimator(preset, method, config.max_length) if cuda else None
-    cpu_row = None if cuda else cpu_row_tokens(_model_config(preset, config), config.max_length)
     strategy = choose_strategy(
-        training_args, config.max_length, cuda=cuda, largest_micro_batch=estimator, cpu_row=cpu_row
+        training_args,
+        config.max_length,
+        cuda=cuda,
+        largest_micro_batch=_estimator(preset, method, config.max_length) if cuda else None,
+        attn_implementation=config.section("ModelConfig").get("attn_implementation"),
     )
     for note in strategy.notes:
         log.info("%s", note)
     log.info(
-        "optimizer step: at most %d tokens per process x %d process(es) = %d tokens",
-        strategy.tokens_per_step,
+        "packing: %s (TrainingArguments.packing, packing_strategy); optimizer step: %d sequences "
+        "per process x %d process(es), at most %d tokens",
+        config.packing,
+        strategy.sequences_per_step,
         world_size,
         strategy.tokens_per_step * world_size,
     )
     if not cuda:
         log.info("cpu: computing in float32 (the config's bfloat16 is for GPUs)")
-    from transformers import set_seed
-
     set_seed(int(training_args.get("seed", 42)))  # before the adapter's random init, so reruns agree
     model = load_model(
         preset,
         config,
         on_cpu=not cuda,
         attn_implementation=strategy.attn_implementation,
-        gradient_checkpointing=strategy.gradient_checkpointing,
         device_map={"": local_rank} if cuda else None,
     )
     has_eval = bool(prepared.eval)
-    checkpoints = options.output / "checkpoints"
-    trainer = PackedTrainer(
+    checkpoints = str(options.output / "checkpoints")
+    trainer = SFTTrainer(
         model=model,
-        args=sft_config(training_args, strategy, str(checkpoints), has_eval=has_eval, world_size=world_size),
-        train_dataset=PackedRows(pack(prepared.train, strategy.row_tokens)),
-        eval_dataset=PackedRows(pack(prepared.eval, strategy.row_tokens)) if has_eval else None,
-        data_collator=collate,
+        args=sft_config(training_args, strategy, checkpoints, has_eval=has_eval, world_size=world_size),
+        train_dataset=_dataset(prepared.train),
+        eval_dataset=_dataset(prepared.eval) if has_eval else None,
+        processing_class=data.tokenizer,
         callbacks=[
             ProgressCallback(_sinks(options), options.progress_interval),
             CheckpointCallback(options.checkpoint_minutes, stop),
         ],
     )
-    from transformers.trainer_callback import PrinterCallback
-
+    if not cuda:  # TRL casts a quantised model's adapter to bfloat16, which a CPU computes slowly
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries JSON lines
     return trainer
 
@@ -144,7 +151,7 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
     """Train (resuming from the newest complete checkpoint), then write the results on rank 0."""
     stop = stop_on_sigterm()
     prepared = data.prepared
-    trainer = build_trainer(options, setup, prepared, stop)
+    trainer = build_trainer(options, setup, data, stop)
     has_eval = bool(prepared.eval)
     checkpoints = options.output / "checkpoints"
     resume = newest_complete(checkpoints)
@@ -169,7 +176,7 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
 
 
 def _write(
-    options: TrainerOptions, setup: Setup, data: CheckedData, trainer: PackedTrainer, metrics: dict[str, Any]
+    options: TrainerOptions, setup: Setup, data: CheckedData, trainer: SFTTrainer, metrics: dict[str, Any]
 ) -> None:
     """The adapter, metadata.json and the completion marker (rank 0 only)."""
     from peft import PeftModel

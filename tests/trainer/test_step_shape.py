@@ -6,7 +6,7 @@ import pytest
 
 from presets.catalog import get_model
 from presets.memory import largest_micro_batch
-from trainer.packing import choose_strategy, configured_step, split_step
+from trainer.strategy import choose_strategy, configured_step, split_step
 
 PHI3 = get_model("phi-3-mini-4k-instruct")
 H200_GIB, SMALL_GIB = 141.0, 24.0
@@ -19,6 +19,7 @@ def _estimator(gib: float):
 
 
 def _strategy(config: dict, gib: float, varlen: bool = True):
+    config = {"packing": True, **config}
     return choose_strategy(config, MAX_LENGTH, cuda=True, largest_micro_batch=_estimator(gib), varlen=varlen)
 
 
@@ -35,13 +36,13 @@ def test_h200_and_a_24gb_card_train_the_same_global_batch(varlen):
     want = 16 * 2 * MAX_LENGTH * world_size  # per-device batch x accumulation x processes, in tokens
     assert big.tokens_per_step * world_size == small.tokens_per_step * world_size == want
     for strategy in (big, small):
-        assert strategy.rows_per_micro_step * strategy.gradient_accumulation_steps == 32
-        assert strategy.row_tokens == MAX_LENGTH and strategy.gradient_checkpointing is False
+        assert strategy.micro_batch * strategy.gradient_accumulation_steps == 32
+        assert strategy.max_length == MAX_LENGTH and strategy.gradient_checkpointing is False
     if varlen:
-        assert (big.rows_per_micro_step, big.gradient_accumulation_steps) == (16, 2)  # never enlarged
-        assert small.rows_per_micro_step < big.rows_per_micro_step
-        assert small.rows_per_micro_step <= _estimator(SMALL_GIB)(False)  # and it fits
-        assert (small.rows_per_micro_step, small.gradient_accumulation_steps) == (4, 8)  # 5 fit; 4 divides 32
+        assert (big.micro_batch, big.gradient_accumulation_steps) == (16, 2)  # never enlarged
+        assert small.micro_batch < big.micro_batch
+        assert small.micro_batch <= _estimator(SMALL_GIB)(False)  # and it fits
+        assert (small.micro_batch, small.gradient_accumulation_steps) == (4, 8)  # 5 fit; 4 divides 32
     assert any("micro-batch" in note for note in small.notes)  # the chosen split is logged
     assert f"{small.gradient_accumulation_steps} accumulated" in small.notes[-1]
 
@@ -51,7 +52,7 @@ def test_kaito_template_and_unset_batch_give_one_row_per_step_on_any_gpu():
     for config in ({"per_device_train_batch_size": 1}, {}):
         for gib in (H200_GIB, SMALL_GIB):
             strategy = _strategy(config, gib)
-            assert (strategy.rows_per_micro_step, strategy.gradient_accumulation_steps) == (1, 1)
+            assert (strategy.micro_batch, strategy.gradient_accumulation_steps) == (1, 1)
             assert strategy.tokens_per_step == MAX_LENGTH
             assert strategy.gradient_checkpointing is False  # one row fits without it on both
 
@@ -84,13 +85,24 @@ def test_a_step_that_does_not_fit_splits_down_to_one_row():
         "gradient_checkpointing": True,
     }
     strategy = choose_strategy(config, 1024, cuda=True, largest_micro_batch=lambda c: 4, varlen=True)
-    assert (strategy.rows_per_micro_step, strategy.gradient_accumulation_steps) == (1, 7)  # 7 is prime
+    assert (strategy.micro_batch, strategy.gradient_accumulation_steps) == (1, 7)  # 7 is prime
     strategy = choose_strategy(config, 1024, cuda=True, largest_micro_batch=lambda c: 0, varlen=True)
-    assert (strategy.rows_per_micro_step, strategy.gradient_accumulation_steps) == (1, 7)
+    assert (strategy.micro_batch, strategy.gradient_accumulation_steps) == (1, 7)
 
 
-def test_cpu_keeps_the_configured_tokens_per_step():
-    config = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}
-    strategy = choose_strategy(config, 1024, cuda=False, cpu_row=256)
-    assert strategy.tokens_per_step == 4 * 2 * 1024
-    assert choose_strategy({}, 1024, cuda=False, cpu_row=256).tokens_per_step == 1024
+@pytest.mark.parametrize("packing", [True, False])
+def test_cpu_keeps_the_configured_step(packing):
+    config = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "packing": packing}
+    strategy = choose_strategy(config, 1024, cuda=False)
+    assert strategy.sequences_per_step == 8 and strategy.tokens_per_step == 8 * 1024
+    assert choose_strategy({"packing": packing}, 1024, cuda=False).sequences_per_step == 1
+
+
+def test_unpacked_examples_split_by_the_estimator_even_under_sdpa():
+    """Padded examples are a plain batch (no flattened square), so the split is the estimator's alone."""
+    config = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2, "packing": False}
+    config["gradient_checkpointing"] = False
+    small = choose_strategy(
+        config, MAX_LENGTH, cuda=True, largest_micro_batch=_estimator(SMALL_GIB), varlen=False
+    )
+    assert (small.micro_batch, small.gradient_accumulation_steps) == (4, 8)
