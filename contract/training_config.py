@@ -81,8 +81,8 @@ MODEL_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "layer placement",
         ["auto", "balanced", "balanced_low_0", "sequential"],
     ),
-    "trust_remote_code": _opt(["bool"], False, "only false: code shipped with the weights never runs"),
-    "revision": _opt(["str", "null"], None, "refused: the preset pins the weights' revision"),
+    "trust_remote_code": _opt(["bool"], False, "run code shipped with the weights"),
+    "revision": _opt(["str", "null"], None, "the weights' revision"),
     "attn_implementation": _opt(
         ["str", "null"],
         None,
@@ -90,7 +90,7 @@ MODEL_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         ["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"],
     ),
     "low_cpu_mem_usage": _opt(["bool"], True, "load weights without a full CPU copy"),
-    "use_cache": _opt(["bool"], False, "KV cache (off for training)"),
+    "use_cache": _opt(["bool"], False, "KV cache"),
     "chat_template": _opt(["str", "null"], None, "Jinja chat template overriding the tokenizer's"),
 }
 DATASET_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
@@ -235,10 +235,68 @@ DTYPE_OPTIONS = {
     ("QuantizationConfig", "bnb_4bit_compute_dtype"): COMPUTE_DTYPES,
     ("QuantizationConfig", "bnb_4bit_quant_storage"): STORAGE_DTYPES,
 }
-# Options that must not be set in a ConfigMap: the platform owns them or they carry secrets.
+# Options that must not be set in a ConfigMap: the platform owns them, they carry secrets, or nothing in
+# the training pod would act on them. Each is refused with the reason, unless its value is unset, false
+# or empty, or one of FORBIDDEN_ALLOWS where listed (the library's default, or what the trainer does).
+_TRAINING = "TrainingArguments"
+_NO_HUB = "nothing is pushed to a model hub: the adapter goes to tuning.output as an OCI artifact"
+_NO_TRACKER = (
+    "no experiment tracker is in the training image (report_to: none): progress goes to the Workspace "
+    "status and the pod's JSON lines"
+)
+_NO_METRICS = (
+    "only a compute_metrics function reads it, and a Workspace has none: evaluation reports the loss"
+)
 FORBIDDEN = {
-    ("TrainingArguments", "hub_token"): "secrets do not belong in a ConfigMap; the pod never talks to a hub",
-    ("TrainingArguments", "push_to_hub"): "the adapter is pushed to tuning.output as an OCI artifact instead",
+    (_TRAINING, "hub_token"): "secrets do not belong in a ConfigMap; the pod never talks to a hub",
+    (_TRAINING, "push_to_hub"): "the adapter is pushed to tuning.output as an OCI artifact instead",
+    **{(_TRAINING, key): _NO_HUB for key in ("hub_model_id", "hub_private_repo", "hub_revision")},
+    **{(_TRAINING, key): _NO_HUB for key in ("hub_strategy", "hub_always_push")},
+    **{(_TRAINING, key): _NO_TRACKER for key in ("report_to", "run_name", "project")},
+    **{(_TRAINING, key): _NO_TRACKER for key in ("trackio_space_id", "trackio_bucket_id")},
+    (_TRAINING, "trackio_static_space_id"): _NO_TRACKER,
+    **{(_TRAINING, key): _NO_METRICS for key in ("batch_eval_metrics", "include_for_metrics")},
+    **{(_TRAINING, key): _NO_METRICS for key in ("eval_do_concat_batches", "eval_use_gather_object")},
+    (_TRAINING, "trust_remote_code"): "code shipped with the weights would run in the training pod",
+    (
+        _TRAINING,
+        "model_init_kwargs",
+    ): "the trainer loads the model: set from_pretrained options in ModelConfig",
+    (_TRAINING, "chat_template_path"): "the pod holds no files of yours: set ModelConfig.chat_template",
+    (_TRAINING, "dataset_kwargs"): (
+        "the pre-flight prepares the dataset (skip_prepare_dataset would also skip TRL's packing)"
+    ),
+    (_TRAINING, "resume_from_checkpoint"): (
+        "the trainer resumes by itself from its newest complete checkpoint when the pod restarts"
+    ),
+    **{
+        (_TRAINING, key): "the Trainer does not read it (a flag for scripts): evaluation runs when "
+        "DatasetConfig.train_test_split holds rows out"
+        for key in ("do_train", "do_eval", "do_predict")
+    },
+    (_TRAINING, "local_rank"): "torchrun sets each process's rank",
+    (_TRAINING, "deepspeed"): "DeepSpeed is not in the training image: the GPUs of a node train with DDP",
+    **{
+        (_TRAINING, key): "each GPU holds the whole (4-bit) model and trains with DDP; FSDP and model "
+        "parallelism are not supported"
+        for key in ("fsdp", "fsdp_config", "parallelism_config")
+    },
+    (_TRAINING, "auto_find_batch_size"): (
+        "it halves the batch after an out-of-memory error, which changes the optimizer step; the trainer "
+        "instead splits the configured step into micro-batches that fit"
+    ),
+    (_TRAINING, "use_cpu"): "the trainer uses the GPUs it finds, and the CPU only where there is none",
+    (_TRAINING, "label_names"): "the dataset's labels are in 'labels'; another name would train on nothing",
+    (_TRAINING, "length_column_name"): "the dataset has no length column; group_by_length measures input_ids",
+    (_TRAINING, "remove_unused_columns"): "the dataset holds only the model's inputs",
+    (_TRAINING, "include_num_input_tokens_seen"): "the progress events count non-padding input tokens",
+    (_TRAINING, "use_cache"): "training never uses the KV cache",
+    (
+        _TRAINING,
+        "optim_target_modules",
+    ): "only GaLore and APOLLO optimizers read it, and the image has neither",
+    (_TRAINING, "use_liger_kernel"): "liger-kernel is not in the training image",
+    (_TRAINING, "liger_kernel_config"): "liger-kernel is not in the training image",
     ("ModelConfig", "trust_remote_code"): (
         "code shipped with the weights would run in the training pod; every preset's architecture is "
         "built into transformers"
@@ -247,7 +305,44 @@ FORBIDDEN = {
         "the preset pins the weights' revision (status.tuning.model shows the digest fetched); other "
         "weights come from the preset's presetOptions.image"
     ),
+    ("ModelConfig", "device_map"): (
+        "each process holds the whole model on its own GPU (DDP across the node's GPUs)"
+    ),
+    ("ModelConfig", "use_cache"): "training never uses the KV cache",
 }
+FORBIDDEN_ALLOWS: dict[tuple[str, str], tuple[Any, ...]] = {
+    (_TRAINING, "hub_strategy"): (None, "every_save"),
+    (_TRAINING, "report_to"): (None, "none", ["none"], []),
+    (_TRAINING, "project"): (None, "huggingface"),
+    (_TRAINING, "eval_do_concat_batches"): (None, True),
+    (_TRAINING, "remove_unused_columns"): (None, True),
+    (_TRAINING, "include_num_input_tokens_seen"): (None, False, "no", "non_padding"),
+    (_TRAINING, "local_rank"): (None, -1),
+    ("ModelConfig", "device_map"): (None, "auto"),
+}
+# Optimizers whose library is not in the training image (transformers imports it when training starts).
+MISSING_OPTIMIZERS = (
+    "adalomo",
+    "lomo",
+    "adamw_anyprecision",
+    "adamw_torch_npu_fused",
+    "adamw_torch_xla",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+    "grokadamw",
+    "schedule_free_adamw",
+    "schedule_free_radam",
+    "schedule_free_sgd",
+    "stable_adamw",
+    "apollo_adamw",
+    "apollo_adamw_layerwise",
+    "galore_adafactor",
+    "galore_adafactor_layerwise",
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adamw_8bit_layerwise",
+    "galore_adamw_layerwise",
+)
 
 
 def _type_name(value: Any) -> str:
@@ -289,6 +384,11 @@ def _type_hint(value: Any, types: list[str]) -> str:
     return ""
 
 
+def _same(value: Any, allowed: Any) -> bool:
+    """Equal and of the same kind (0 is not false, 1 is not true)."""
+    return type(value) is type(allowed) and value == allowed
+
+
 def _check_option(section: str, key: str, value: Any, spec: Mapping[str, Any], path: str) -> list[Problem]:
     types = spec["types"]
     if not _type_ok(value, types):
@@ -306,8 +406,18 @@ def _check_option(section: str, key: str, value: Any, spec: Mapping[str, Any], p
     rule = RANGES.get((section, key))
     if rule and isinstance(value, int | float) and not isinstance(value, bool) and not rule[0](value):
         problems.append(Problem(path, f"is out of range: must be {rule[1]}", value))
-    if (section, key) in FORBIDDEN and value not in (None, False, ""):
+    accepted = FORBIDDEN_ALLOWS.get((section, key), (None, False, ""))
+    if (section, key) in FORBIDDEN and not any(_same(value, a) for a in accepted):
         problems.append(Problem(path, "must not be set here", value, FORBIDDEN[(section, key)]))
+    if (section, key) == (_TRAINING, "optim") and value in MISSING_OPTIMIZERS:
+        problems.append(
+            Problem(
+                path,
+                "needs a library the training image lacks",
+                value,
+                "use adamw_torch_fused or paged_adamw_8bit",
+            )
+        )
     return problems
 
 
@@ -383,6 +493,31 @@ def _kaito_rules(sections: Mapping[str, Any], method: str | None, path: str) -> 
                 )
             )
     return problems
+
+
+def _evaluation_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
+    """Evaluation needs held-out rows, which only DatasetConfig.train_test_split below 1 sets aside."""
+    args, dataset = sections.get("TrainingArguments"), sections.get("DatasetConfig") or {}
+    if not isinstance(args, Mapping) or not isinstance(dataset, Mapping):
+        return []
+    split = dataset.get("train_test_split", 1)
+    if not isinstance(split, int | float) or split < 1:
+        return []
+    asks = {
+        "eval_strategy": args.get("eval_strategy") not in (None, "no"),
+        "eval_on_start": args.get("eval_on_start") is True,
+        "load_best_model_at_end": args.get("load_best_model_at_end") is True,
+    }
+    return [
+        Problem(
+            f"{path}.TrainingArguments.{key}",
+            "evaluates, but DatasetConfig.train_test_split holds no rows out",
+            args[key],
+            "set DatasetConfig.train_test_split below 1 (e.g. 0.9), or unset it",
+        )
+        for key, asked in asks.items()
+        if asked
+    ]
 
 
 # The same setting reachable from two sections: both are accepted, but they must agree.
@@ -464,6 +599,7 @@ def validate_training_config(
         problems.append(Problem("method", "must be lora or qlora", method))
         method = None
     problems += _kaito_rules(sections, method, path)
+    problems += _evaluation_rules(sections, path)
     problems += _conflicts(sections, path)
     return problems
 

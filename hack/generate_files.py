@@ -18,7 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from contract.training_config import METHODS, default_training_config, option_sets
+from contract.training_config import (
+    FORBIDDEN,
+    FORBIDDEN_ALLOWS,
+    METHODS,
+    default_training_config,
+    option_sets,
+)
 from tuning_controller.crd import build_crd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +55,8 @@ def training_config_reference() -> str:
         "Every key is checked when the Workspace is applied (and by `kaito-tune validate`): unknown keys",
         "get the nearest known name, values their type and range. Without `tuning.config` the method's",
         "template is used (`charts/kaito-tune/files/{lora,qlora}-params-template.yaml`).",
+        "Keys marked **refused** fail validation with the reason given: nothing in the training pod",
+        "would act on them. Every other key reaches the library (`tests/trainer/test_every_key.py`).",
         "",
     ]
     for section, options in option_sets().items():
@@ -57,7 +65,14 @@ def training_config_reference() -> str:
         for key in sorted(options):
             spec = options[key]
             notes = ", ".join(f"`{c}`" for c in spec.get("choices") or [])
-            notes = "; ".join(x for x in (notes, spec.get("help", "")) if x)
+            refused = FORBIDDEN.get((section, key))
+            if refused:
+                allowed = FORBIDDEN_ALLOWS.get((section, key))
+                kept = (
+                    f" (accepted: {', '.join(_cell(a) for a in allowed if a is not None)})" if allowed else ""
+                )
+                refused = f"**refused**{kept}: {refused}"
+            notes = "; ".join(x for x in (notes, spec.get("help", ""), refused) if x)
             types = " \\| ".join(spec.get("types", []))
             lines.append(f"| `{key}` | {types} | {_cell(spec.get('default'))} | {notes} |")
         lines.append("")

@@ -105,6 +105,7 @@ def _dataclass_options(cls: type) -> dict[str, Any]:
         else:
             default = None
         names, choices = _type_info(hints[f.name])
+        choices = choices or f.metadata.get("choices")  # TRL lists them in the field's metadata
         option: dict[str, Any] = {"types": names, "default": _json_default(default)}
         if choices and all(isinstance(c, str) for c in choices):  # choices constrain string values only
             option["choices"] = sorted(set(choices))

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
 
+# Precision options a CPU cannot honour (SFTConfig refuses them without a GPU): float32 there instead.
+GPU_PRECISION = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
 def sft_config(
     training_args: Mapping[str, Any],
     strategy: Strategy,
@@ -38,9 +42,24 @@ def sft_config(
     has_eval: bool,
     world_size: int,
 ) -> SFTConfig:
-    """SFTConfig from the TrainingArguments section: every key as given, the step's layout as chosen."""
+    """SFTConfig from the TrainingArguments section (``sft_values``)."""
     from trl import SFTConfig
 
+    return SFTConfig(
+        **sft_values(training_args, strategy, output_dir, has_eval=has_eval, world_size=world_size)
+    )
+
+
+def sft_values(
+    training_args: Mapping[str, Any],
+    strategy: Strategy,
+    output_dir: str,
+    *,
+    has_eval: bool,
+    world_size: int,
+) -> dict[str, Any]:
+    """SFTConfig's arguments: every key of the section as given (validation refused those nothing would
+    act on), the step's layout as chosen, float32 on a CPU."""
     values = dict(training_args)
     kwargs = values.pop("gradient_checkpointing_kwargs", None) or values.get(
         "activation_checkpointing_kwargs"
@@ -59,6 +78,7 @@ def sft_config(
     values.setdefault("per_device_eval_batch_size", strategy.micro_batch)
     values.setdefault("disable_tqdm", True)  # the progress events and their bar report instead
     values.setdefault("report_to", "none")
+    values.setdefault("prediction_loss_only", True)  # no compute_metrics: logits would cost a forward pass
     values.setdefault("save_total_limit", 2)
     if has_eval:
         values.setdefault("eval_strategy", "epoch")
@@ -66,11 +86,11 @@ def sft_config(
         values["eval_strategy"] = "no"
         values.pop("eval_on_start", None)
     if strategy.device == "cpu":
-        values.update(use_cpu=True, bf16=False, fp16=False)
+        values.update(dict.fromkeys(GPU_PRECISION, False), use_cpu=True)
         if world_size > 1:
             values["ddp_backend"] = "gloo"
     else:
         import torch
 
         values.setdefault("bf16", torch.cuda.is_bf16_supported())
-    return SFTConfig(**values)
+    return values
