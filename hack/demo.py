@@ -163,8 +163,12 @@ def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> d
             docs = with_steps(docs, steps)
         for doc in docs:
             create(api, doc)
-        tuning_name = next(d["metadata"]["name"] for d in docs if d["kind"] == "Workspace")
-        say(f"applied {TUNING_EXAMPLE.relative_to(REPO_ROOT)}: training (`kaito-tune status --watch`'s bar)")
+        tuning = next(d for d in docs if d["kind"] == "Workspace")
+        tuning_name, method = tuning["metadata"]["name"], tuning["tuning"]["method"]
+        say(
+            f"applied {TUNING_EXAMPLE.relative_to(REPO_ROOT)}: {method} training "
+            "(`kaito-tune status --watch`'s bar)"
+        )
         code, ws = watch(workspace_reader(api, tuning_name), out=sys.stdout, max_seconds=TRAINING_TIMEOUT_S)
         print("\n".join(status_lines(ws)))
         if code != 0:
