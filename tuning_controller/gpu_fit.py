@@ -70,7 +70,7 @@ def _int(value: Any, fallback: int) -> int:
 
 
 def training_shape(doc: Mapping[str, Any] | None, method: str, preset: ModelPreset) -> TrainingShape:
-    """Read the memory-relevant options; an unset batch size counts as 1 (the trainer picks the largest)."""
+    """Read the memory-relevant options; an unset batch size counts as 1 (KAITO's template)."""
     opts = effective_options(doc, method)
     sections = doc.get(ROOT) if isinstance(doc, Mapping) else None
     raw_args = sections.get("TrainingArguments") if isinstance(sections, Mapping) else None
