@@ -297,6 +297,49 @@ FORBIDDEN = {
     ): "only GaLore and APOLLO optimizers read it, and the image has neither",
     (_TRAINING, "use_liger_kernel"): "liger-kernel is not in the training image",
     (_TRAINING, "liger_kernel_config"): "liger-kernel is not in the training image",
+    ("ModelConfig", "local_files_only"): "the pod never reaches a model hub: fetch-model brings the weights",
+    ("ModelConfig", "low_cpu_mem_usage"): "transformers 5 always loads without a full CPU copy",
+    ("QuantizationConfig", "llm_int8_enable_fp32_cpu_offload"): (
+        "only for a model split between GPU and CPU; each process keeps its whole model on its GPU"
+    ),
+    ("QuantizationConfig", "llm_int8_has_fp16_weight"): (
+        "keeps fp16 weights beside the int8 ones (full fine-tuning memory): use method lora instead"
+    ),
+    **{
+        ("LoraConfig", key): "set by PEFT when it saves the adapter"
+        for key in ("peft_type", "peft_version", "base_model_name_or_path", "revision", "auto_mapping")
+    },
+    ("LoraConfig", "task_type"): "the trainer fine-tunes causal language models (CAUSAL_LM)",
+    ("LoraConfig", "inference_mode"): "it freezes the adapter: nothing would train",
+    (
+        "LoraConfig",
+        "fan_in_fan_out",
+    ): "only for Conv1D layers (GPT-2); PEFT turns it off for every preset's Linear",
+    **{
+        ("LoraConfig", key): "Megatron-LM is not in the training image"
+        for key in ("megatron_config", "megatron_core")
+    },
+    **{
+        ("LoraConfig", key): "QALoRA needs GPTQ weights; QLoRA here quantises with bitsandbytes"
+        for key in ("use_qalora", "qalora_group_size")
+    },
+    **{
+        ("LoraConfig", key): "its initialisation needs a pass over data or full-precision weights that the "
+        "trainer does not run"
+        for key in ("eva_config", "corda_config", "lora_ga_config", "loftq_config")
+    },
+    **{
+        ("LoraConfig", key): "a LoRA variant this trainer has not been tested with"
+        for key in (
+            "arrow_config",
+            "kasa_config",
+            "monteclora_config",
+            "velora_config",
+            "use_bdlora",
+            "runtime_config",
+            "alora_invocation_tokens",
+        )
+    },
     ("ModelConfig", "trust_remote_code"): (
         "code shipped with the weights would run in the training pod; every preset's architecture is "
         "built into transformers"
@@ -319,7 +362,18 @@ FORBIDDEN_ALLOWS: dict[tuple[str, str], tuple[Any, ...]] = {
     (_TRAINING, "include_num_input_tokens_seen"): (None, False, "no", "non_padding"),
     (_TRAINING, "local_rank"): (None, -1),
     ("ModelConfig", "device_map"): (None, "auto"),
+    ("ModelConfig", "local_files_only"): (None, True),
+    ("ModelConfig", "low_cpu_mem_usage"): (None, True),
+    ("LoraConfig", "task_type"): (None, "CAUSAL_LM"),
+    ("LoraConfig", "peft_type"): (None, "LORA"),
+    ("LoraConfig", "megatron_core"): (None, "megatron.core"),
+    ("LoraConfig", "qalora_group_size"): (None, 16),
+    ("LoraConfig", "loftq_config"): (None, {}),
 }
+# LoraConfig.init_lora_weights values whose initialisation the trainer does not run, and the one PEFT
+# computes only from full-precision weights (it raises on a 4-bit base; OLoRA builds there).
+UNRUN_INITS = ("eva", "corda", "loftq", "lora_ga")
+FULL_PRECISION_INITS = ("pissa",)
 # Optimizers whose library is not in the training image (transformers imports it when training starts).
 MISSING_OPTIMIZERS = (
     "adalomo",
@@ -409,6 +463,10 @@ def _check_option(section: str, key: str, value: Any, spec: Mapping[str, Any], p
     accepted = FORBIDDEN_ALLOWS.get((section, key), (None, False, ""))
     if (section, key) in FORBIDDEN and not any(_same(value, a) for a in accepted):
         problems.append(Problem(path, "must not be set here", value, FORBIDDEN[(section, key)]))
+    if (section, key) == ("LoraConfig", "init_lora_weights") and value in UNRUN_INITS:
+        problems.append(
+            Problem(path, "needs an initialisation the trainer does not run", value, "use true or gaussian")
+        )
     if (section, key) == (_TRAINING, "optim") and value in MISSING_OPTIMIZERS:
         problems.append(
             Problem(
@@ -492,6 +550,20 @@ def _kaito_rules(sections: Mapping[str, Any], method: str | None, path: str) -> 
                     "use /mnt/results",
                 )
             )
+    lora = sections.get("LoraConfig") or {}
+    init = lora.get("init_lora_weights") if isinstance(lora, Mapping) else None
+    quantised = isinstance(quant, Mapping) and (
+        _flag(quant.get("load_in_4bit")) or _flag(quant.get("load_in_8bit"))
+    )
+    if isinstance(init, str) and init.startswith(FULL_PRECISION_INITS) and quantised:
+        problems.append(
+            Problem(
+                f"{path}.LoraConfig.init_lora_weights",
+                "computes the adapter from full-precision weights, and this base is quantised",
+                init,
+                "use method lora, or init_lora_weights: true",
+            )
+        )
     return problems
 
 

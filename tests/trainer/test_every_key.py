@@ -1,7 +1,7 @@
-"""Every TrainingArguments key validation accepts is honoured, or validation refuses it with the reason.
+"""Every key validation accepts is honoured, or validation refuses it with the reason.
 
-One table row per key of ``docs/training-config.md``'s TrainingArguments (the test fails when the
-libraries add a key nobody has placed):
+One table row per key of ``docs/training-config.md`` (the tests fail when the libraries add a key nobody
+has placed). The other sections' rows are further down; TrainingArguments':
 - REFUSED: validation names the key, says "must not be set here" and why (nothing in the pod acts on it);
 - PREFLIGHT: the pre-flight's tokens, masks or lengths change (TRL's own handling of them, see
   ``test_trl_parity``);
@@ -328,3 +328,191 @@ def test_packing_false_trains_one_example_per_sequence(tmp_path, tiny_preset, pa
         assert done["total_steps"] < len(rows) / 4 and "packing: bfd" in result.stderr
     else:
         assert done["total_steps"] == len(rows) and "packing: off" in result.stderr
+
+
+# The other sections: every key refused with its reason, or passed to its library object (peft's
+# LoraConfig, applied to the tiny preset's 4-bit base; transformers' BitsAndBytesConfig; from_pretrained's
+# keyword arguments; this project's DatasetOptions and CollatorOptions, which the pre-flight reads).
+SECTION_SAMPLES: dict[str, dict[str, Any]] = {
+    "LoraConfig": {
+        "alpha_pattern": {"q_proj": 32},
+        "bias": "lora_only",
+        "ensure_weight_tying": True,
+        "exclude_modules": ["v_proj"],
+        "init_lora_weights": "gaussian",
+        "layer_replication": [[0, 2], [1, 2]],
+        "layers_pattern": ("layers", {"layers_to_transform": [1]}),
+        "layers_to_transform": [1],
+        "lora_alpha": 32,
+        "lora_bias": True,
+        "lora_dropout": 0.1,
+        "modules_to_save": ["lm_head"],
+        "r": 4,
+        "rank_pattern": {"q_proj": 4},
+        "target_modules": ["q_proj"],
+        "target_parameters": ["mlp.gate_proj.weight"],
+        "trainable_token_indices": [1, 2],
+        "use_dora": True,
+        "use_rslora": True,
+    },
+    "QuantizationConfig": {
+        "bnb_4bit_compute_dtype": "float16",
+        "bnb_4bit_quant_storage": "bfloat16",
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "llm_int8_skip_modules": ["lm_head"],
+        "llm_int8_threshold": 4.0,
+        "load_in_4bit": True,
+        "load_in_8bit": (True, {"load_in_4bit": False}),
+    },
+    "ModelConfig": {
+        "attn_implementation": "eager",
+        "chat_template": "{{ messages[0]['content'] }}",
+        "dtype": "float16",
+        "torch_dtype": "float16",
+    },
+    "DatasetConfig": {
+        "messages_column": "conversation",
+        "prompt_column": "question",
+        "completion_column": "answer",
+        "text_column": "body",
+        "shuffle_dataset": False,
+        "shuffle_seed": 7,
+        "train_test_split": 0.9,
+        "max_length": 64,
+        "skip_bad_rows": True,
+    },
+    "DataCollator": {"completion_only_loss": False, "assistant_only_loss": False},
+}
+# Accepted and documented as doing nothing: KAITO's templates set it, and causal LMs have no masked-LM mode.
+ACCEPTED_FOR_KAITO = {("DataCollator", "mlm")}
+OTHER_SECTIONS = [s for s in SECTION_SAMPLES]
+
+
+def _refused(section: str) -> set[str]:
+    return {key for sec, key in FORBIDDEN if sec == section}
+
+
+@pytest.mark.parametrize("section", OTHER_SECTIONS)
+def test_every_key_of_the_other_sections_has_a_row(section):
+    keys = set(option_sets()[section])
+    placed = (
+        _refused(section) | set(SECTION_SAMPLES[section]) | {k for s, k in ACCEPTED_FOR_KAITO if s == section}
+    )
+    assert keys == placed, f"place {sorted(keys ^ placed)}"
+
+
+@pytest.mark.parametrize(("section", "key"), [(s, k) for s in OTHER_SECTIONS for k in sorted(_refused(s))])
+def test_other_refused_keys_name_the_reason(section, key):
+    allowed = FORBIDDEN_ALLOWS.get((section, key), (None, False, ""))
+    kinds = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+    types = option_sets()[section][key]["types"]
+    value = next(
+        v
+        for v in (True, 3, 0.5, "x", ["x"], {"x": 1}, False)
+        if (kinds[type(v)] in types or "object" in types)
+        and not any(type(v) is type(a) and v == a for a in allowed)
+    )
+    doc = default_training_config("qlora")
+    doc["training_config"].setdefault(section, {})[key] = value
+    problems = [p for p in validate_training_config(doc, "qlora") if p.path.endswith(f"{section}.{key}")]
+    assert [p.hint for p in problems if "must not be set here" in p.message] == [FORBIDDEN[(section, key)]]
+
+
+@pytest.fixture(scope="module")
+def four_bit_base(tiny_preset):
+    """The tiny preset on bitsandbytes' 4-bit CPU kernels, as the trainer loads it for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    return lambda: AutoModelForCausalLM.from_pretrained(tiny_preset, quantization_config=quant)
+
+
+@pytest.mark.parametrize("key", sorted(SECTION_SAMPLES["LoraConfig"]))
+def test_lora_keys_reach_peft_and_build_an_adapter_on_a_4bit_base(four_bit_base, key):
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.config import lora_config
+
+    value, needs = _sample_of("LoraConfig", key)
+    doc = default_training_config("qlora")
+    doc["training_config"]["LoraConfig"].update({key: value, **needs})
+    assert validate_training_config(doc, "qlora") == []
+    config = lora_config({key: value, **needs}, ["q_proj", "v_proj"])
+    got = getattr(config, key)
+    assert (sorted(got) if isinstance(got, set) else got) == value  # PEFT keeps module names as a set
+    assert value != LoraConfig.__dataclass_fields__[key].default
+    get_peft_model(four_bit_base(), config)  # PEFT accepts it on the quantised base
+
+
+def _sample_of(section: str, key: str) -> tuple[Any, dict[str, Any]]:
+    found = SECTION_SAMPLES[section][key]
+    return found if isinstance(found, tuple) else (found, {})
+
+
+@pytest.mark.parametrize("key", sorted(SECTION_SAMPLES["QuantizationConfig"]))
+def test_quantization_keys_reach_bitsandbytesconfig(key):
+    from trainer.config import quantization_config
+
+    value, needs = _sample_of("QuantizationConfig", key)
+    section = {"load_in_4bit": True, key: value, **needs}
+    built = quantization_config(section, on_cpu=False)
+    got = getattr(built, key)
+    assert (
+        str(got).removeprefix("torch.") if key.endswith("dtype") or key.endswith("storage") else got
+    ) == value
+
+
+@pytest.mark.parametrize("key", sorted(SECTION_SAMPLES["ModelConfig"]))
+def test_model_keys_reach_from_pretrained_or_the_tokenizer(tmp_path, tiny_preset, key):
+    import torch
+
+    from trainer.config import model_kwargs
+
+    value, _ = _sample_of("ModelConfig", key)
+    if key == "chat_template":
+        from presets.resolve import resolve_preset
+        from trainer.config import parse
+        from trainer.model import load_tokenizer
+
+        doc = default_training_config("qlora")
+        doc["training_config"]["ModelConfig"][key] = value
+        assert load_tokenizer(resolve_preset("tiny-llama", None), parse(doc)).chat_template == value
+        return
+    kwargs = model_kwargs({key: value}, on_cpu=False)
+    want = torch.float16 if key in ("dtype", "torch_dtype") else value
+    assert kwargs["dtype" if key == "torch_dtype" else key] == want
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [(s, k) for s in ("DatasetConfig", "DataCollator") for k in SECTION_SAMPLES[s]]
+)
+def test_dataset_and_collator_keys_reach_the_preflight_options(section, key):
+    from trainer.config import parse
+
+    value, _ = _sample_of(section, key)
+    doc = default_training_config("qlora")
+    doc["training_config"].setdefault(section, {})[key] = value
+    config = parse(doc, "qlora")
+    options = config.dataset if section == "DatasetConfig" else config.collator
+    assert getattr(options, key) == value
+
+
+@pytest.mark.parametrize(
+    ("method", "init", "refused"),
+    [
+        ("qlora", "eva", "initialisation the trainer does not run"),
+        ("lora", "loftq", "initialisation the trainer does not run"),
+        ("qlora", "pissa_niter_4", "full-precision weights"),  # PEFT raises on a 4-bit base
+        ("lora", "pissa", None),
+        ("qlora", "olora", None),  # PEFT builds it on a 4-bit base
+    ],
+)
+def test_lora_initialisations_the_trainer_cannot_run_are_refused(method, init, refused):
+    doc = default_training_config(method)
+    doc["training_config"]["LoraConfig"]["init_lora_weights"] = init
+    messages = [p.message for p in validate_training_config(doc, method)]
+    assert any(refused in m for m in messages) if refused else messages == []
