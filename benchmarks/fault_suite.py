@@ -4,6 +4,8 @@ local control plane, and whether every Workspace ended right.
     .venv/bin/python benchmarks/fault_suite.py            # 100 hostile Workspaces, 5 SIGKILLs, ...
     .venv/bin/python benchmarks/fault_suite.py --quick    # small counts (~2 minutes on 2 cores; the test)
     .venv/bin/python benchmarks/fault_suite.py --seed 7   # other random moments
+    .venv/bin/python benchmarks/fault_suite.py --node [--quick]  # the node-backed faults (real training):
+                                                          # benchmarks/fault_suite_node.py, its docstring
 
 The control plane runs without a node (hack/control-plane.sh without --node): pods stay Pending, so
 data Jobs never finish and no tuning Workspace gets as far as a GPU NodeClaim. One operator
@@ -679,7 +681,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts (for the test)")
     parser.add_argument("--seed", type=int, default=15, help="seed of the random moments")
+    parser.add_argument(
+        "--node", action="store_true", help="the node-backed faults instead (benchmarks/fault_suite_node.py)"
+    )
+    parser.add_argument("--steps", type=int, default=30, help="with --node: training steps per Workspace")
     args = parser.parse_args()
+    if args.node:
+        from benchmarks.fault_suite_node import run as run_node
+
+        print(json.dumps(run_node(args.quick, args.seed, args.steps)))
+        return 0
     print(json.dumps(run(args.quick, args.seed)))
     return 0
 
