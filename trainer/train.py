@@ -42,7 +42,7 @@ def _estimator(preset: ResolvedPreset, method: str, max_length: int) -> Callable
         entry = get_model(preset.name)
     except UnknownName:
         return None
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    gib = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory / 2**30
     return lambda checkpointing: largest_micro_batch(entry, method, gib, max_length, checkpointing)
 
 
