@@ -40,6 +40,7 @@ def training_config(max_steps: int = STEPS) -> dict:
                 "output_dir": "/mnt/results",
                 "save_strategy": "no",
                 "per_device_train_batch_size": 2,
+                "packing": True,  # steps long enough (a whole packed row) for progress to be seen moving
                 "max_steps": max_steps,
                 "logging_steps": 1,
                 "learning_rate": 0.001,
