@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,14 @@ if TYPE_CHECKING:
 
 # TRL packing strategies that split examples longer than max_length instead of truncating them.
 SPLITTING_STRATEGIES = ("bfd_split", "wrapped")
+
+
+def packing_strategy(training_args: Mapping[str, Any]) -> str:
+    """TRL's packing strategy when ``packing`` is on (its default, bfd, when unnamed), else "off"."""
+    if not training_args.get("packing"):
+        return "off"
+    return str(training_args.get("packing_strategy") or "bfd")
+
 
 # from_pretrained kwargs a config may set (the controller's option set: one list for both sides).
 MODEL_KEYS = frozenset(MODEL_CONFIG_OPTIONS)
@@ -92,9 +101,8 @@ class TrainingConfig:
 
     @property
     def packing(self) -> str:
-        """TRL's packing strategy when packing is on, else "off" (the status and the logs show it)."""
-        args = self.section("TrainingArguments")
-        return str(args.get("packing_strategy") or "bfd") if args.get("packing") else "off"
+        """``packing_strategy`` of the TrainingArguments (the status and the logs show it)."""
+        return packing_strategy(self.section("TrainingArguments"))
 
     @property
     def truncation(self) -> str | None:

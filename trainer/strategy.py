@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.training_config import ROOT, Method, default_training_config, option_sets
+from trainer.config import packing_strategy
 
 # Packing strategies whose rows reach the model flattened (TRL turns padding_free on for them).
 FLATTENING_STRATEGIES = ("bfd", "bfd_split")
@@ -80,9 +81,8 @@ def configured_checkpointing(training_args: Mapping[str, Any]) -> bool | None:
 
 def flattens(training_args: Mapping[str, Any]) -> bool:
     """Whether TRL's collator lays a micro-batch end to end in one sequence (padding-free)."""
-    packing = bool(training_args.get("packing"))
-    strategy = training_args.get("packing_strategy") or "bfd"
-    return bool(training_args.get("padding_free")) or (packing and strategy in FLATTENING_STRATEGIES)
+    packing = packing_strategy(training_args)
+    return bool(training_args.get("padding_free")) or packing in FLATTENING_STRATEGIES
 
 
 def split_step(step: int, limit: int) -> int:
