@@ -550,21 +550,27 @@ def _kaito_rules(sections: Mapping[str, Any], method: str | None, path: str) -> 
                     "use /mnt/results",
                 )
             )
-    lora = sections.get("LoraConfig") or {}
-    init = lora.get("init_lora_weights") if isinstance(lora, Mapping) else None
-    quantised = isinstance(quant, Mapping) and (
-        _flag(quant.get("load_in_4bit")) or _flag(quant.get("load_in_8bit"))
-    )
-    if isinstance(init, str) and init.startswith(FULL_PRECISION_INITS) and quantised:
-        problems.append(
-            Problem(
-                f"{path}.LoraConfig.init_lora_weights",
-                "computes the adapter from full-precision weights, and this base is quantised",
-                init,
-                "use method lora, or init_lora_weights: true",
-            )
-        )
     return problems
+
+
+def _initialisation_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
+    """LoRA initialisations PEFT computes from full-precision weights cannot start from a quantised base."""
+    lora, quant = sections.get("LoraConfig"), sections.get("QuantizationConfig")
+    if not (isinstance(lora, Mapping) and isinstance(quant, Mapping)):
+        return []
+    init = lora.get("init_lora_weights")
+    if not (isinstance(init, str) and init.startswith(FULL_PRECISION_INITS)):
+        return []
+    if not (_flag(quant.get("load_in_4bit")) or _flag(quant.get("load_in_8bit"))):
+        return []
+    return [
+        Problem(
+            f"{path}.LoraConfig.init_lora_weights",
+            "computes the adapter from full-precision weights, and this base is quantised",
+            init,
+            "use method lora, or init_lora_weights: true",
+        )
+    ]
 
 
 def _evaluation_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
@@ -671,6 +677,7 @@ def validate_training_config(
         problems.append(Problem("method", "must be lora or qlora", method))
         method = None
     problems += _kaito_rules(sections, method, path)
+    problems += _initialisation_rules(sections, path)
     problems += _evaluation_rules(sections, path)
     problems += _conflicts(sections, path)
     return problems
