@@ -24,6 +24,7 @@ from artifacts.models import push_model
 from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import GIB, MIB, ClientOptions
+from contract.pod import urls_sha256
 
 
 def _default_docker_config() -> str | None:
@@ -150,9 +151,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listed_urls(path: str, expect_sha256: str | None) -> list[str]:
+    """The URLs of a --urls-file (one per line), checked against the digest its writer rendered: the
+    controller creates the Secret behind it without reading it, so a namesake made by someone else
+    must not redirect the download."""
+    urls = Path(path).read_text().splitlines()
+    found = urls_sha256(urls)
+    if expect_sha256 is not None and found != expect_sha256:
+        raise InvalidInputError(
+            f"{path} does not hold this Workspace's input URLs (sha256 {found}, expected {expect_sha256}): "
+            "the Secret mounted there was not made by the controller; delete it and the controller makes it "
+            "again"
+        )
+    return urls
+
+
 def _fetch_data(args: argparse.Namespace) -> int:
-    if bool(args.urls) == bool(args.image):
-        raise InvalidInputError("fetch-data takes exactly one of --urls and --image")
+    if sum(map(bool, (args.urls, args.urls_file, args.image))) != 1:
+        raise InvalidInputError("fetch-data takes exactly one of --urls, --urls-file and --image")
     dest = Path(args.dest)
     if args.image:
         result = pull(args.image, dest, options=_client_options(args))
@@ -164,7 +180,8 @@ def _fetch_data(args: argparse.Namespace) -> int:
         allowed_networks=tuple(args.allow_network),
         ca_bundle=args.ca_bundle,
     )
-    written = fetch_urls(args.urls, dest, options)
+    urls = _listed_urls(args.urls_file, args.expect_urls_sha256) if args.urls_file else args.urls
+    written = fetch_urls(urls, dest, options)
     print(f"downloaded {len(written)} files into {dest}")
     return 0
 
@@ -274,6 +291,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("fetch-data", help="download tuning input (URLs or a data image) into DIR")
     parser.add_argument("--urls", nargs="+", default=[], metavar="URL")
+    parser.add_argument(
+        "--urls-file",
+        metavar="FILE",
+        help="read the URLs from FILE, one per line (a signed URL's query is a credential: in the argv "
+        "every process listing shows it)",
+    )
+    parser.add_argument(
+        "--expect-urls-sha256", metavar="HEX", help="refuse a --urls-file whose content has another sha256"
+    )
     parser.add_argument("--image", help="data image whose /data is extracted")
     parser.add_argument("--dest", required=True, metavar="DIR")
     parser.add_argument(

@@ -6,8 +6,9 @@ fetch-model read them. Both sides import them from here, so a rename cannot spli
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 # ---- paths inside the pods -----------------------------------------------------------------------
 DATA_DIR = "/mnt/data"  # the training data (fetched, pulled or a mounted volume)
@@ -20,6 +21,7 @@ MODEL_CACHE_DIR = "/mnt/model-cache"  # the model cache shared across Jobs
 ADAPTER_ROOT = "/mnt/adapter"  # inference: one directory per adapter
 MERGED_ROOT = "/mnt/merged"  # inference under vLLM: adapters with their strengths baked in
 TERMINATION_LOG = "/dev/termination-log"  # a container's one-line answer to the controller
+INPUT_URLS_FILE = "/mnt/input-urls/urls"  # tuning.input.urls, from the revision's Secret (urls_text)
 
 # The served model id of the base with every adapter combined by strength: "<preset>+adapters".
 COMBINED_SUFFIX = "+adapters"
@@ -75,3 +77,14 @@ def parse_strengths(items: Iterable[str]) -> dict[str, float]:
             except StrengthError as exc:
                 raise StrengthError(f"adapter strength {part!r}: {exc}") from None
     return out
+
+
+# ---- tuning.input.urls, handed to fetch-data in a Secret ----------------------------------------------
+def urls_text(urls: Sequence[str]) -> str:
+    """The Secret's content: one URL per line (a URL holds no newline)."""
+    return "".join(f"{url}\n" for url in urls)
+
+
+def urls_sha256(urls: Sequence[str]) -> str:
+    """What fetch-data checks the mounted list against: the controller cannot read the Secret it made."""
+    return hashlib.sha256(urls_text(urls).encode()).hexdigest()

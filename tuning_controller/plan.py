@@ -29,6 +29,9 @@ class Verb(StrEnum):
     """Create; an own namesake (a restart, a race) is adopted as it is, and the decision is taken again."""
     CREATE_OR_APPLY = "create-or-apply"
     """Create (cheaper for the API server on first sight); an own namesake is server-side applied."""
+    CREATE_UNREAD = "create-unread"
+    """Create; a namesake is left as it is, unread: a Secret, which the controller may create but not
+    read. Whoever mounts it checks its content against a digest the controller rendered beside it."""
     APPLY = "apply"
     """Server-side apply, over an own object only."""
     REPLACE = "replace"

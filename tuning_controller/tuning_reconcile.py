@@ -36,6 +36,7 @@ from tuning_controller.render.configmap import (
     choose_training_config,
     render_training_configmap,
 )
+from tuning_controller.render.input_urls import render_urls_secret
 from tuning_controller.render.job import (
     REVISION_ANNOTATION,
     data_job_name,
@@ -309,12 +310,19 @@ def _ensure_data_job(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], M
     a namesake); one of another revision is replaced."""
     rendered = render_data_job(t.ws, t.settings, t.rev)
     found = _own(_look(seen, DATA_JOB) if t.known_rev == t.rev else seen.get(DATA_JOB))
+    create = [*_input_secret(t), Write(Verb.CREATE, rendered, seen_as=DATA_JOB)]
     if found is None:
-        return [Write(Verb.CREATE, rendered, seen_as=DATA_JOB)], rendered
+        return create, rendered
     if revision_of(found) != revision_of(rendered):
         stop = _replace(found, "the Workspace changed: checking the data again", DATA_JOB)
-        return [stop, Write(Verb.CREATE, rendered, seen_as=DATA_JOB)], rendered
+        return [stop, *create], rendered
     return [], found
+
+
+def _input_secret(t: Target) -> list[Write]:
+    """The revision's input URLs, which the Jobs' fetch-data reads (not from its argv)."""
+    secret = render_urls_secret(t.ws, t.rev)
+    return [Write(Verb.CREATE_UNREAD, secret)] if secret else []
 
 
 def _settled(job: Mapping[str, Any]) -> bool:
@@ -376,7 +384,7 @@ def _training(
 
 def _training_companions(t: Target) -> list[Write]:
     """What the training pod needs besides its Job: its progress identity and claims."""
-    writes = [Write(Verb.APPLY, obj) for obj in render_progress_rbac(t.ws)]
+    writes = [*_input_secret(t), *(Write(Verb.APPLY, obj) for obj in render_progress_rbac(t.ws))]
     if uses_results_claim(t.ws, t.settings):
         writes.append(Write(Verb.CREATE, render_results_claim(t.ws, t.settings)))
     if t.settings.model_cache == "pvc":

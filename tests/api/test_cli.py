@@ -143,7 +143,16 @@ def test_render_prints_every_object_of_tuning_and_inference_workspaces(
     assert code == 0
     objects = list(yaml.safe_load_all(out))
     kinds = [(o["kind"], o["metadata"]["labels"]["kaito.sh/workspace"]) for o in objects]
-    job_kinds = ["ConfigMap", "Job", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Job"]
+    job_kinds = [
+        "ConfigMap",
+        "Secret",
+        "Job",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "Job",
+    ]
     assert kinds == [(k, tuning["metadata"]["name"]) for k in job_kinds] + [
         ("Service", serving["metadata"]["name"]),
         ("Deployment", serving["metadata"]["name"]),

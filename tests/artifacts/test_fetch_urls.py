@@ -14,6 +14,7 @@ import pytest
 from artifacts.errors import BlockedHostError, FetchError, SizeLimitError
 from artifacts.fetch import FetchOptions, check_url, fetch_urls
 from artifacts.hosts import address_refusal, host_refusal, parse_network
+from contract.pod import urls_sha256, urls_text
 from tuning_controller.cli import main
 from tuning_controller.field_checks import url_problems
 
@@ -278,6 +279,28 @@ def test_cli_fetch_data_downloads_urls(data_server: str, tmp_path: Path) -> None
     ]
     assert main(argv) == 0
     assert (tmp_path / "d" / "train.jsonl").read_bytes() == PAYLOAD
+
+
+def test_cli_fetch_data_reads_urls_from_a_file_and_checks_its_digest(
+    data_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The controller hands the URLs over in a Secret it may create but not read: fetch-data refuses a
+    list whose sha256 is not the one rendered beside it (a namesake someone else made), fetching
+    nothing."""
+    urls = [f"{data_server}/train.jsonl"]
+    listed = tmp_path / "urls"
+    listed.write_text(urls_text(urls))
+    argv = ["fetch-data", "--urls-file", str(listed), "--allow-network", "127.0.0.1"]
+    assert main([*argv, "--dest", str(tmp_path / "d"), "--expect-urls-sha256", urls_sha256(urls)]) == 0
+    assert (tmp_path / "d" / "train.jsonl").read_bytes() == PAYLOAD
+
+    listed.write_text(urls_text([f"{data_server}/other.jsonl"]))
+    assert main([*argv, "--dest", str(tmp_path / "e"), "--expect-urls-sha256", urls_sha256(urls)]) == 1
+    err = capsys.readouterr().err
+    assert f"{listed} does not hold this Workspace's input URLs" in err and urls_sha256(urls) in err
+    assert not (tmp_path / "e").exists()
+    assert main([*argv, "--urls", urls[0], "--dest", str(tmp_path / "f")]) == 1
+    assert "exactly one of --urls, --urls-file and --image" in capsys.readouterr().err
 
 
 def test_cli_fetch_data_refuses_loopback_without_its_network_and_a_bad_network(

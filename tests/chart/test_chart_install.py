@@ -71,8 +71,11 @@ def installed_chart(kube_client, namespace):
     kube_json(kube_client, "DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{RELEASE}")
 
 
-def test_chart_role_reaches_no_secrets(kube_client, namespace, installed_chart):
+def test_chart_role_creates_secrets_but_never_reads_them(kube_client, namespace, installed_chart):
+    """Create only: the input URLs' Secret (tuning_controller/render/input_urls.py)."""
     assert may(kube_client, namespace, "create", "jobs", "batch")
+    assert may(kube_client, namespace, "create", "secrets")
+    assert not may(kube_client, namespace, "patch", "secrets")  # a patch answers with the object
     assert may(kube_client, namespace, "patch", "workspaces/status", "kaito.sh")
     assert not may(kube_client, namespace, "get", "secrets")
     assert not may(kube_client, namespace, "list", "secrets")

@@ -9,12 +9,15 @@ the name is free."""
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from typing import Any
 
 import pytest
 
+from contract.pod import urls_sha256
+from contract.workspace import parse_workspace
 from tests.controller.conftest import apply, condition, get_workspace, tuning_workspace, wait_status
 from tests.controller.test_tuning_reconcile import NOW, SETTINGS, valid, workspace
 from tests.fixtures.cluster import kube_json, wait_for
@@ -34,6 +37,7 @@ from tuning_controller.handlers.runtime import (
 )
 from tuning_controller.kube import KubeError
 from tuning_controller.plan import Result, Taken, Verb, Write, named
+from tuning_controller.render import render_workspace_objects
 from tuning_controller.render.configmap import render_training_configmap
 from tuning_controller.render.job import render_data_job
 from tuning_controller.render.nodeclaim import (
@@ -541,3 +545,34 @@ def test_a_workspace_blocked_by_a_taken_name_releases_its_gpu_node(monkeypatch):
     assert plan.result is Result.WAITING and plan.why.startswith("ServiceAccount team/ws-tuning exists")
     assert ("delete", "NodeClaim", claim["metadata"]["name"]) in kube.writes
     assert kube.get("karpenter.sh/v1", "NodeClaim", None, claim["metadata"]["name"]) is None
+
+
+def test_a_namesake_of_the_input_urls_secret_is_left_unread_and_the_job_checks_its_digest(
+    kube_client, namespace, run_operator
+):
+    """The controller may create Secrets but not read them: a Secret someone made first at the input
+    URLs' name is neither read nor written, and the data Job's fetch-data carries the digest of the
+    Workspace's own URL list, which that Secret's content fails (fetch-data then refuses:
+    tests/artifacts/test_fetch_urls.py). No URL is in any container's argv."""
+    run_operator()
+    signed = "http://127.0.0.1:9/train.parquet?sig=SIGNEDTOKEN"
+    ws_obj = tuning_workspace("squatted", namespace, urls=[signed])
+    rendered = render_workspace_objects(parse_workspace(ws_obj)[0], Settings())
+    secret_name = next(o["metadata"]["name"] for o in rendered if o["kind"] == "Secret")
+    secrets_path = f"/api/v1/namespaces/{namespace}/secrets"
+    theirs = {"metadata": {"name": secret_name}, "stringData": {"urls": "http://elsewhere.example/x\n"}}
+    their_secret = kube_json(kube_client, "POST", secrets_path, theirs)
+
+    apply(kube_client, ws_obj)
+    jobs_path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    wait_for(lambda: kube_json(kube_client, "GET", jobs_path)["items"], 60, "the data Job")
+    job = kube_json(kube_client, "GET", f"{jobs_path}/squatted-data")
+    assert "SIGNEDTOKEN" not in json.dumps(job["spec"])
+    fetch = next(c for c in job["spec"]["template"]["spec"]["initContainers"] if c["name"] == "fetch-data")
+    argv = [*fetch["command"], *fetch.get("args", [])]
+    assert argv[argv.index("--expect-urls-sha256") + 1] == urls_sha256([signed])
+    volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "input-urls")
+    assert volume["secret"]["secretName"] == secret_name
+    found = kube_json(kube_client, "GET", f"{secrets_path}/{secret_name}")
+    assert found["metadata"]["resourceVersion"] == their_secret["metadata"]["resourceVersion"]
+    assert not written_by_the_controller(found)

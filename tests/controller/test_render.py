@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contract.pod import urls_sha256
 from contract.workspace import parse_workspace
 from tuning_controller.render import render_workspace_objects
 from tuning_controller.render.configmap import choose_training_config
@@ -232,6 +233,7 @@ def test_nodeclaim_for_the_sku_with_labels_and_gpu_taint():
     kinds = [o["kind"] for o in objects]
     assert kinds == [
         "ConfigMap",
+        "Secret",  # the input URLs (tests/controller/test_input_urls.py)
         "Job",
         "NodeClaim",
         "ServiceAccount",
@@ -422,3 +424,27 @@ def test_every_scratch_volume_has_a_size_limit(settings):
         assert sizes["results"] == "7Gi"
     else:
         assert sizes["merged"] == "9Gi"
+
+
+def test_input_urls_reach_fetch_data_through_the_revisions_secret_not_the_argv():
+    """A signed URL's query is a credential: no container of either Job carries it; both mount the
+    revision's Secret, and fetch-data checks it against the list's digest."""
+    signed = "https://data.example/train.parquet?sig=SIGNEDTOKEN"
+    ws = parsed(workspace(input={"urls": [signed]}))
+    objects = render_workspace_objects(ws, Settings())
+    secret = next(o for o in objects if o["kind"] == "Secret")
+    assert secret["immutable"] and secret["stringData"] == {"urls": f"{signed}\n"}
+    assert secret["metadata"]["name"] == f"ws-input-{rev(ws)[:8]}"
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    assert len(jobs) == 2 and "SIGNEDTOKEN" not in str(jobs)
+    for job in jobs:
+        fetch = containers(job)["fetch-data"]
+        argv = fetch["command"]
+        assert argv[argv.index("--urls-file") + 1] == "/mnt/input-urls/urls"
+        assert argv[argv.index("--expect-urls-sha256") + 1] == urls_sha256([signed])
+        mount = {"name": "input-urls", "mountPath": "/mnt/input-urls", "readOnly": True}
+        assert mount in fetch["volumeMounts"]
+        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["input-urls"]["secret"]["secretName"] == secret["metadata"]["name"]
+    image_input = parsed(workspace(input={"image": "registry.example/data:v1"}))
+    assert all(o["kind"] != "Secret" for o in render_workspace_objects(image_input, Settings()))

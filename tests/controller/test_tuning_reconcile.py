@@ -113,12 +113,14 @@ def test_first_sight_reads_nothing_and_creates_the_config_then_the_data_job():
     plan, reads = run(valid(workspace()), {})
     assert reads == []
     # The ConfigMap first: the data Job's pod mounts it, and must never start with a namesake the
-    # Workspace does not own (the shell stops the plan there).
+    # Workspace does not own (the shell stops the plan there). The input URLs' Secret before the Job too.
+    secret = f"ws-input-{valid(workspace()).rev[:8]}"
     assert writes(plan) == [
         ("create-or-apply", "ConfigMap", "ws-training-config"),
+        ("create-unread", "Secret", secret),
         ("create", "Job", "ws-data"),
     ]
-    assert plan.writes[1].seen_as == DATA_JOB
+    assert plan.writes[2].seen_as == DATA_JOB
     assert plan.phase == st.CHECKING_DATA and plan.result is Result.OK
     assert plan.status is not None and plan.status.state == "Pending" and not plan.status.announce
     assert c.find(plan.status.conditions, c.WORKSPACE_SUCCEEDED)["reason"] == c.REASON_DATA_CHECK
@@ -145,6 +147,7 @@ def test_a_passed_check_on_own_nodes_waits_for_a_node_then_creates_the_training_
 
     plan, _ = run(t, {**world, NODES: [gpu_node()]})
     assert [w[:2] for w in writes(plan)] == [
+        ("create-unread", "Secret"),  # made with the data Job already; the training pod mounts it too
         ("apply", "ServiceAccount"),
         ("apply", "Role"),
         ("apply", "RoleBinding"),
@@ -162,6 +165,7 @@ def test_a_changed_spec_stops_the_old_training_and_checks_the_data_again():
     assert writes(plan) == [
         ("replace", "Job", "ws"),
         ("apply", "ConfigMap", "ws-training-config"),
+        ("create-unread", "Secret", f"ws-input-{t.rev[:8]}"),
         ("create", "Job", "ws-data"),
     ]
     assert plan.writes[0].event.reason == "JobReplaced"

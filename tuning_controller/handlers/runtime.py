@@ -315,6 +315,17 @@ def _create_or_apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[st
     return _apply(ctl, obj, ws_obj)
 
 
+def _create_unread(ctl: Controller, obj: Mapping[str, Any]) -> bool:
+    """Whether it was created; a namesake is left unread (the Verb says why that is safe)."""
+    try:
+        ctl.kube.create(obj)
+    except KubeError as err:
+        if not err.already_exists:
+            raise
+        return False
+    return True
+
+
 def _apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply (forced: the controller owns what it renders) over an own object only."""
     if _guarded(obj):
@@ -360,6 +371,8 @@ def _write(
         return found, adopted, True
     if write.verb is Verb.CREATE_OR_APPLY:
         return _create_or_apply(ctl, write.obj, ws_obj), False, True
+    if write.verb is Verb.CREATE_UNREAD:
+        return None, False, _create_unread(ctl, write.obj)
     if write.verb is Verb.APPLY:
         return _apply(ctl, write.obj, ws_obj), False, True
     deleted = _delete(ctl, write.obj, ws_obj, exact=write.verb is Verb.REPLACE)

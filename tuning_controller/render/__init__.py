@@ -42,6 +42,7 @@ def render_workspace_objects(
     """
     from tuning_controller.render.configmap import choose_training_config, render_training_configmap
     from tuning_controller.render.inference import render_inference_objects
+    from tuning_controller.render.input_urls import render_urls_secret
     from tuning_controller.render.job import (
         render_data_job,
         render_results_claim,
@@ -64,7 +65,9 @@ def render_workspace_objects(
             "config is rendered from it"
         )
     rev = revision(ws, config.doc)
-    objects = [render_training_configmap(ws, config), render_data_job(ws, settings, rev)]
+    secret = render_urls_secret(ws, rev)
+    objects = [render_training_configmap(ws, config), *([secret] if secret else [])]
+    objects.append(render_data_job(ws, settings, rev))
     if provisions:
         objects.append(render_nodeclaim(ws, settings))
     objects += render_progress_rbac(ws)

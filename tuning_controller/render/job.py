@@ -42,6 +42,7 @@ from contract.pod import (
 )
 from contract.training_config import Method
 from contract.workspace import GROUP, DataDestination, DataSource, PresetSpec, Workspace, to_dict
+from tuning_controller.render import input_urls
 from tuning_controller.render.configmap import training_configmap_name
 from tuning_controller.render.meta import bounded_name, labels, metadata
 from tuning_controller.render.model import ModelParts, fetch_model_parts, workspace_model_source
@@ -126,13 +127,15 @@ def revision(ws: Workspace, training_config: Mapping[str, Any]) -> str:
 
 
 def _fetch_container(source: DataSource, settings: Settings) -> dict[str, Any] | None:
-    """Downloads urls or extracts a data image into the data emptyDir; None for volume input."""
+    """Downloads urls (listed in the revision's Secret) or extracts a data image into the data emptyDir;
+    None for volume input."""
     if source.volume_source is not None:
         return None
     command = ["kaito-tune", "fetch-data", "--dest", DATA_DIR, "--termination-log", TERMINATION_LOG]
     mounts = [mount("data", DATA_DIR)]
     if source.urls:
-        command += ["--urls", *source.urls]
+        command += input_urls.fetch_args(source.urls)
+        mounts.append(mount(input_urls.VOLUME, input_urls.URLS_DIR, read_only=True))
         for network in settings.allowed_url_networks:
             command += ["--allow-network", network]
     else:
@@ -148,10 +151,13 @@ def _fetch_container(source: DataSource, settings: Settings) -> dict[str, Any] |
 DATA_SIZE_LIMIT = "40Gi"
 
 
-def _data_volumes(source: DataSource) -> list[dict[str, Any]]:
+def _data_volumes(ws: Workspace, rev: str) -> list[dict[str, Any]]:
+    source = _tuning(ws).input
     if source.volume_source is not None:
         return [{"name": "data", **source.volume_source}]
     volumes: list[dict[str, Any]] = [scratch_volume("data", DATA_SIZE_LIMIT)]
+    if source.urls:
+        volumes.append(input_urls.urls_volume(ws, rev))
     if source.image and source.image_pull_secrets:
         volumes.append(docker_config_volume("pull-secret", source.image_pull_secrets[0]))
     return volumes
@@ -258,7 +264,7 @@ def render_data_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         "securityContext": pod_security(settings),
         "containers": [_preflight_container(ws, settings, model)],
         "initContainers": [*([fetch] if fetch else []), *model.init],
-        "volumes": [*_data_volumes(tuning.input), _config_volume(ws), *model.volumes],
+        "volumes": [*_data_volumes(ws, rev), _config_volume(ws), *model.volumes],
     }
     # Bad data exits 1: deterministic, so fail at once; a fetch may be retried once.
     return _job(
@@ -354,7 +360,7 @@ def _train_container(
             {"name": WORKSPACE_API_VERSION_ENV, "value": settings.workspace_api_version},
             {"name": PROGRESS_INTERVAL_ENV, "value": str(settings.progress_interval_seconds)},
         ],
-        "resources": gpu_resources(gpus),
+        "resources": _train_resources(settings, gpus),
         "volumeMounts": [
             mount("data", DATA_DIR, read_only=True),
             mount("config", CONFIG_DIR, read_only=True),
@@ -366,6 +372,14 @@ def _train_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
+
+
+def _train_resources(settings: Settings, gpus: int) -> dict[str, Any]:
+    resources = gpu_resources(gpus)
+    resources["requests"] |= {"cpu": settings.train_cpu_request, "memory": settings.train_memory_request}
+    if settings.train_memory_limit:
+        resources["limits"]["memory"] = settings.train_memory_limit
+    return resources
 
 
 def _push_container(ws: Workspace, settings: Settings, rev: str, image: str) -> dict[str, Any]:
@@ -400,7 +414,7 @@ def _training_pod_spec(
     tuning = _tuning(ws)
     output = tuning.output
     volumes = [
-        *_data_volumes(tuning.input),
+        *_data_volumes(ws, rev),
         _config_volume(ws),
         _results_volume(ws, settings),
         shared_memory_volume(),
