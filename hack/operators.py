@@ -47,6 +47,11 @@ class Operator:
         return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
 
+# The local node has 2 cores for the control plane, the operator and the pods: a tiny preset's train
+# container asks for little (the product's defaults fit a GPU node).
+LOCAL_TRAIN_REQUESTS = {"KAITO_TUNE_TRAIN_CPU_REQUEST": "100m", "KAITO_TUNE_TRAIN_MEMORY_REQUEST": "256Mi"}
+
+
 def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
     """``python -m tuning_controller.operator`` against `kubeconfig`, allowing input URLs on loopback and
     the local node (KAITO_TUNE_* `env` on top); returns once /healthz answers."""
@@ -56,6 +61,7 @@ def start_operator(kubeconfig: Path, log_path: Path, **env: str) -> Operator:
         "KUBECONFIG": str(kubeconfig),
         "PYTHONPATH": str(REPO_ROOT),
         "KAITO_TUNE_ALLOWED_URL_NETWORKS": LOCAL_URL_NETWORKS,
+        **LOCAL_TRAIN_REQUESTS,
         "KAITO_TUNE_METRICS_PORT": str(metrics_port),
         "KAITO_TUNE_HEALTH_PORT": str(health_port),
         **env,
@@ -194,6 +200,8 @@ def local_operator_settings(node: Node, registry_host: str, **settings: Any) -> 
         "allowedUrlNetworks": [f"{node.ip}/32"],
         "insecureRegistries": list(dict.fromkeys([registry_host, node.image_registry])),
         "modelRegistry": model_registry(node),
+        "trainCpuRequest": LOCAL_TRAIN_REQUESTS["KAITO_TUNE_TRAIN_CPU_REQUEST"],
+        "trainMemoryRequest": LOCAL_TRAIN_REQUESTS["KAITO_TUNE_TRAIN_MEMORY_REQUEST"],
         **settings,
     }
 

@@ -42,6 +42,10 @@ _CHOICES = {
 }
 TORCH_DIST_PORT = 29500
 """Multi-node inference pods rendezvous on this port, so the server cannot use it."""
+# A Kubernetes quantity as the settings take them: a number and a decimal or binary suffix (m: milli).
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>m|k|M|G|T|Ki|Mi|Gi|Ti)?")
+_SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_SUFFIX |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 # host[:port] of a registry: a DNS name, an IPv4 address or a bracketed IPv6 address; no scheme, no path.
@@ -107,6 +111,13 @@ class Settings:
     """Least recently used cache entries not in use are deleted while the cache holds more than this."""
     backoff_limit: int = 2
     """Pod retries of the training Job before the Workspace fails."""
+    train_cpu_request: str = "2"
+    train_memory_request: str = "8Gi"
+    """What the scheduler sets aside on the node for the train container, beside its GPUs (one rank per
+    GPU, the data loader in-process; the weights are read shard by shard through the page cache)."""
+    train_memory_limit: str = ""
+    """Empty: none. The GPU node serves this one pod, and a limit set too low kills a run at model load or
+    hours in; a shared own node may want one (it must be at least train_memory_request)."""
     active_deadline_seconds: int = 7 * 24 * 3600
     """Wall-clock limit of the training Job (7 days: a hung run must not hold GPUs for ever); 0 for none."""
     data_deadline_seconds: int = 1800
@@ -170,6 +181,7 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}INFERENCE_PORT={self.inference_port}: must be 1..65535 and not {TORCH_DIST_PORT}"
             )
+        _check_quantities(self)
         if self.resync_seconds < 1:
             raise SettingsError(f"{PREFIX}RESYNC_SECONDS={self.resync_seconds}: must be >= 1")
         for name in (
@@ -189,6 +201,26 @@ class Settings:
         except InvalidInputError:
             return False
         return registry in self.insecure_registries
+
+
+def _check_quantities(settings: Settings) -> None:
+    """The train container's requests and limit are Kubernetes quantities, the limit not below the request."""
+    values = {}
+    for name in ("train_cpu_request", "train_memory_request", "train_memory_limit"):
+        raw = getattr(settings, name)
+        if name == "train_memory_limit" and not raw:
+            continue
+        match = _QUANTITY.fullmatch(raw)
+        if not match:
+            raise SettingsError(
+                f"{PREFIX}{name.upper()}={raw!r}: must be a Kubernetes quantity, e.g. 2, 500m, 8Gi"
+            )
+        values[name] = float(match["number"]) * _SUFFIX.get(match["suffix"] or "", 1.0)
+    if values.get("train_memory_limit", values["train_memory_request"]) < values["train_memory_request"]:
+        raise SettingsError(
+            f"{PREFIX}TRAIN_MEMORY_LIMIT={settings.train_memory_limit!r}: must be at least "
+            f"{PREFIX}TRAIN_MEMORY_REQUEST ({settings.train_memory_request})"
+        )
 
 
 def _networks(values: tuple[str, ...]) -> tuple[str, ...]:

@@ -323,6 +323,9 @@ def test_allowed_url_networks_and_insecure_registries_from_env():
         ({"KAITO_TUNE_INSECURE_REGISTRIES": "10.250.0.1:5000/v2"}, "no scheme, no path"),
         ({"KAITO_TUNE_INSECURE_REGISTRIES": "registry.local:99999"}, "host or host:port"),
         ({"KAITO_TUNE_INSECURE_REGISTRIES": "registry.local:"}, "host or host:port"),
+        ({"KAITO_TUNE_TRAIN_CPU_REQUEST": "two"}, "must be a Kubernetes quantity"),
+        ({"KAITO_TUNE_TRAIN_MEMORY_REQUEST": "8GB"}, "must be a Kubernetes quantity"),
+        ({"KAITO_TUNE_TRAIN_MEMORY_LIMIT": "4Gi"}, "must be at least KAITO_TUNE_TRAIN_MEMORY_REQUEST (8Gi)"),
     ],
 )
 def test_bad_network_and_registry_lists_name_the_variable_and_value(env, needle):
@@ -424,6 +427,22 @@ def test_every_scratch_volume_has_a_size_limit(settings):
         assert sizes["results"] == "7Gi"
     else:
         assert sizes["merged"] == "9Gi"
+
+
+def test_the_train_container_asks_for_cpu_and_memory_and_gets_a_memory_limit_only_when_set():
+    ws = parsed(workspace())
+    job = render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=2)
+    assert containers(job)["train"]["resources"] == {
+        "requests": {"nvidia.com/gpu": "2", "cpu": "2", "memory": "8Gi"},
+        "limits": {"nvidia.com/gpu": "2"},
+    }
+    env = {"KAITO_TUNE_TRAIN_CPU_REQUEST": "500m", "KAITO_TUNE_TRAIN_MEMORY_LIMIT": "9G"}
+    settings = settings_from_env(env)
+    job = render_training_job(ws, settings, rev(ws), data_sha256=SHA, gpus=1)
+    assert containers(job)["train"]["resources"] == {
+        "requests": {"nvidia.com/gpu": "1", "cpu": "500m", "memory": "8Gi"},
+        "limits": {"nvidia.com/gpu": "1", "memory": "9G"},
+    }
 
 
 def test_input_urls_reach_fetch_data_through_the_revisions_secret_not_the_argv():
