@@ -4,7 +4,7 @@
 #   docker build -f docker/preflight.Dockerfile -t kaito-tune/preflight:0.1.0 .
 # hack/images.sh builds it with buildah on a Debian base made with mmdebstrap (build-arg BASE) and a
 # wheelhouse mounted at /wheels, without network; with nothing at /wheels pip uses the package index.
-ARG BASE=python:3.11-slim-bookworm
+ARG BASE=python:3.11.14-slim-bookworm
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/tmp/hf \

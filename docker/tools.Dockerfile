@@ -3,7 +3,7 @@
 #   docker build -f docker/tools.Dockerfile -t kaito-tune/tools:0.1.0 .
 # hack/images.sh builds it with buildah on a Debian base made with mmdebstrap (build-arg BASE) and a
 # wheelhouse mounted at /wheels, without network; with nothing at /wheels pip uses the package index.
-ARG BASE=python:3.11-slim-bookworm
+ARG BASE=python:3.11.14-slim-bookworm
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH

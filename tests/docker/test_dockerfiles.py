@@ -124,8 +124,10 @@ def test_pinned_versions_match_the_project(dockerfile: Path):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_base_is_an_argument_defaulting_to_the_python_image(dockerfile: Path):
+    """A patch release, not the floating 3.11 tag: 3.11.13 fixed tarfile's filter="data" escapes
+    (CVE-2025-4517 and its kin); our tar reader refuses escaping links by itself as well."""
     steps = instructions(dockerfile)
-    assert steps[0] == ("ARG", "BASE=python:3.11-slim-bookworm"), dockerfile.name
+    assert steps[0] == ("ARG", "BASE=python:3.11.14-slim-bookworm"), dockerfile.name
     assert steps[1] == ("FROM", "${BASE}"), dockerfile.name
     assert [w for w, _ in steps].count("FROM") == 1, dockerfile.name
 
