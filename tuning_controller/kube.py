@@ -41,6 +41,7 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "Role": ("roles", True),
     "RoleBinding": ("rolebindings", True),
     "NodeClaim": ("nodeclaims", False),
+    "Workload": ("workloads", True),
     "Workspace": ("workspaces", True),
     "CustomResourceDefinition": ("customresourcedefinitions", False),
 }

@@ -175,6 +175,19 @@ def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
     return JobOutcome(PENDING, "waiting for the Job's pod", **common)
 
 
+def queued_message(queue: str | None, workload: Mapping[str, Any] | None) -> str:
+    """Why a suspended Job waits, in its queue's words: Kueue's Workload says it on QuotaReserved (e.g.
+    "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu ...")."""
+    where = f"queue {queue}" if queue else "its queue"
+    if workload is None:
+        return f"the Job is suspended until {where} admits it"
+    conditions: list[Mapping[str, Any]] = (workload.get("status") or {}).get("conditions") or []
+    quota: Mapping[str, Any] = next((cond for cond in conditions if cond.get("type") == "QuotaReserved"), {})
+    if quota.get("status") == "False" and quota.get("message"):
+        return _clip(f"waiting in {where}: {quota['message']}")
+    return f"the Job is suspended until {where} admits it (Workload {workload['metadata']['name']})"
+
+
 def data_summary(outcome: JobOutcome) -> dict[str, Any] | None:
     """The pre-flight's JSON summary from its termination message (None when it wrote none)."""
     return read_data_summary(outcome.terminations.get(PREFLIGHT, ""))

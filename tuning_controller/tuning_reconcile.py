@@ -40,6 +40,7 @@ from tuning_controller.render.input_urls import render_urls_secret
 from tuning_controller.render.job import (
     REVISION_ANNOTATION,
     data_job_name,
+    queue_of,
     render_data_job,
     render_results_claim,
     render_training_job,
@@ -67,6 +68,7 @@ JOB = "job"  # the training Job <ws>
 JOB_PODS = "job_pods"  # its pods
 NODECLAIM = "nodeclaim"  # the Workspace's NodeClaim (auto-provisioning)
 NODES = "nodes"  # every Node (own nodes)
+WORKLOAD = "workload"  # Kueue's Workload of the training Job (None: none, or Kueue is not installed)
 # Only a successful data check of the current revision lets the training start.
 _RESET = {"data": None, "adapter": None, "progress": None, "startTime": None, "completionTime": None}
 
@@ -354,17 +356,23 @@ def _training(
     found: tuple[Mapping[str, Any], Mapping[str, Any]],
 ) -> Plan:
     """The training Job with its least-privilege progress identity and results claim, created once a
-    GPU node is there; its state as status. An existing Job has its node already."""
+    GPU node is there; its state as status. An existing Job has its node already. A Job for a queue
+    (Kueue's label) with auto-provisioning is created first, suspended, and its NodeClaim only once the
+    queue admitted it: a GPU node does not bill while its Job waits for quota."""
     writes: list[Write] = []
     node_conds: tuple[dict[str, Any], ...] = ()
     pods: list[Mapping[str, Any]] = []
+    queued = bool(queue_of(t.ws)) and provisions_node(t.ws, t.settings)
     if job is None:
         if isinstance(seen.get(JOB), Taken):  # no GPU node for a Job that cannot be created
             return _taken(t, seen[JOB])
-        nodes = _gpu_nodes(t, seen, found[0])
-        if isinstance(nodes, Plan):
-            return nodes
-        writes, gpus, node_conds = nodes
+        if queued:
+            gpus = sku_gpus(t.ws)
+        else:
+            nodes = _gpu_nodes(t, seen, found[0])
+            if isinstance(nodes, Plan):
+                return nodes
+            writes, gpus, node_conds = nodes
         data_sha256, model_reference = found[0]["sha256"], found[1]["reference"]
         job = render_training_job(
             t.ws, t.settings, t.rev, data_sha256=data_sha256, gpus=gpus, model_reference=model_reference
@@ -373,6 +381,17 @@ def _training(
     else:
         pods = _look(seen, JOB_PODS)
     outcome = st.job_outcome(job, pods)
+    if outcome.phase == st.QUEUED:  # Kueue made a Workload for a Job that exists (has a uid)
+        workload = _look(seen, WORKLOAD) if "uid" in job["metadata"] else None
+        outcome = replace(outcome, message=st.queued_message(queue_of(t.ws), workload))
+    elif queued and outcome.phase not in (st.QUEUED, st.SUCCEEDED, st.FAILED):
+        admitted = _admitted_node(t, seen)
+        if isinstance(admitted, Plan):
+            return admitted
+        claim_writes, node_conds, waiting = admitted
+        writes += claim_writes
+        if waiting and outcome.phase == st.PENDING:
+            outcome = replace(outcome, message=f"admitted by queue {queue_of(t.ws)}; {waiting}")
     if outcome.phase in (st.SUCCEEDED, st.FAILED):
         writes += release_writes(t.ws, t.settings)
     output = t.ws.require_tuning().output
@@ -380,6 +399,27 @@ def _training(
         t.fresh, outcome, output.image if output else None, found, node_conds, t.stamp
     )
     return Plan(st.training_phase(outcome), tuple(writes), update)
+
+
+def _admitted_node(
+    t: Target, seen: Mapping[str, Any]
+) -> tuple[list[Write], tuple[dict[str, Any], ...], str] | Plan:
+    """(writes, NodeClaimReady, what the pod waits for or "") for a Job its queue admitted."""
+    claim = _look(seen, NODECLAIM)
+    if isinstance(claim, Taken):
+        return _taken(t, claim)
+    writes = []
+    if claim is None:
+        claim = render_nodeclaim(t.ws, t.settings)
+        writes.append(Write(Verb.CREATE, claim, _claim_event(t), NODECLAIM))
+    ready, message = nodeclaim_state(claim)
+    reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
+    return writes, (t.stamp.condition(c.NODECLAIM_READY, ready, reason, message),), "" if ready else message
+
+
+def _claim_event(t: Target) -> Event:
+    instance_type = t.ws.resource.instance_type if t.ws.resource else ""
+    return Event("Normal", "NodeClaimCreated", f"requested a {instance_type} node")
 
 
 def _training_companions(t: Target) -> list[Write]:
@@ -403,9 +443,7 @@ def _gpu_nodes(
             return _taken(t, claim)
         if claim is None:
             claim = render_nodeclaim(t.ws, t.settings)
-            instance_type = t.ws.resource.instance_type if t.ws.resource else ""
-            event = Event("Normal", "NodeClaimCreated", f"requested a {instance_type} node")
-            writes.append(Write(Verb.CREATE, claim, event, NODECLAIM))
+            writes.append(Write(Verb.CREATE, claim, _claim_event(t), NODECLAIM))
         ready, message = nodeclaim_state(claim)
         reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
         conds = (t.stamp.condition(c.NODECLAIM_READY, ready, reason, message),)

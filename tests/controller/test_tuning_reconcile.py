@@ -19,6 +19,7 @@ from tuning_controller.tuning_reconcile import (
     JOB_PODS,
     NODECLAIM,
     NODES,
+    WORKLOAD,
     Target,
     decide,
     resync_after,
@@ -196,6 +197,55 @@ def test_auto_provisioning_creates_the_nodeclaim_once_and_waits_for_it():
         (Verb.CREATE, "NodeClaim", "NodeClaimCreated")
     ]
     assert plan.result is Result.WAITING
+    assert c.find(plan.status.conditions, c.NODECLAIM_READY)["reason"] == c.REASON_NODECLAIM_NOT_READY
+
+
+NO_QUOTA = "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu"
+
+
+def test_a_queued_job_gets_its_nodeclaim_only_once_its_queue_admitted_it():
+    """Kueue's label with auto-provisioning: the Job first, suspended, and no GPU node while it waits
+    for quota (the queue's reason in status); once Kueue unsuspended it, the NodeClaim."""
+    settings = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
+    sku, queue = "Standard_NC24ads_A100_v4", {"kueue.x-k8s.io/queue-name": "gpus"}
+    rev = valid(workspace(instance_type=sku, labels=queue), settings).rev
+    t = valid(workspace(passed(rev), instance_type=sku, labels=queue), settings)
+    plan, reads = run(t, {JOB: None})
+    assert reads == [JOB] and writes(plan)[-1] == ("create", "Job", "ws")
+    assert "NodeClaim" not in [kind for _, kind, _ in writes(plan)]
+    created = plan.writes[-1].obj
+    assert (
+        created["spec"]["suspend"] is True
+        and created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    )
+    assert (
+        plan.phase == st.QUEUED and "suspended until queue gpus admits it" in plan.status.section["message"]
+    )
+
+    waiting = {
+        "metadata": {"name": "job-ws-1a2b3"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "QuotaReserved",
+                    "status": "False",
+                    "reason": "Pending",
+                    "message": NO_QUOTA,
+                }
+            ]
+        },
+    }
+    suspended = {**job("ws", rev), "spec": {"suspend": True}}
+    plan, reads = run(t, {JOB: suspended, JOB_PODS: [], WORKLOAD: waiting})
+    assert reads == [JOB, JOB_PODS, WORKLOAD] and plan.writes == ()
+    assert plan.phase == st.QUEUED
+    assert plan.status.section["message"] == (f"waiting in queue gpus: {NO_QUOTA}")
+
+    admitted = {**job("ws", rev), "spec": {"suspend": False}}
+    plan, reads = run(t, {JOB: admitted, JOB_PODS: [], NODECLAIM: None})
+    assert reads == [JOB, JOB_PODS, NODECLAIM]
+    assert [(w.verb, w.obj["kind"]) for w in plan.writes] == [(Verb.CREATE, "NodeClaim")]
+    assert plan.phase == st.PENDING and plan.status.section["message"].startswith("admitted by queue gpus; ")
     assert c.find(plan.status.conditions, c.NODECLAIM_READY)["reason"] == c.REASON_NODECLAIM_NOT_READY
 
 

@@ -49,8 +49,9 @@ from tuning_controller.handlers.runtime import (
     settings,
     write_status,
 )
+from tuning_controller.kube import KubeError
 from tuning_controller.plan import Plan, Read, Result
-from tuning_controller.render.job import data_job_name, training_job_name
+from tuning_controller.render.job import WORKLOAD_API_VERSION, data_job_name, training_job_name
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
@@ -60,6 +61,7 @@ from tuning_controller.tuning_reconcile import (
     JOB_PODS,
     NODECLAIM,
     NODES,
+    WORKLOAD,
     Target,
     decide,
     release_writes,
@@ -155,8 +157,21 @@ def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> 
             ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(t.ws), True
         ),
         NODES: lambda: ctl.kube.list("v1", "Node"),
+        WORKLOAD: lambda: _workload(ctl, seen[JOB]),
     }
     return reads[what]()
+
+
+def _workload(ctl: Controller, job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Kueue's Workload for the Job (labelled with the Job's uid); None without one, or without Kueue."""
+    selector = f"kueue.x-k8s.io/job-uid={job['metadata']['uid']}"
+    try:
+        found = ctl.kube.list(WORKLOAD_API_VERSION, "Workload", job["metadata"]["namespace"], selector)
+    except KubeError as err:
+        if err.not_found:  # Kueue's CRD is not installed
+            return None
+        raise
+    return found[0] if found else None
 
 
 # ---- when no event comes -----------------------------------------------------------------------

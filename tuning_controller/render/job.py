@@ -64,6 +64,7 @@ from tuning_controller.settings import Settings
 REVISION_ANNOTATION = f"{GROUP}/revision"
 DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+WORKLOAD_API_VERSION = "kueue.x-k8s.io/v1beta2"  # Kueue's Workload: why a queued Job waits
 
 PUSH_SECRET_DIR = "/mnt/push-secret"
 PULL_SECRET_DIR = "/mnt/pull-secret"
@@ -204,7 +205,7 @@ def _job(
     annotations = {REVISION_ANNOTATION: rev, **(extra_annotations or {})}
     meta = metadata(ws, name, component, annotations)
     pod_labels = labels(ws, component)
-    queue = (ws.metadata.get("labels") or {}).get(QUEUE_LABEL)
+    queue = queue_of(ws)
     spec: dict[str, Any] = {
         "backoffLimit": backoff_limit,
         "podFailurePolicy": {"rules": failure_rules},
@@ -218,6 +219,11 @@ def _job(
         meta["labels"][QUEUE_LABEL] = queue
         spec["suspend"] = True  # Kueue admits the Job by unsuspending it
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def queue_of(ws: Workspace) -> str | None:
+    """The Kueue LocalQueue the Workspace's Jobs go to (its kueue.x-k8s.io/queue-name label)."""
+    return (ws.metadata.get("labels") or {}).get(QUEUE_LABEL) or None
 
 
 def _fail_job_on_exit(container: str, code: int) -> dict[str, Any]:
