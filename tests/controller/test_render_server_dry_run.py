@@ -31,6 +31,7 @@ def test_rendered_objects_pass_server_side_dry_run(kube_client, namespace, nodec
     kinds = [o["kind"] for o in objects]
     assert kinds == [
         "ConfigMap",
+        "Secret",  # the input URLs
         "Job",
         "NodeClaim",
         "ServiceAccount",
