@@ -181,8 +181,7 @@ def queued_message(queue: str | None, workload: Mapping[str, Any] | None) -> str
     where = f"queue {queue}" if queue else "its queue"
     if workload is None:
         return f"the Job is suspended until {where} admits it"
-    conditions: list[Mapping[str, Any]] = (workload.get("status") or {}).get("conditions") or []
-    quota: Mapping[str, Any] = next((cond for cond in conditions if cond.get("type") == "QuotaReserved"), {})
+    quota = c.find((workload.get("status") or {}).get("conditions"), "QuotaReserved") or {}
     if quota.get("status") == "False" and quota.get("message"):
         return _clip(f"waiting in {where}: {quota['message']}")
     return f"the Job is suspended until {where} admits it (Workload {workload['metadata']['name']})"

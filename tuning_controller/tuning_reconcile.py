@@ -384,12 +384,12 @@ def _training(
     if outcome.phase == st.QUEUED:  # Kueue made a Workload for a Job that exists (has a uid)
         workload = _look(seen, WORKLOAD) if "uid" in job["metadata"] else None
         outcome = replace(outcome, message=st.queued_message(queue_of(t.ws), workload))
-    elif queued and outcome.phase not in (st.QUEUED, st.SUCCEEDED, st.FAILED):
-        admitted = _admitted_node(t, seen)
-        if isinstance(admitted, Plan):
-            return admitted
-        claim_writes, node_conds, waiting = admitted
-        writes += claim_writes
+    elif queued and outcome.phase not in (st.SUCCEEDED, st.FAILED):  # admitted: now the GPU node
+        claimed = _nodeclaim(t, seen)
+        if isinstance(claimed, Plan):
+            return claimed
+        claim_writes, ready_cond, waiting = claimed
+        writes, node_conds = [*writes, *claim_writes], (ready_cond,)
         if waiting and outcome.phase == st.PENDING:
             outcome = replace(outcome, message=f"admitted by queue {queue_of(t.ws)}; {waiting}")
     if outcome.phase in (st.SUCCEEDED, st.FAILED):
@@ -401,25 +401,21 @@ def _training(
     return Plan(st.training_phase(outcome), tuple(writes), update)
 
 
-def _admitted_node(
-    t: Target, seen: Mapping[str, Any]
-) -> tuple[list[Write], tuple[dict[str, Any], ...], str] | Plan:
-    """(writes, NodeClaimReady, what the pod waits for or "") for a Job its queue admitted."""
+def _nodeclaim(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], dict[str, Any], str] | Plan:
+    """(writes, NodeClaimReady, what the pod waits for or "" when the node is ready) for the Workspace's
+    NodeClaim, requested when there is none; the NameTaken Plan when another object holds its name."""
     claim = _look(seen, NODECLAIM)
     if isinstance(claim, Taken):
         return _taken(t, claim)
     writes = []
     if claim is None:
         claim = render_nodeclaim(t.ws, t.settings)
-        writes.append(Write(Verb.CREATE, claim, _claim_event(t), NODECLAIM))
+        instance_type = t.ws.resource.instance_type if t.ws.resource else ""
+        event = Event("Normal", "NodeClaimCreated", f"requested a {instance_type} node")
+        writes.append(Write(Verb.CREATE, claim, event, NODECLAIM))
     ready, message = nodeclaim_state(claim)
     reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
-    return writes, (t.stamp.condition(c.NODECLAIM_READY, ready, reason, message),), "" if ready else message
-
-
-def _claim_event(t: Target) -> Event:
-    instance_type = t.ws.resource.instance_type if t.ws.resource else ""
-    return Event("Normal", "NodeClaimCreated", f"requested a {instance_type} node")
+    return writes, t.stamp.condition(c.NODECLAIM_READY, ready, reason, message), "" if ready else message
 
 
 def _training_companions(t: Target) -> list[Write]:
@@ -437,19 +433,13 @@ def _gpu_nodes(
 ) -> tuple[list[Write], int, tuple[dict[str, Any], ...]] | Plan:
     """(writes, GPUs for the training pod, NodeClaimReady), or the Plan that waits for a node."""
     if provisions_node(t.ws, t.settings):
-        writes: list[Write] = []
-        claim = _look(seen, NODECLAIM)
-        if isinstance(claim, Taken):
-            return _taken(t, claim)
-        if claim is None:
-            claim = render_nodeclaim(t.ws, t.settings)
-            writes.append(Write(Verb.CREATE, claim, _claim_event(t), NODECLAIM))
-        ready, message = nodeclaim_state(claim)
-        reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
-        conds = (t.stamp.condition(c.NODECLAIM_READY, ready, reason, message),)
-        if not ready:
-            return _prefixed(writes, _waiting(t, conds, message, summary))
-        return writes, sku_gpus(t.ws), conds
+        claimed = _nodeclaim(t, seen)
+        if isinstance(claimed, Plan):
+            return claimed
+        writes, ready_cond, waiting = claimed
+        if waiting:
+            return _prefixed(writes, _waiting(t, (ready_cond,), waiting, summary))
+        return writes, sku_gpus(t.ws), (ready_cond,)
     selector = t.ws.resource.label_selector if t.ws.resource else None
     choice = choose_node(_look(seen, NODES), selector, _need_gib(t))
     if not choice.ok:

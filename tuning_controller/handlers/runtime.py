@@ -294,11 +294,9 @@ def create_or_get(
 ) -> tuple[dict[str, Any], bool]:
     """(the object, whether it existed already): created, or when the name exists (a restart, a race)
     the existing object, adopted as it is when the Workspace owns it; NameTaken when it does not."""
-    try:
-        return ctl.kube.create(obj), False
-    except KubeError as err:
-        if not err.already_exists:
-            raise
+    created = _create_new(ctl, obj)
+    if created is not None:
+        return created, False
     found = _get(ctl, obj)
     if found is None:  # deleted in between: try once more
         return ctl.kube.create(obj), False
@@ -306,24 +304,18 @@ def create_or_get(
     return found, True
 
 
-def _create_or_apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> dict[str, Any]:
+def _create_new(ctl: Controller, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The object created; None when its name exists (what then is each verb's to decide)."""
     try:
         return ctl.kube.create(obj)
     except KubeError as err:
         if not err.already_exists:
             raise
-    return _apply(ctl, obj, ws_obj)
+    return None
 
 
-def _create_unread(ctl: Controller, obj: Mapping[str, Any]) -> bool:
-    """Whether it was created; a namesake is left unread (the Verb says why that is safe)."""
-    try:
-        ctl.kube.create(obj)
-    except KubeError as err:
-        if not err.already_exists:
-            raise
-        return False
-    return True
+def _create_or_apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> dict[str, Any]:
+    return _create_new(ctl, obj) or _apply(ctl, obj, ws_obj)
 
 
 def _apply(ctl: Controller, obj: Mapping[str, Any], ws_obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -371,8 +363,8 @@ def _write(
         return found, adopted, True
     if write.verb is Verb.CREATE_OR_APPLY:
         return _create_or_apply(ctl, write.obj, ws_obj), False, True
-    if write.verb is Verb.CREATE_UNREAD:
-        return None, False, _create_unread(ctl, write.obj)
+    if write.verb is Verb.CREATE_UNREAD:  # a namesake stays unread (the Verb says why that is safe)
+        return None, False, _create_new(ctl, write.obj) is not None
     if write.verb is Verb.APPLY:
         return _apply(ctl, write.obj, ws_obj), False, True
     deleted = _delete(ctl, write.obj, ws_obj, exact=write.verb is Verb.REPLACE)
