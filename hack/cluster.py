@@ -142,12 +142,9 @@ def pod_log(
     return resp.data.decode(errors="replace")
 
 
-def apply_workspace_crd(api: k8s_client.ApiClient) -> dict:
-    """workspaces.kaito.sh from tuning_controller.crd applied server-side (idempotent), Established and
+def apply_crd(api: k8s_client.ApiClient, crd: dict[str, Any]) -> dict:
+    """Apply a CRD server-side (idempotent), wait until it is Established and its storage version is
     served; returns the CRD."""
-    from tuning_controller.crd import build_crd
-
-    crd = build_crd()
     name = crd["metadata"]["name"]
     kube_json(
         api,
@@ -164,9 +161,11 @@ def apply_workspace_crd(api: k8s_client.ApiClient) -> dict:
             raise AssertionError(f"CRD {name} names not accepted: {conds['NamesAccepted']}")
         return conds.get("Established", {}).get("status") == "True"
 
-    wait_for(established, 30, f"CRD {name} to be Established")
-    # Discovery and the served schema lag Established by a moment: wait until a list answers.
-    group, version = crd["spec"]["group"], crd["spec"]["versions"][-1]["name"]
+    wait_for(established, 60, f"CRD {name} to be Established")
+    # Discovery and the served schema lag Established by a moment: wait until a list answers. The
+    # storage version, because other versions may need a conversion webhook that is not running.
+    group = crd["spec"]["group"]
+    version = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
     plural = crd["spec"]["names"]["plural"]
 
     def served() -> bool:
@@ -178,6 +177,13 @@ def apply_workspace_crd(api: k8s_client.ApiClient) -> dict:
 
     wait_for(served, 30, f"{plural}.{group}/{version} to be served")
     return crd
+
+
+def apply_workspace_crd(api: k8s_client.ApiClient) -> dict:
+    """workspaces.kaito.sh from tuning_controller.crd, applied and served; returns the CRD."""
+    from tuning_controller.crd import build_crd
+
+    return apply_crd(api, build_crd())
 
 
 def create_namespace(api: k8s_client.ApiClient, name: str = "", generate_name: str = "t-") -> str:

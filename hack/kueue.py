@@ -44,7 +44,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from hack.cluster import ControlPlane, kube_json, tool_path
+from hack.cluster import ControlPlane, apply_crd, kube_json, tool_path
 from hack.processes import StackError, free_port, stop_process, wait_for
 from tuning_controller.kube import KubeError
 
@@ -115,32 +115,13 @@ def with_conversion_webhook(crd: dict[str, Any]) -> dict[str, Any]:
 
 
 def install_crds(api: k8s_client.ApiClient, version: str) -> list[str]:
-    """Apply Kueue's CRDs server-side and wait until each is Established; returns their names."""
+    """Apply Kueue's CRDs and wait until each is Established and served; returns their names."""
     import yaml
 
-    names = []
-    for path in crd_files(version):
-        crd = with_conversion_webhook(yaml.safe_load(path.read_text()))
-        name = crd["metadata"]["name"]
-        kube_json(
-            api,
-            "PATCH",
-            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}?fieldManager=kaito-tune-tests&force=true",
-            crd,
-            content_type="application/apply-patch+yaml",
-        )
-        names.append(name)
-
-    def established(name: str) -> bool:
-        got = kube_json(api, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in got.get("status", {}).get("conditions") or []
-        )
-
-    for name in names:
-        wait_for(lambda name=name: established(name), 60, f"CRD {name} to be Established")
-    return names
+    return [
+        apply_crd(api, with_conversion_webhook(yaml.safe_load(path.read_text())))["metadata"]["name"]
+        for path in crd_files(version)
+    ]
 
 
 def write_config(directory: Path, health_port: int, webhook_port: int) -> Path:
