@@ -96,13 +96,24 @@ def _describe(node: Mapping[str, Any]) -> str:
     return f"{node['metadata']['name']} ({gpu_count(node)} GPU, {shown}{state})"
 
 
+def gpus_per_pod(fitting: list[Mapping[str, Any]], pods: int) -> int:
+    """The most GPUs each of ``pods`` pods can have on the ``fitting`` nodes (a node of g GPUs holds
+    g // per-pod of them); 0 when they hold fewer than ``pods`` pods of one GPU."""
+    counts = [gpu_count(n) for n in fitting]
+    fits = [g for g in range(1, max(counts, default=0) + 1) if sum(c // g for c in counts) >= pods]
+    return max(fits, default=0)
+
+
 def choose_node(
-    nodes: list[Mapping[str, Any]], selector: LabelSelector | None, need_gib: float | None
+    nodes: list[Mapping[str, Any]], selector: LabelSelector | None, need_gib: float | None, pods: int = 1
 ) -> NodeChoice:
-    """The best own node for a training Job: matching, ready, with GPUs that hold ``need_gib`` each.
+    """The own nodes for a training Job of ``pods`` pods (resource.count): matching, ready, with GPUs that
+    hold ``need_gib`` each, and as many GPUs per pod as they allow (every pod the same).
 
     Unknown GPU memory is accepted (the estimate cannot be checked; the trainer's own checks remain).
-    Among fitting nodes the one with the most GPUs wins (name breaks ties, so the choice is stable).
+    One pod: the node with the most GPUs wins (name breaks ties, so the choice is stable) and the pod
+    takes all of them. Several: the scheduler places them; a node of 8 GPUs holds two pods of 4 when
+    that is what the count needs, one of 8 when there are enough such nodes.
     """
     matching = [n for n in nodes if selector_matches(selector, n.get("metadata", {}).get("labels") or {})]
     fitting = []
@@ -114,9 +125,16 @@ def choose_node(
             and (need_gib is None or memory is None or memory >= need_gib)
         ):
             fitting.append(node)
-    if fitting:
-        best = sorted(fitting, key=lambda n: (-gpu_count(n), n["metadata"]["name"]))[0]
-        return NodeChoice(best["metadata"]["name"], gpu_count(best), f"using node {_describe(best)}")
+    ordered = sorted(fitting, key=lambda n: (-gpu_count(n), n["metadata"]["name"]))
+    per_pod = gpus_per_pod(ordered, pods)
+    if per_pod:
+        used = [n for n in ordered if gpu_count(n) >= per_pod]
+        if pods == 1:
+            return NodeChoice(used[0]["metadata"]["name"], per_pod, f"using node {_describe(used[0])}")
+        shown = "; ".join(_describe(n) for n in used[:10])
+        return NodeChoice(
+            used[0]["metadata"]["name"], per_pod, f"{pods} pods of {per_pod} GPU on the nodes {shown}"
+        )
     need = f" with {need_gib:.1f} GiB per GPU" if need_gib is not None else ""
     if not matching:
         gpu_nodes = [n for n in nodes if gpu_count(n) > 0]
@@ -130,6 +148,14 @@ def choose_node(
             "to match, or set resource.instanceType with auto-provisioning on",
         )
     listed = "; ".join(_describe(n) for n in matching[:10])
+    if fitting:  # some fit, too few for the count
+        return NodeChoice(
+            "",
+            0,
+            f"resource.count {pods} needs {pods} pods of at least 1 GPU{need}; the ready matching nodes "
+            f"hold {sum(gpu_count(n) for n in fitting)} GPUs: {listed}. Label more GPU nodes, or lower "
+            "resource.count",
+        )
     return NodeChoice(
         "",
         0,

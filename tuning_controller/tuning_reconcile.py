@@ -11,6 +11,8 @@ writes (data Job, training-config ConfigMap, status).
     Workspace --> <ws>-training-config (ConfigMap) --> <ws>-data (Job, CPU)
               --> NodeClaim (auto-provisioning) or an own node --> <ws>-tuning (SA, Role, RoleBinding)
               --> <ws>-results (PVC) --> <ws> (Job) --> status.tuning {phase, data, adapter, ...}
+    resource.count > 1: <ws>-workers (headless Service) before the Indexed Job <ws>, and <ws>-push
+    (Job) once it completed (image output)
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ from tuning_controller.render.configmap import (
 )
 from tuning_controller.render.input_urls import render_urls_secret
 from tuning_controller.render.job import (
+    PUSH,
     REVISION_ANNOTATION,
     data_job_name,
+    needs_push_job,
+    node_count,
+    push_job_name,
     queue_of,
     render_data_job,
+    render_push_job,
+    render_rendezvous_service,
     render_results_claim,
     render_training_job,
+    results_claim_name,
     revision,
     training_job_name,
     uses_results_claim,
@@ -69,6 +78,8 @@ JOB_PODS = "job_pods"  # its pods
 NODECLAIM = "nodeclaim"  # the Workspace's NodeClaim (auto-provisioning)
 NODES = "nodes"  # every Node (own nodes)
 WORKLOAD = "workload"  # Kueue's Workload of the training Job (None: none, or Kueue is not installed)
+PUSH_JOB = "push_job"  # the multi-node training's push Job <ws>-push
+PUSH_PODS = "push_pods"  # its pods
 # Only a successful data check of the current revision lets the training start.
 _RESET = {"data": None, "adapter": None, "progress": None, "startTime": None, "completionTime": None}
 
@@ -201,11 +212,54 @@ def tuning_target(
         training_config=chosen or config,
         model_registry=settings.model_registry,
     )
-    problems = config_problems + errors(found)
+    problems = config_problems + errors(found) + multi_node_problems(ws, settings)
     if problems:
         return _invalid(problems, c.REASON_INVALID_SPEC, stamp)
     assert chosen is not None  # a known method (validated), and tuning.config was read (else config_problems)
     return Target(ws_obj, ws, settings, chosen, revision(ws, chosen.doc), stamp)
+
+
+def multi_node_problems(ws: Workspace, settings: Settings) -> list[Problem]:
+    """What resource.count > 1 needs of the settings: own nodes (one NodeClaim per Workspace so far) and
+    results every node and the push Job share (the Workspace's claim, or the output volume)."""
+    count = node_count(ws)
+    if count == 1:
+        return []
+    problems = []
+    if provisions_node(ws, settings):
+        problems.append(
+            Problem(
+                "resource.count",
+                "more than one node is trained on own GPU nodes only: auto-provisioning brings up one "
+                "node per Workspace",
+                count,
+                "label the GPU nodes and select them with resource.labelSelector (no instanceType), or "
+                "set count: 1",
+            )
+        )
+    output = ws.require_tuning().output
+    if output is not None and output.volume_source is None and not uses_results_claim(ws, settings):
+        problems.append(
+            Problem(
+                "resource.count",
+                "more than one node needs results on a claim every node mounts (checkpoints to resume "
+                f"from, the adapter to push); the controller runs with results on {settings.results_volume}",
+                count,
+                "run the controller with KAITO_TUNE_RESULTS_VOLUME=pvc and a ReadWriteMany storage class",
+            )
+        )
+    if settings.model_cache == "pvc" and settings.model_cache_access_mode != "ReadWriteMany":
+        problems.append(
+            Problem(
+                "resource.count",
+                "more than one node would mount the model cache claim, which the controller makes "
+                f"{settings.model_cache_access_mode}",
+                count,
+                "run the controller with KAITO_TUNE_MODEL_CACHE_ACCESS_MODE=ReadWriteMany (a storage class "
+                "that offers it) or KAITO_TUNE_MODEL_CACHE=emptyDir",
+            )
+        )
+    return problems
 
 
 # ---- the decision ------------------------------------------------------------------------------
@@ -393,12 +447,53 @@ def _training(
         if waiting and outcome.phase == st.PENDING:
             outcome = replace(outcome, message=f"admitted by queue {queue_of(t.ws)}; {waiting}")
     if outcome.phase in (st.SUCCEEDED, st.FAILED):
-        writes += release_writes(t.ws, t.settings)
+        finish, outcome = _finished(t, seen, outcome)
+        writes += finish
     output = t.ws.require_tuning().output
     update = st.training_update(
         t.fresh, outcome, output.image if output else None, found, node_conds, t.stamp
     )
     return Plan(st.training_phase(outcome), tuple(writes), update)
+
+
+def _finished(
+    t: Target, seen: Mapping[str, Any], trained: st.JobOutcome
+) -> tuple[list[Write], st.JobOutcome]:
+    """The GPU nodes released once the training Job ended; a multi-node adapter's push follows."""
+    writes = release_writes(t.ws, t.settings)
+    if trained.phase != st.SUCCEEDED or not needs_push_job(t.ws):
+        return writes, trained
+    pushing, outcome = _push(t, seen, trained)
+    return [*writes, *pushing], outcome
+
+
+def _push(t: Target, seen: Mapping[str, Any], trained: st.JobOutcome) -> tuple[list[Write], st.JobOutcome]:
+    """(writes, outcome) of the push Job that follows a multi-node training: created once the training
+    Job completed (one of another revision replaced); its outcome is the Workspace's from then on, with
+    the training's start time, and a failed push says where the adapter stays."""
+    rendered = render_push_job(t.ws, t.settings, t.rev)
+    job = _own(_look(seen, PUSH_JOB))
+    writes: list[Write] = []
+    if job is not None and revision_of(job) != t.rev:
+        writes.append(_replace(job, "the Workspace changed: pushing this revision's adapter", PUSH_JOB))
+        job = None
+    if job is None:
+        writes.append(Write(Verb.CREATE, rendered, seen_as=PUSH_JOB))
+        pushed = st.job_outcome(rendered, [])
+    else:
+        pushed = st.job_outcome(job, _look(seen, PUSH_PODS))
+    pushed = replace(pushed, start_time=trained.start_time)
+    name = push_job_name(t.ws)
+    if pushed.phase == st.FAILED:
+        message = (
+            f"push Job {name} failed: {pushed.message}; the adapter stays on claim "
+            f"{results_claim_name(t.ws)}, revision-{t.rev}"
+        )
+        return writes, replace(pushed, message=c.clip(message))
+    if pushed.phase != st.SUCCEEDED:
+        message = f"training completed; pushing the adapter in Job {name}: {pushed.message}"
+        return writes, replace(pushed, phase="Running", running=PUSH, message=c.clip(message))
+    return writes, pushed
 
 
 def _nodeclaim(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], dict[str, Any], str] | Plan:
@@ -421,6 +516,8 @@ def _nodeclaim(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], dict[st
 def _training_companions(t: Target) -> list[Write]:
     """What the training pod needs besides its Job: its progress identity and claims."""
     writes = [*_input_secret(t), *(Write(Verb.APPLY, obj) for obj in render_progress_rbac(t.ws))]
+    if node_count(t.ws) > 1:  # the pods' DNS names, before the pods look each other up
+        writes.append(Write(Verb.CREATE, render_rendezvous_service(t.ws)))
     if uses_results_claim(t.ws, t.settings):
         writes.append(Write(Verb.CREATE, render_results_claim(t.ws, t.settings)))
     if t.settings.model_cache == "pvc":
@@ -441,7 +538,7 @@ def _gpu_nodes(
             return _prefixed(writes, _waiting(t, (ready_cond,), waiting, summary))
         return writes, sku_gpus(t.ws), (ready_cond,)
     selector = t.ws.resource.label_selector if t.ws.resource else None
-    choice = choose_node(_look(seen, NODES), selector, _need_gib(t))
+    choice = choose_node(_look(seen, NODES), selector, _need_gib(t), node_count(t.ws))
     if not choice.ok:
         return _waiting(t, (), choice.message, summary)
     return [], choice.gpus, ()

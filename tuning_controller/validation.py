@@ -125,12 +125,6 @@ def _resource_problems(resource: ResourceSpec | None, ws: Workspace) -> tuple[Gp
     problems = _selector_problems(resource.label_selector)
     if resource.count < 1:
         problems.append(Problem("resource.count", "must be at least 1", resource.count))
-    elif ws.tuning is not None and resource.count > 1:
-        problems.append(
-            Problem(
-                "resource.count", "tuning runs on one node", resource.count, "set count: 1 (or leave it out)"
-            )
-        )
     if resource.preferred_nodes:
         problems.append(
             Problem(

@@ -126,7 +126,6 @@ WORKSPACE_CASES = [
         "Standard_NC6s_v3",
     ),
     ws_case("count-zero", "tuning", [("resource.count", 0)], "resource.count", "at least 1"),
-    ws_case("tuning-on-two-nodes", "tuning", [("resource.count", 2)], "resource.count", "one node"),
     ws_case("count-as-string", "tuning", [("resource.count", "1")], "resource.count", "must be an integer"),
     ws_case(
         "tuning-unknown-field", "tuning", [("tuning.outptu", {})], "tuning.outptu", "did you mean 'output'"

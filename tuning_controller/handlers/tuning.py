@@ -51,7 +51,12 @@ from tuning_controller.handlers.runtime import (
 )
 from tuning_controller.kube import KubeError
 from tuning_controller.plan import Plan, Read, Result
-from tuning_controller.render.job import WORKLOAD_API_VERSION, data_job_name, training_job_name
+from tuning_controller.render.job import (
+    WORKLOAD_API_VERSION,
+    data_job_name,
+    push_job_name,
+    training_job_name,
+)
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
@@ -61,6 +66,8 @@ from tuning_controller.tuning_reconcile import (
     JOB_PODS,
     NODECLAIM,
     NODES,
+    PUSH_JOB,
+    PUSH_PODS,
     WORKLOAD,
     Target,
     decide,
@@ -153,6 +160,8 @@ def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> 
         DATA_PODS: lambda: _pods(ctl, seen[DATA_JOB]),
         JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, training_job_name(t.ws), True),
         JOB_PODS: lambda: _pods(ctl, seen[JOB]),
+        PUSH_JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, push_job_name(t.ws), True),
+        PUSH_PODS: lambda: _pods(ctl, seen[PUSH_JOB]),
         NODECLAIM: lambda: read_own(
             ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(t.ws), True
         ),

@@ -44,7 +44,11 @@ def render_workspace_objects(
     from tuning_controller.render.inference import render_inference_objects
     from tuning_controller.render.input_urls import render_urls_secret
     from tuning_controller.render.job import (
+        needs_push_job,
+        node_count,
         render_data_job,
+        render_push_job,
+        render_rendezvous_service,
         render_results_claim,
         render_training_job,
         revision,
@@ -71,7 +75,11 @@ def render_workspace_objects(
     if provisions:
         objects.append(render_nodeclaim(ws, settings))
     objects += render_progress_rbac(ws)
+    if node_count(ws) > 1:
+        objects.append(render_rendezvous_service(ws))
     if uses_results_claim(ws, settings):
         objects.append(render_results_claim(ws, settings))
     objects.append(render_training_job(ws, settings, rev, data_sha256=data_sha256, gpus=gpus))
+    if needs_push_job(ws):
+        objects.append(render_push_job(ws, settings, rev))
     return objects

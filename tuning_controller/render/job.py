@@ -10,6 +10,15 @@
                 train exited 0, because init containers run in order). Volume output: train is the
                 main container writing into the volume, and there is no push.
 
+resource.count N > 1 (multi-node; own nodes, ``render.multi_node``):
+    <ws>-workers  headless Service: pod <ws>-<i> is <ws>-<i>.<ws>-workers.<ns>.svc.cluster.local
+    <ws>          Indexed Job of N pods, each [init] fetch-data -> [init] fetch-model -> train: torchrun
+                  --nnodes N, c10d rendezvous hosted by index 0; global rank 0 writes the results and
+                  the progress. No push here: every pod has the same template, and the push secret must
+                  not reach N pods.
+    <ws>-push     after the training Job completed: push from the results claim (shared by the N pods,
+                  ReadWriteMany), the only pod with the push secret.
+
 Both steps run the trainer's one entry, ``python -m trainer.qlora preflight|train`` (``trainer.steps``).
 
 Both pods mount the controller's copy of the training config (``render.configmap``). Results and
@@ -59,7 +68,7 @@ from tuning_controller.render.pod import (
     shared_memory_volume,
     tools_container,
 )
-from tuning_controller.settings import Settings
+from tuning_controller.settings import TORCH_DIST_PORT, Settings
 
 REVISION_ANNOTATION = f"{GROUP}/revision"
 DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
@@ -95,6 +104,19 @@ def results_claim_name(ws: Workspace) -> str:
 
 def service_account_name(ws: Workspace) -> str:
     return child_name(ws, "-tuning")
+
+
+def push_job_name(ws: Workspace) -> str:
+    return child_name(ws, "-push")
+
+
+def rendezvous_service_name(ws: Workspace) -> str:
+    return child_name(ws, "-workers")
+
+
+def node_count(ws: Workspace) -> int:
+    """Pods of the training Job (resource.count): one per node, each on all of its node's GPUs."""
+    return max(1, ws.resource.count if ws.resource else 1)
 
 
 @dataclass(frozen=True)
@@ -201,6 +223,7 @@ def _job(
     settings: Settings,
     failure_rules: list[dict[str, Any]],
     extra_annotations: Mapping[str, str] | None = None,
+    pods: int = 1,
 ) -> dict[str, Any]:
     annotations = {REVISION_ANNOTATION: rev, **(extra_annotations or {})}
     meta = metadata(ws, name, component, annotations)
@@ -208,9 +231,12 @@ def _job(
     queue = queue_of(ws)
     spec: dict[str, Any] = {
         "backoffLimit": backoff_limit,
-        "podFailurePolicy": {"rules": failure_rules},
         "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
     }
+    if failure_rules:
+        spec["podFailurePolicy"] = {"rules": failure_rules}
+    if pods > 1:  # pod i is <name>-i (its hostname) and knows its index: JOB_COMPLETION_INDEX
+        spec |= {"completionMode": "Indexed", "completions": pods, "parallelism": pods}
     if deadline:
         spec["activeDeadlineSeconds"] = deadline
     if settings.ttl_seconds_after_finished:
@@ -325,9 +351,11 @@ def results_sub_path(ws: Workspace, settings: Settings, rev: str) -> str:
 
 
 def render_results_claim(ws: Workspace, settings: Settings) -> dict[str, Any]:
-    """The PVC that keeps results and checkpoints across pod retries (owned by the Workspace)."""
+    """The PVC that keeps results and checkpoints across pod retries (owned by the Workspace). Several
+    nodes train into it (multi-node, each rank resumes from its checkpoints) and the push Job reads it
+    from any node: ReadWriteMany, which the storage class must offer (Azure Files, NFS...)."""
     spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": ["ReadWriteMany" if node_count(ws) > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": settings.results_size}},
     }
     if settings.results_storage_class:
@@ -343,9 +371,10 @@ def render_results_claim(ws: Workspace, settings: Settings) -> dict[str, Any]:
 def _train_container(
     ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model: ModelParts
 ) -> dict[str, Any]:
-    """The trainer on every GPU of the node (torchrun for several), reporting progress into the
-    Workspace's status with the token of the Workspace's own ServiceAccount."""
-    launcher = ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
+    """The trainer on every GPU of the node (torchrun for several, and across the nodes of a
+    multi-node Job), reporting progress into the Workspace's status with the token of the Workspace's
+    own ServiceAccount."""
+    launcher = _launcher(ws, rev, gpus)
     step = ["train", "--expect-data-sha256", data_sha256]
     return {
         "name": TRAIN,
@@ -378,6 +407,32 @@ def _train_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
+
+
+def _launcher(ws: Workspace, rev: str, gpus: int) -> list[str]:
+    """python for one process, torchrun --standalone for the GPUs of one node, and for N nodes torchrun
+    with c10d rendezvous at pod 0's DNS name. Pod 0's agent hosts the rendezvous store because that name
+    is its own canonical host name (/etc/hosts of a pod with a subdomain). ``--max-restarts``: when a pod
+    is lost, the surviving agents restart their workers and wait in a new round for the pod the Job
+    controller recreates; every rank then resumes from the newest checkpoint on the shared claim."""
+    nodes = node_count(ws)
+    if nodes == 1:
+        return ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
+    leader = f"{training_job_name(ws)}-0.{rendezvous_service_name(ws)}.{ws.namespace}.svc.cluster.local"
+    return [
+        "torchrun",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={gpus}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={leader}:{TORCH_DIST_PORT}",
+        f"--rdzv-id={ws.name}-{rev}",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",  # the Job controller sets it; kubelet expands $(...)
+        f"--max-restarts={MULTI_NODE_RESTARTS}",
+    ]
+
+
+# Worker-group restarts torchrun allows per pod (a lost peer costs one); the Job's backoffLimit bounds pods.
+MULTI_NODE_RESTARTS = 3
 
 
 def _train_resources(settings: Settings, gpus: int) -> dict[str, Any]:
@@ -416,7 +471,7 @@ def _training_pod_spec(
     ws: Workspace, settings: Settings, rev: str, train: dict[str, Any], model: ModelParts
 ) -> dict[str, Any]:
     """fetch -> train -> push for image output (train an init container, so push runs only after it
-    succeeded); fetch -> train for volume output."""
+    succeeded); fetch -> train for volume output and on several nodes (the push Job follows)."""
     tuning = _tuning(ws)
     output = tuning.output
     volumes = [
@@ -429,7 +484,7 @@ def _training_pod_spec(
     ]
     fetch = _fetch_container(tuning.input, settings)
     init = [*([fetch] if fetch else []), *model.init]
-    if output.image:
+    if output.image and node_count(ws) == 1:
         volumes.append(docker_config_volume("push-secret", output.image_push_secret))
         init.append(train)
         containers = [_push_container(ws, settings, rev, output.image)]
@@ -451,13 +506,16 @@ def _training_pod_spec(
     affinity = node_affinity(ws.resource.label_selector if ws.resource else None)
     if affinity:
         pod_spec["affinity"] = affinity
+    if node_count(ws) > 1:
+        pod_spec["subdomain"] = rendezvous_service_name(ws)
     return pod_spec
 
 
 def render_training_job(
     ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model_reference: str = ""
 ) -> dict[str, Any]:
-    """The training Job: fetch -> train (every GPU of the node) -> push (image output only).
+    """The training Job: fetch -> train (every GPU of the node) -> push (image output, one node only).
+    ``gpus`` per pod; resource.count pods (an Indexed Job when more than one).
 
     ``model_reference`` is the weights' reference the pre-flight pinned (a digest or a commit)."""
     tuning = _tuning(ws)
@@ -475,4 +533,54 @@ def render_training_job(
         settings=settings,
         failure_rules=[_fail_job_on_exit(TRAIN, EXIT_UNUSABLE)],
         extra_annotations={DATA_SHA_ANNOTATION: data_sha256},
+        pods=node_count(ws),
+    )
+
+
+def render_rendezvous_service(ws: Workspace) -> dict[str, Any]:
+    """The headless Service that gives a multi-node Job's pods their DNS names (``subdomain``); published
+    before they are ready, as the workers look pod 0 up while it is still starting."""
+    spec = {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
+        "selector": labels(ws, "tuning"),
+        "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ws, rendezvous_service_name(ws), "tuning"),
+        "spec": spec,
+    }
+
+
+def needs_push_job(ws: Workspace) -> bool:
+    """Whether the adapter is pushed by a Job of its own after training (image output, several nodes)."""
+    output = ws.tuning.output if ws.tuning else None
+    return node_count(ws) > 1 and output is not None and bool(output.image)
+
+
+def render_push_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, Any]:
+    """The multi-node training's push: the results claim read-only, the push secret, on any node."""
+    output = _tuning(ws).output
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(settings),
+        "containers": [_push_container(ws, settings, rev, output.image)],
+        "volumes": [
+            _results_volume(ws, settings),
+            docker_config_volume("push-secret", output.image_push_secret),
+        ],
+    }
+    return _job(
+        ws,
+        push_job_name(ws),
+        "push",
+        pod_spec,
+        rev=rev,
+        backoff_limit=2,  # a registry blip; the adapter stays on the claim whatever happens
+        deadline=settings.active_deadline_seconds,
+        settings=settings,
+        failure_rules=[],
     )
