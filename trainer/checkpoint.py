@@ -67,6 +67,9 @@ class CheckpointCallback(TrainerCallback):
         if any_rank(self.stop.is_set(), args.world_size, args.local_process_index):
             control.should_save = True
             control.should_training_stop = True
+            # Another pod's SIGTERM stops this process too (multi-node: the signal reaches one pod): it
+            # must also end as stopped, not write the adapter of an unfinished training as complete.
+            self.stop.set()
         return control
 
     def on_save(

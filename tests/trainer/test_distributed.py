@@ -62,8 +62,10 @@ class FakeBackend:
         value.fill_(max(int(value.item()), self.others))
 
 
-def _step_end(stop: bool, world_size: int, local_rank: int) -> SimpleNamespace:
-    event = threading.Event()
+def _step_end(
+    stop: bool, world_size: int, local_rank: int, event: threading.Event | None = None
+) -> SimpleNamespace:
+    event = event or threading.Event()
     if stop:
         event.set()
     args = SimpleNamespace(world_size=world_size, local_process_index=local_rank)
@@ -78,6 +80,15 @@ def test_stop_check_under_nccl_reduces_on_this_process_gpu(monkeypatch, stop_her
     control = _step_end(stop_here, world_size=2, local_rank=1)
     assert backend.reduced == [torch.device("cuda", 1)]
     assert control.should_training_stop and control.should_save  # one rank stopping stops them all
+
+
+def test_another_pods_sigterm_stops_this_process_as_stopped(monkeypatch):
+    """Multi-node: SIGTERM reaches one pod's processes; the others stop at the same step and must end
+    as stopped too (exit 143, resumable), not as finished (writing an unfinished adapter as complete)."""
+    FakeBackend(monkeypatch, "gloo", torch.device("cpu"), others=1)
+    here = threading.Event()
+    assert _step_end(False, world_size=4, local_rank=0, event=here).should_training_stop
+    assert here.is_set()
 
 
 def test_stop_check_under_gloo_reduces_on_the_cpu(monkeypatch):
