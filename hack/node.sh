@@ -108,7 +108,7 @@ gen_node_pki() {
 write_node_config() {
   local n="$PWD/node"
   node_unmount # what a node that was killed outright left
-  mkdir -p "$n"/{certs.d,cni/net.d,cni/ipam,pod-logs,local-path} "$NODE_CACHE/containerd" "$NODE_RUN"
+  mkdir -p "$n"/{certs.d,cni/net.d,cni/ipam,pod-logs,local-path,local-path-shared} "$NODE_CACHE/containerd" "$NODE_RUN"
   write_kubeconfig "$n/kubelet.kubeconfig" kubelet-client "system:node:$NODE_NAME"
   write_kubeconfig "$n/kube-proxy.kubeconfig" kube-proxy system:kube-proxy
   : >"$n/resolv.conf" # pods resolve cluster names only: CoreDNS forwards nothing out of the machine

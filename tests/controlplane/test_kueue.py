@@ -133,3 +133,49 @@ def test_quota_of_one_gpu_admits_one_job_at_a_time(kueue_api):
     print(f"second admitted: {describe(second_workload)}")
     print(f"admission: first {first_latency:.2f}s after create, second {second_latency:.2f}s after delete")
     assert second_workload["status"]["admission"]["clusterQueue"] == queue
+
+
+def test_the_kueue_example_admits_the_example_workspaces_training_job(kueue_api):
+    """examples/kueue as written: its queues are accepted by Kueue's CRDs and become Active, and the
+    training Job the controller renders for its Workspace (suspended, labelled) is admitted by them."""
+    import yaml
+
+    from contract.workspace import parse_workspace
+    from tests.api.builders import EXAMPLES
+    from tuning_controller.render.job import render_training_job
+    from tuning_controller.settings import Settings
+
+    api = kueue_api
+    queues = [d for d in yaml.safe_load_all((EXAMPLES / "kueue" / "queues.yaml").read_text()) if d]
+    namespace = next(d["metadata"]["namespace"] for d in queues if d["kind"] == "LocalQueue")
+    create_namespace(api, name=namespace)
+    root = f"/apis/{kueue.API_VERSION}"
+    plural = {
+        "ResourceFlavor": "resourceflavors",
+        "ClusterQueue": "clusterqueues",
+        "LocalQueue": "localqueues",
+    }
+    for obj in queues:
+        assert obj["apiVersion"] == kueue.API_VERSION
+        where = f"/namespaces/{namespace}" if obj["kind"] == "LocalQueue" else ""
+        kube_json(api, "POST", f"{root}{where}/{plural[obj['kind']]}", obj)
+    local = next(d for d in queues if d["kind"] == "LocalQueue")["metadata"]["name"]
+    wait_for(
+        lambda: (
+            kueue.condition(
+                kube_json(api, "GET", f"{root}/namespaces/{namespace}/localqueues/{local}"), "Active"
+            ).get("status")
+            == "True"
+        ),
+        60,
+        "the example's LocalQueue Active",
+    )
+
+    ws_obj = yaml.safe_load((EXAMPLES / "kueue" / "tuning-workspace.yaml").read_text())
+    ws_obj["metadata"]["namespace"] = namespace
+    ws, _ = parse_workspace(ws_obj)
+    job = render_training_job(ws, Settings(auto_provisioning=True), "rev", data_sha256="a" * 64, gpus=1)
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][kueue.QUEUE_LABEL] == local
+    created = kube_json(api, "POST", jobs(namespace), job)
+    workload = wait_for(lambda: admitted(api, namespace, created), 60, "the example's Job admitted", 0.05)
+    assert workload["status"]["admission"]["clusterQueue"] == "gpu-tuning"
