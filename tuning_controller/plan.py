@@ -79,6 +79,8 @@ class StatusUpdate:
     warning: str = ""
     """Post a Warning Event with this reason with the write that changes the section's message (what
     blocks a reconcile that keeps its phase: NameTaken)."""
+    requeued: bool = False
+    """The queue took its admission back (Kueue evicted the Job): the phase may move back to Queued."""
 
 
 @dataclass(frozen=True)

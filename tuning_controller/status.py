@@ -181,10 +181,22 @@ def queued_message(queue: str | None, workload: Mapping[str, Any] | None) -> str
     where = f"queue {queue}" if queue else "its queue"
     if workload is None:
         return f"the Job is suspended until {where} admits it"
+    evicted = evicted_by_queue(workload)
+    if evicted:
+        return _clip(f"evicted by {where} ({evicted}); waiting to be admitted again")
     quota = c.find((workload.get("status") or {}).get("conditions"), "QuotaReserved") or {}
     if quota.get("status") == "False" and quota.get("message"):
         return _clip(f"waiting in {where}: {quota['message']}")
     return f"the Job is suspended until {where} admits it (Workload {workload['metadata']['name']})"
+
+
+def evicted_by_queue(workload: Mapping[str, Any] | None) -> str:
+    """Why Kueue took an admitted Workload's quota back ("Preempted: ..."), or "" when it did not: its
+    Job is suspended again and waits in the queue once more."""
+    evicted = c.find(((workload or {}).get("status") or {}).get("conditions"), "Evicted") or {}
+    if evicted.get("status") != "True":
+        return ""
+    return ": ".join(str(part) for part in (evicted.get("reason"), evicted.get("message")) if part)
 
 
 def data_summary(outcome: JobOutcome) -> dict[str, Any] | None:
@@ -416,7 +428,13 @@ def status_patch(obj: Mapping[str, Any], update: StatusUpdate) -> dict[str, Any]
     old_section = status.get(update.key) or {}
     phase, old_phase = update.section.get("phase"), old_section.get("phase")
     same_revision = update.section.get("revision", old_section.get("revision")) == old_section.get("revision")
-    if update.key == KIND and phase and same_revision and moves_back(old_phase, phase):
+    if (
+        update.key == KIND
+        and phase
+        and same_revision
+        and moves_back(old_phase, phase)
+        and not update.requeued
+    ):
         return None
     merged = c.set_conditions(status.get("conditions"), update.conditions)
     changed = {k: v for k, v in update.section.items() if old_section.get(k) != v}

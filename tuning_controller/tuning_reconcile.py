@@ -435,9 +435,10 @@ def _training(
     else:
         pods = _look(seen, JOB_PODS)
     outcome = st.job_outcome(job, pods)
-    if outcome.phase == st.QUEUED:  # Kueue made a Workload for a Job that exists (has a uid)
-        workload = _look(seen, WORKLOAD) if "uid" in job["metadata"] else None
-        outcome = replace(outcome, message=st.queued_message(queue_of(t.ws), workload))
+    requeued = False
+    if outcome.phase == st.QUEUED:
+        queue_writes, outcome, requeued = _in_queue(t, seen, job, outcome)
+        writes += queue_writes
     elif queued and outcome.phase not in (st.SUCCEEDED, st.FAILED):  # admitted: now the GPU node
         claimed = _nodeclaim(t, seen)
         if isinstance(claimed, Plan):
@@ -453,7 +454,20 @@ def _training(
     update = st.training_update(
         t.fresh, outcome, output.image if output else None, found, node_conds, t.stamp
     )
-    return Plan(st.training_phase(outcome), tuple(writes), update)
+    return Plan(st.training_phase(outcome), tuple(writes), replace(update, requeued=requeued))
+
+
+def _in_queue(
+    t: Target, seen: Mapping[str, Any], job: Mapping[str, Any], outcome: st.JobOutcome
+) -> tuple[list[Write], st.JobOutcome, bool]:
+    """(writes, outcome, requeued) of a suspended Job: the queue's reason as its message (Kueue's Workload,
+    once the Job exists and has a uid). A Job Kueue evicted after admitting it (preempted) is queued again:
+    its NodeClaim is released until the queue admits it again."""
+    workload = _look(seen, WORKLOAD) if "uid" in job["metadata"] else None
+    outcome = replace(outcome, message=st.queued_message(queue_of(t.ws), workload))
+    if not st.evicted_by_queue(workload):
+        return [], outcome, False
+    return release_writes(t.ws, t.settings), outcome, True
 
 
 def _finished(

@@ -321,3 +321,43 @@ def test_status_patch_is_skipped_when_unchanged_or_moving_back_and_announced_onc
     assert st.announcement(ws, forward).reason == st.SUCCEEDED
     written = workspace({"tuning": {"revision": "r1", "phase": st.SUCCEEDED}, "state": "Succeeded"})
     assert st.status_patch(written, forward) is None and st.announcement(written, forward) is None
+
+
+def test_a_job_its_queue_evicts_goes_back_to_queued_and_releases_its_node():
+    """Kueue preempts an admitted, training Job: suspended again, its Workload Evicted. The phase moves
+    back to Queued (a status patch allows it only then) and the NodeClaim is deleted until readmission."""
+    settings = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
+    sku, queue = "Standard_NC24ads_A100_v4", {"kueue.x-k8s.io/queue-name": "gpus"}
+    rev = valid(workspace(instance_type=sku, labels=queue), settings).rev
+    stored = workspace(passed(rev, st.TRAINING), instance_type=sku, labels=queue)
+    t = valid(stored, settings)
+    evicted = {
+        "metadata": {"name": "job-ws-1a2b3"},
+        "status": {
+            "conditions": [
+                {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": NO_QUOTA},
+                {
+                    "type": "Evicted",
+                    "status": "True",
+                    "reason": "Preempted",
+                    "message": "Preempted to accommodate a higher priority Workload",
+                },
+            ]
+        },
+    }
+    suspended = {**job("ws", rev), "spec": {"suspend": True}}
+    plan, reads = run(t, {JOB: suspended, JOB_PODS: [], WORKLOAD: evicted})
+    assert reads == [JOB, JOB_PODS, WORKLOAD]
+    assert [(w.verb, w.obj["kind"]) for w in plan.writes] == [(Verb.DELETE, "NodeClaim")]
+    assert plan.phase == st.QUEUED and plan.status.requeued
+    assert plan.status.section["message"] == (
+        "evicted by queue gpus (Preempted: Preempted to accommodate a higher priority Workload); "
+        "waiting to be admitted again"
+    )
+    patch = st.status_patch(stored, plan.status)
+    assert patch is not None and patch["status"]["tuning"]["phase"] == st.QUEUED
+
+    waiting = {**evicted, "status": {"conditions": evicted["status"]["conditions"][:1]}}
+    plan, _ = run(t, {JOB: suspended, JOB_PODS: [], WORKLOAD: waiting})  # a stale read, not an eviction
+    assert plan.writes == () and not plan.status.requeued
+    assert st.status_patch(stored, plan.status) is None  # Training does not move back
