@@ -38,7 +38,8 @@ from tuning_controller.validation import validate_workspace
 
 DEFAULT_SEQ_LEN = 1024  # TRL SFTConfig.max_length
 # Objects a Workspace refers to, accepted beside it in one file (examples/ ships them) but not checked here.
-COMPANION_KINDS = ("Secret", "PersistentVolumeClaim")
+# Kueue's queues too: a Workspace names its LocalQueue (examples/kueue).
+COMPANION_KINDS = ("Secret", "PersistentVolumeClaim", "ResourceFlavor", "ClusterQueue", "LocalQueue")
 
 
 @dataclass
@@ -112,7 +113,9 @@ def _classified(doc: Document) -> Document:
     elif isinstance(body, Mapping) and ROOT in body:
         doc.kind = ROOT
     elif isinstance(body, Mapping) and body.get("kind") in COMPANION_KINDS:
-        doc.kind = "other"  # what a Workspace names (push Secret, output PVC): the API server's to check
+        doc.kind = (
+            "other"  # what a Workspace names (push Secret, output PVC, queue): the API server's to check
+        )
     else:
         doc.problems.append(
             Problem("<document>", f"is not a Workspace, a ConfigMap with {CONFIG_KEY}, or a {ROOT} document")

@@ -168,11 +168,30 @@ def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
         )
     if job.get("spec", {}).get("suspend"):
         return JobOutcome(QUEUED, "the Job is suspended until its queue admits it", **common)
+    if not running and newest and newest[0].get("status", {}).get("phase") == "Pending":
+        return JobOutcome(PENDING, _pending_message(newest[0]), **common)
     if int(status.get("active") or 0) > 0 or running:
         tries = common["failed_pods"]
         retry = f" (attempt {tries + 1}; last failure: {failure})" if tries else ""
         return JobOutcome("Running", f"{running or 'pod'} running{retry}", **common)
     return JobOutcome(PENDING, "waiting for the Job's pod", **common)
+
+
+def _pending_message(pod: Mapping[str, Any]) -> str:
+    """Why the newest pod has not started: the scheduler's reason while it is unscheduled (no node fits),
+    else what it waits for (init containers, image pulls)."""
+    status = pod.get("status", {})
+    name = pod.get("metadata", {}).get("name", "the pod")
+    scheduled = c.find(status.get("conditions"), "PodScheduled") or {}
+    if scheduled.get("status") == "False":
+        return _clip(f"pod {name} is not scheduled: {scheduled.get('message') or scheduled.get('reason')}")
+    for cs in _statuses(pod):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") not in (None, "PodInitializing", "ContainerCreating"):
+            return _clip(
+                f"pod {name}: {cs['name']} {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+            )
+    return f"pod {name} is starting"
 
 
 def queued_message(queue: str | None, workload: Mapping[str, Any] | None) -> str:

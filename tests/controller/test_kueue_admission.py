@@ -20,6 +20,7 @@ from hack.cluster import missing_tools, missing_tools_message
 from tests.controller.conftest import (
     API,
     apply,
+    dump,
     get_workspace,
     make_parquet,
     nodeclaims_of,
@@ -81,7 +82,12 @@ def test_quota_for_one_gpu_trains_one_workspace_at_a_time(
             waiting = [n for n, p in phases.items() if p == "Queued"]
             return (admitted[0], waiting[0]) if len(admitted) == len(waiting) == 1 else None
 
-        admitted, waiting = wait_for(one_admitted_one_queued, 300, "one Workspace admitted, one queued")
+        try:
+            admitted, waiting = wait_for(one_admitted_one_queued, 300, "one Workspace admitted, one queued")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n{dump(kube_client, namespace, 'first')}\n{dump(kube_client, namespace, 'second')}"
+            ) from None
         time.sleep(3)  # and it stays so
         waiting_status = tuning_status(kube_client, namespace, waiting)
         assert waiting_status["phase"] == "Queued", waiting_status

@@ -174,3 +174,46 @@ def test_nodeclaim_state():
     assert not ready and "Launched: no capacity" in message
     claim["status"] = {"nodeName": "n1", "conditions": [{"type": "Ready", "status": "True"}]}
     assert nodeclaim_state(claim) == (True, "NodeClaim ws-1 is ready (node n1)")
+
+
+def test_an_active_job_whose_pod_cannot_be_scheduled_is_pending_with_the_schedulers_reason():
+    """Job.status.active counts Pending pods: a pod no node takes is not training."""
+    unscheduled = {
+        "metadata": {"name": "ws-abcde", "creationTimestamp": "t1"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": (
+                        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+                    ),
+                }
+            ],
+        },
+    }
+    job = {"metadata": {"name": "ws"}, "spec": {}, "status": {"active": 1}}
+    outcome = st.job_outcome(job, [unscheduled])
+    assert outcome.phase == st.PENDING
+    assert outcome.message == (
+        "pod ws-abcde is not scheduled: 0/1 nodes are available: 1 node(s) didn't match Pod's node "
+        "affinity/selector."
+    )
+    pulling = {
+        "metadata": {"name": "ws-abcde", "creationTimestamp": "t1"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-data",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}},
+                }
+            ],
+        },
+    }
+    assert st.job_outcome(job, [pulling]).message == "pod ws-abcde: fetch-data ErrImagePull: not found"
+    started = {**pulling, "status": {**pulling["status"], "initContainerStatuses": []}}
+    assert st.job_outcome(job, [started]).message == "pod ws-abcde is starting"
