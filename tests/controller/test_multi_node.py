@@ -73,9 +73,13 @@ def test_two_nodes_render_an_indexed_job_that_rendezvous_at_pod_zero_and_never_s
         "--rdzv-endpoint=ws-0.ws-workers.team.svc.cluster.local:29500",
         f"--rdzv-id=ws-{t.rev}",
         "--node-rank=$(JOB_COMPLETION_INDEX)",
-        "--max-restarts=3",
     ]
+    assert spec["backoffLimit"] == 2 * SETTINGS.backoff_limit  # a lost pod costs the group's 2
     assert steps[TRAIN]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    # torchrun exits 1 on SIGTERM too: a lost pod must be retried, not fail the Job as unusable input
+    assert spec["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    ]
 
     service = render_rendezvous_service(t.ws)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
@@ -100,6 +104,8 @@ def test_one_node_keeps_the_single_pod_job_with_its_push_container():
     assert "subdomain" not in pod and [c["name"] for c in pod["containers"]] == [PUSH]
     assert containers(pod)[TRAIN]["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
     assert render_results_claim(t.ws, SETTINGS)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    one_process = render_training_job(t.ws, SETTINGS, t.rev, data_sha256=SHA, gpus=1)["spec"]
+    assert [r["action"] for r in one_process["podFailurePolicy"]["rules"]] == ["Ignore", "FailJob"]
 
 
 def test_own_nodes_give_each_pod_as_many_gpus_as_the_count_allows():

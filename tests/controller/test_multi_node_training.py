@@ -10,7 +10,6 @@ on hack/addons.yaml's local-path-shared class."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +20,6 @@ from tests.controller.conftest import (
     apply,
     condition,
     dump,
-    get_workspace,
     jobs,
     make_parquet,
     tuning_workspace,
@@ -188,15 +186,16 @@ def test_a_lost_pod_restarts_the_group_which_resumes_from_the_last_checkpoint(
 
     assert final["status"]["tuning"]["progress"]["step"] == STEPS
     job = kube_json(kube_client, "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/resume")
-    assert job["status"]["succeeded"] == 2 and job["status"].get("failed", 0) >= 1
     pods = pods_of(kube_client, namespace, "resume")
-    (leader,) = [p for p in pods if index_of(p) == "0"]
-    log = pod_log(kube_client, namespace, leader["metadata"]["name"], "train")
-    assert "resuming from" in log, log[-3000:]
+    done = {index_of(p): p for p in pods if p["status"]["phase"] == "Succeeded"}
+    failed = sorted(index_of(p) for p in pods if p["status"]["phase"] == "Failed")
+    # the whole group restarted: pod 0 failed with its peer, the deleted pod 1 is gone
+    assert job["status"]["succeeded"] == 2 and sorted(done) == ["0", "1"] and failed == ["0"], failed
+    assert done["1"]["metadata"]["uid"] != lost["metadata"]["uid"]
+    log = pod_log(kube_client, namespace, done["0"]["metadata"]["name"], "train")
     resumed = [line for line in log.splitlines() if "resuming from" in line]
+    assert resumed, log[-3000:]
     step = int(resumed[-1].rsplit("checkpoint-", 1)[1].split()[0])
     assert 4 <= step < STEPS, resumed
-    (replacement,) = [p for p in pods if index_of(p) == "1"]
-    assert replacement["metadata"]["uid"] != lost["metadata"]["uid"]
-    print(f"\nresumed from step {step}; {json.dumps(job['status'].get('failed'))} pod(s) lost")
-    assert get_workspace(kube_client, namespace, "resume")["status"]["tuning"]["adapter"]["digest"]
+    print(f"\nresumed from step {step}; Job failed count {job['status'].get('failed')}")
+    assert final["status"]["tuning"]["adapter"]["digest"].startswith("sha256:")

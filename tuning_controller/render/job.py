@@ -412,9 +412,12 @@ def _train_container(
 def _launcher(ws: Workspace, rev: str, gpus: int) -> list[str]:
     """python for one process, torchrun --standalone for the GPUs of one node, and for N nodes torchrun
     with c10d rendezvous at pod 0's DNS name. Pod 0's agent hosts the rendezvous store because that name
-    is its own canonical host name (/etc/hosts of a pod with a subdomain). ``--max-restarts``: when a pod
-    is lost, the surviving agents restart their workers and wait in a new round for the pod the Job
-    controller recreates; every rank then resumes from the newest checkpoint on the shared claim."""
+    is its own canonical host name (/etc/hosts of a pod with a subdomain).
+
+    A lost pod restarts the whole group, as JobSet does: torchrun makes no restarts of its own (its
+    elastic restart left a replacement pod waiting for a rendezvous key the dead pod's round held), so
+    the others' workers stop with it (the stop check, or a failed collective), their torchrun exits,
+    the Job recreates every pod, and all ranks resume from the newest checkpoint on the shared claim."""
     nodes = node_count(ws)
     if nodes == 1:
         return ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
@@ -427,12 +430,7 @@ def _launcher(ws: Workspace, rev: str, gpus: int) -> list[str]:
         f"--rdzv-endpoint={leader}:{TORCH_DIST_PORT}",
         f"--rdzv-id={ws.name}-{rev}",
         "--node-rank=$(JOB_COMPLETION_INDEX)",  # the Job controller sets it; kubelet expands $(...)
-        f"--max-restarts={MULTI_NODE_RESTARTS}",
     ]
-
-
-# Worker-group restarts torchrun allows per pod (a lost peer costs one); the Job's backoffLimit bounds pods.
-MULTI_NODE_RESTARTS = 3
 
 
 def _train_resources(settings: Settings, gpus: int) -> dict[str, Any]:
@@ -528,13 +526,28 @@ def render_training_job(
         "tuning",
         _training_pod_spec(ws, settings, rev, train, model),
         rev=rev,
-        backoff_limit=settings.backoff_limit,
+        backoff_limit=settings.backoff_limit * node_count(ws),  # a lost pod fails the N of its group
         deadline=settings.active_deadline_seconds,
         settings=settings,
-        failure_rules=[_fail_job_on_exit(TRAIN, EXIT_UNUSABLE)],
+        failure_rules=_training_failure_rules(train),
         extra_annotations={DATA_SHA_ANNOTATION: data_sha256},
         pods=node_count(ws),
     )
+
+
+# A pod the cluster took away (eviction, preemption, a node drained) did not fail: retry it without
+# counting it against backoffLimit.
+IGNORE_DISRUPTION = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+
+
+def _training_failure_rules(train: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trainer's "unusable" exit fails the Job at once, but only when the trainer is the container's
+    process. torchrun exits 1 for any failure, a SIGTERM included (a deleted or lost pod, which must be
+    retried and resume): under it only backoffLimit bounds the retries (the CPU pre-flight has checked the
+    data and config before)."""
+    if train["command"][0] == "torchrun":
+        return [IGNORE_DISRUPTION]
+    return [IGNORE_DISRUPTION, _fail_job_on_exit(TRAIN, EXIT_UNUSABLE)]
 
 
 def render_rendezvous_service(ws: Workspace) -> dict[str, Any]:
