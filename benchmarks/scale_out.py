@@ -4,6 +4,7 @@ training Jobs against a GPU quota.
     nice -n 10 .venv/bin/python benchmarks/scale_out.py            # ~4 min on 2 busy cores
     nice -n 10 .venv/bin/python benchmarks/scale_out.py --quick    # smoke run (~2.5 min)
     .venv/bin/python benchmarks/scale_out.py --only kueue           # one part only
+    .venv/bin/python benchmarks/scale_out.py --only kueue --kueue-qps 100   # Kueue's client less limited
 
 throughput: the trainer as the training pod runs it (``train`` with the pre-flight's data sha256, the
     ``tiny-llama`` preset, KAITO's qlora template; gloo on CPU, ``OMP_NUM_THREADS=1``) in four shapes,
@@ -388,7 +389,7 @@ def admit_all(api: Any, s: Settings) -> dict:
     }
 
 
-def kueue_admission(s: Settings) -> dict:
+def kueue_admission(s: Settings, client_qps: float | None = None) -> dict:
     """A control plane (no node) and Kueue of their own, with bounded lifetimes, stopped afterwards."""
     from kubernetes import config as k8s_config
 
@@ -400,11 +401,12 @@ def kueue_admission(s: Settings) -> dict:
         started = time.monotonic()
         plane = start_control_plane(state_dir, max_seconds=s.plane_max_s)
         try:
-            with kueue.running_kueue(plane, max_seconds=s.plane_max_s) as running:
+            with kueue.running_kueue(plane, max_seconds=s.plane_max_s, client_qps=client_qps) as running:
                 _log(f"kueue {running.version} ready {time.monotonic() - started:.1f} s after start")
                 api = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
                 try:
-                    return {"kueue_version": running.version, **admit_all(api, s)}
+                    qps = f"{client_qps:g} (burst {int(2 * client_qps)})" if client_qps else "20 (burst 30)"
+                    return {"kueue_version": running.version, "kueue_client_qps": qps, **admit_all(api, s)}
                 finally:
                     api.close()
         finally:
@@ -415,6 +417,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 steps, 10 Jobs with quota 2")
     parser.add_argument("--only", choices=("throughput", "kueue"), help="measure one part only")
+    parser.add_argument(
+        "--kueue-qps", type=float, help="Kueue's API client QPS (burst 2x; default Kueue's own: 20, 30)"
+    )
     args = parser.parse_args(argv)
     s = QUICK if args.quick else DEFAULTS
     started = time.perf_counter()
@@ -427,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         out["throughput"] = throughput(s)
         out["loadavg_after_throughput"] = _load()
     if args.only != "throughput":
-        out["kueue_admission"] = kueue_admission(s)
+        out["kueue_admission"] = kueue_admission(s, args.kueue_qps)
     out["loadavg_after"] = _load()
     out["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))

@@ -124,7 +124,11 @@ def install_crds(api: k8s_client.ApiClient, version: str) -> list[str]:
     ]
 
 
-def write_config(directory: Path, health_port: int, webhook_port: int) -> Path:
+def write_config(
+    directory: Path, health_port: int, webhook_port: int, client_qps: float | None = None
+) -> Path:
+    """Kueue's Configuration; ``client_qps`` raises its API client's rate limit (QPS, burst 2x) from
+    Kueue's defaults (20, 30)."""
     config = {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
@@ -137,6 +141,8 @@ def write_config(directory: Path, health_port: int, webhook_port: int) -> Path:
         "integrations": {"frameworks": ["batch/job"]},
         "featureGates": {"VisibilityOnDemand": False},
     }
+    if client_qps:
+        config["clientConnection"] = {"qps": client_qps, "burst": int(2 * client_qps)}
     path = directory / "config.yaml"
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML
     return path
@@ -209,7 +215,9 @@ def launch(binary: Path, config: Path, plane: ControlPlane, max_seconds: int, lo
         )
 
 
-def start_kueue(plane: ControlPlane, max_seconds: int = 3600, timeout: float = 120) -> Kueue:
+def start_kueue(
+    plane: ControlPlane, max_seconds: int = 3600, timeout: float = 120, client_qps: float | None = None
+) -> Kueue:
     """Prepare the cluster, start the manager, hand it its certificate, wait for its /readyz."""
     binary = kueue_binary()
     version = binary_version(binary)
@@ -217,7 +225,7 @@ def start_kueue(plane: ControlPlane, max_seconds: int = 3600, timeout: float = 1
     cert_dir = directory / "certs"
     cert_dir.mkdir(parents=True, exist_ok=True)
     health_port, webhook_port = free_port(), free_port()
-    config = write_config(directory, health_port, webhook_port)
+    config = write_config(directory, health_port, webhook_port, client_qps)
     plane.logs_dir.mkdir(parents=True, exist_ok=True)
     log = plane.logs_dir / "kueue.log"
     url = f"http://127.0.0.1:{health_port}/readyz"
@@ -243,9 +251,11 @@ def start_kueue(plane: ControlPlane, max_seconds: int = 3600, timeout: float = 1
 
 
 @contextmanager
-def running_kueue(plane: ControlPlane, max_seconds: int = 3600) -> Iterator[Kueue]:
+def running_kueue(
+    plane: ControlPlane, max_seconds: int = 3600, client_qps: float | None = None
+) -> Iterator[Kueue]:
     """Kueue on `plane` for the `with` block; stopped by PID (SIGTERM, then SIGKILL) afterwards."""
-    kueue = start_kueue(plane, max_seconds)
+    kueue = start_kueue(plane, max_seconds, client_qps=client_qps)
     try:
         yield kueue
     finally:
