@@ -60,7 +60,7 @@ from tuning_controller.render.job import (
 from tuning_controller.render.model import render_model_cache_claim, workspace_model_source
 from tuning_controller.render.nodeclaim import (
     NODECLAIM_API_VERSION,
-    nodeclaim_name,
+    nodeclaim_names,
     provisions_node,
     render_nodeclaim,
 )
@@ -75,7 +75,7 @@ DATA_JOB = "data_job"  # the pre-flight Job <ws>-data
 DATA_PODS = "data_pods"  # its pods
 JOB = "job"  # the training Job <ws>
 JOB_PODS = "job_pods"  # its pods
-NODECLAIM = "nodeclaim"  # the Workspace's NodeClaim (auto-provisioning)
+NODECLAIM = "nodeclaim"  # the Workspace's NodeClaims, one per node (auto-provisioning): a tuple
 NODES = "nodes"  # every Node (own nodes)
 WORKLOAD = "workload"  # Kueue's Workload of the training Job (None: none, or Kueue is not installed)
 PUSH_JOB = "push_job"  # the multi-node training's push Job <ws>-push
@@ -220,23 +220,12 @@ def tuning_target(
 
 
 def multi_node_problems(ws: Workspace, settings: Settings) -> list[Problem]:
-    """What resource.count > 1 needs of the settings: own nodes (one NodeClaim per Workspace so far) and
-    results every node and the push Job share (the Workspace's claim, or the output volume)."""
+    """What resource.count > 1 needs of the settings: results every node and the push Job share (the
+    Workspace's claim, or the output volume), and no model cache claim only one node can mount."""
     count = node_count(ws)
     if count == 1:
         return []
     problems = []
-    if provisions_node(ws, settings):
-        problems.append(
-            Problem(
-                "resource.count",
-                "more than one node is trained on own GPU nodes only: auto-provisioning brings up one "
-                "node per Workspace",
-                count,
-                "label the GPU nodes and select them with resource.labelSelector (no instanceType), or "
-                "set count: 1",
-            )
-        )
     output = ws.require_tuning().output
     if output is not None and output.volume_source is None and not uses_results_claim(ws, settings):
         problems.append(
@@ -315,13 +304,17 @@ def _replace(job: Mapping[str, Any], why: str, seen_as: str) -> Write:
 
 
 def release_writes(ws: Workspace, settings: Settings) -> list[Write]:
-    """Delete the Workspace's NodeClaim: the GPU node costs money once the Job is done."""
+    """Delete the Workspace's NodeClaims: a GPU node costs money once the Job is done."""
     if not settings.auto_provisioning:
         return []
-    name = nodeclaim_name(ws)
-    claim = named(NODECLAIM_API_VERSION, "NodeClaim", name)
-    event = Event("Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: the GPU node is released")
-    return [Write(Verb.DELETE, claim, event)]
+    return [
+        Write(
+            Verb.DELETE,
+            named(NODECLAIM_API_VERSION, "NodeClaim", name),
+            Event("Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: the GPU node is released"),
+        )
+        for name in nodeclaim_names(ws)
+    ]
 
 
 # ---- 1. data and model first, on CPU -----------------------------------------------------------
@@ -511,20 +504,33 @@ def _push(t: Target, seen: Mapping[str, Any], trained: st.JobOutcome) -> tuple[l
 
 
 def _nodeclaim(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], dict[str, Any], str] | Plan:
-    """(writes, NodeClaimReady, what the pod waits for or "" when the node is ready) for the Workspace's
-    NodeClaim, requested when there is none; the NameTaken Plan when another object holds its name."""
-    claim = _look(seen, NODECLAIM)
-    if isinstance(claim, Taken):
-        return _taken(t, claim)
+    """(writes, NodeClaimReady, what the pods wait for or "" when every node is ready) for the Workspace's
+    NodeClaims (one per node of resource.count), those missing requested; the NameTaken Plan when another
+    object holds one of their names."""
+    claims = list(_look(seen, NODECLAIM))
+    taken = next((claim for claim in claims if isinstance(claim, Taken)), None)
+    if taken is not None:
+        return _taken(t, taken)
     writes = []
-    if claim is None:
-        claim = render_nodeclaim(t.ws, t.settings)
-        instance_type = t.ws.resource.instance_type if t.ws.resource else ""
-        event = Event("Normal", "NodeClaimCreated", f"requested a {instance_type} node")
-        writes.append(Write(Verb.CREATE, claim, event, NODECLAIM))
-    ready, message = nodeclaim_state(claim)
-    reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
-    return writes, t.stamp.condition(c.NODECLAIM_READY, ready, reason, message), "" if ready else message
+    instance_type = t.ws.resource.instance_type if t.ws.resource else ""
+    for index, claim in enumerate(claims):
+        if claim is None:
+            claims[index] = render_nodeclaim(t.ws, t.settings, index)
+            event = Event("Normal", "NodeClaimCreated", f"requested a {instance_type} node")
+            # no seen_as: an own namesake found on create (after a restart) is taken as it is, and its
+            # state comes with the NodeClaim's next event
+            writes.append(Write(Verb.CREATE, claims[index], event))
+    states = [nodeclaim_state(claim) for claim in claims]
+    waiting = [message for ready, message in states if not ready]
+    if len(claims) == 1:
+        message = states[0][1]
+    elif waiting:
+        message = f"{len(claims) - len(waiting)} of {len(claims)} NodeClaims ready; {waiting[0]}"
+    else:
+        message = f"all {len(claims)} NodeClaims are ready"
+    reason = c.REASON_NODECLAIM_NOT_READY if waiting else c.REASON_NODECLAIMS_READY
+    cond = t.stamp.condition(c.NODECLAIM_READY, not waiting, reason, message)
+    return writes, cond, message if waiting else ""
 
 
 def _training_companions(t: Target) -> list[Write]:

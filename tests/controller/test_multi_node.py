@@ -29,7 +29,7 @@ from tuning_controller.render.job import (
     render_training_job,
 )
 from tuning_controller.settings import Settings
-from tuning_controller.tuning_reconcile import PUSH_JOB, PUSH_PODS, Target, tuning_target
+from tuning_controller.tuning_reconcile import NODECLAIM, PUSH_JOB, PUSH_PODS, Target, tuning_target
 
 DIGEST = "sha256:" + "c" * 64
 
@@ -185,13 +185,6 @@ def test_a_failed_multi_node_training_pushes_nothing():
 
 
 def test_what_several_nodes_need_of_the_settings_is_refused_by_name():
-    provisioning = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
-    refused = tuning_target(
-        two_nodes(instance_type="Standard_NC24ads_A100_v4"), None, (None, []), provisioning, "now"
-    )
-    assert not isinstance(refused, Target) and refused.phase == st.INVALID
-    assert "resource.count: more than one node is trained on own GPU nodes only" in refused.why
-
     scratch = Settings(model_registry=SETTINGS.model_registry, results_volume="emptyDir")
     refused = tuning_target(two_nodes(), None, (None, []), scratch, "now")
     assert not isinstance(refused, Target)
@@ -208,3 +201,36 @@ def test_what_several_nodes_need_of_the_settings_is_refused_by_name():
 
     volume_output = two_nodes(output={"volumeSource": {"persistentVolumeClaim": {"claimName": "shared"}}})
     assert isinstance(tuning_target(volume_output, None, (None, []), scratch, "now"), Target)
+
+
+def ready_claim(name: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_auto_provisioning_brings_up_one_node_per_pod_and_releases_them_all():
+    settings = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
+    sku = "Standard_NC24ads_A100_v4"  # one A100 per node
+    rev = valid(two_nodes(instance_type=sku), settings).rev
+    t = valid(two_nodes(passed(rev), instance_type=sku), settings)
+    plan, reads = run(t, {JOB: None, NODECLAIM: (None, None)})
+    assert reads == [JOB, NODECLAIM]
+    claims = [w.obj["metadata"]["name"] for w in plan.writes]
+    assert [w.obj["kind"] for w in plan.writes] == ["NodeClaim", "NodeClaim"] and len(set(claims)) == 2
+    assert claims[1] == f"{claims[0]}-1"
+
+    plan, _ = run(t, {JOB: None, NODECLAIM: (ready_claim(claims[0]), {"metadata": {"name": claims[1]}})})
+    assert plan.writes == () and plan.phase == st.WAITING_FOR_NODES
+    assert plan.why.startswith(f"1 of 2 NodeClaims ready; waiting for NodeClaim {claims[1]}")
+
+    plan, _ = run(t, {JOB: None, NODECLAIM: tuple(ready_claim(n) for n in claims)})
+    created = plan.writes[-1].obj
+    assert created["kind"] == "Job" and created["spec"]["completions"] == 2
+    train = containers(created["spec"]["template"]["spec"])[TRAIN]
+    assert "--nnodes=2" in train["command"] and "--nproc-per-node=1" in train["command"]  # the SKU's 1 GPU
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    plan, _ = run(t, {JOB: job("ws", rev, ("Failed",)), JOB_PODS: []})
+    assert [(w.verb.value, w.obj["metadata"]["name"]) for w in plan.writes] == [
+        ("delete", claims[0]),
+        ("delete", claims[1]),
+    ]

@@ -143,12 +143,12 @@ def test_no_gpu_node_is_requested_for_a_training_job_whose_name_is_taken():
     settings = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
     rev = valid(workspace(instance_type=SKU), settings).rev
     t = valid(workspace(passed(rev), instance_type=SKU), settings)
-    plan, reads = run(t, {JOB: Taken("Job", "team", "ws", "Deployment x (uid y)"), NODECLAIM: None})
+    plan, reads = run(t, {JOB: Taken("Job", "team", "ws", "Deployment x (uid y)"), NODECLAIM: (None,)})
     assert reads == [JOB] and plan.writes == ()  # no NodeClaim for a Job that cannot be made
     assert plan.result is Result.WAITING and plan.why.startswith("Job team/ws exists and is not owned")
 
     claim = Taken("NodeClaim", None, "ws-12345678")
-    plan, reads = run(t, {JOB: None, NODECLAIM: claim})
+    plan, reads = run(t, {JOB: None, NODECLAIM: (claim,)})
     assert reads == [JOB, NODECLAIM] and plan.writes == ()
     assert plan.why.startswith("NodeClaim ws-12345678 exists and is not owned by this Workspace")
 

@@ -191,7 +191,7 @@ def test_auto_provisioning_creates_the_nodeclaim_once_and_waits_for_it():
     ws = workspace(instance_type="Standard_NC24ads_A100_v4")
     rev = valid(ws, settings).rev
     t = valid(workspace(passed(rev), instance_type="Standard_NC24ads_A100_v4"), settings)
-    plan, reads = run(t, {JOB: None, NODECLAIM: None})
+    plan, reads = run(t, {JOB: None, NODECLAIM: (None,)})
     assert reads == [JOB, NODECLAIM]
     assert [(w.verb, w.obj["kind"], w.event.reason) for w in plan.writes] == [
         (Verb.CREATE, "NodeClaim", "NodeClaimCreated")
@@ -242,7 +242,7 @@ def test_a_queued_job_gets_its_nodeclaim_only_once_its_queue_admitted_it():
     assert plan.status.section["message"] == (f"waiting in queue gpus: {NO_QUOTA}")
 
     admitted = {**job("ws", rev), "spec": {"suspend": False}}
-    plan, reads = run(t, {JOB: admitted, JOB_PODS: [], NODECLAIM: None})
+    plan, reads = run(t, {JOB: admitted, JOB_PODS: [], NODECLAIM: (None,)})
     assert reads == [JOB, JOB_PODS, NODECLAIM]
     assert [(w.verb, w.obj["kind"]) for w in plan.writes] == [(Verb.CREATE, "NodeClaim")]
     assert plan.phase == st.PENDING and plan.status.section["message"].startswith("admitted by queue gpus; ")

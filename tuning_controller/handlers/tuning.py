@@ -57,7 +57,7 @@ from tuning_controller.render.job import (
     push_job_name,
     training_job_name,
 )
-from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
+from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_names
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
     DATA_JOB,
@@ -162,8 +162,9 @@ def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> 
         JOB_PODS: lambda: _pods(ctl, seen[JOB]),
         PUSH_JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, push_job_name(t.ws), True),
         PUSH_PODS: lambda: _pods(ctl, seen[PUSH_JOB]),
-        NODECLAIM: lambda: read_own(
-            ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(t.ws), True
+        NODECLAIM: lambda: tuple(
+            read_own(ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, name, True)
+            for name in nodeclaim_names(t.ws)
         ),
         NODES: lambda: ctl.kube.list("v1", "Node"),
         WORKLOAD: lambda: _workload(ctl, seen[JOB]),

@@ -73,7 +73,7 @@ def render_workspace_objects(
     objects = [render_training_configmap(ws, config), *([secret] if secret else [])]
     objects.append(render_data_job(ws, settings, rev))
     if provisions:
-        objects.append(render_nodeclaim(ws, settings))
+        objects += [render_nodeclaim(ws, settings, i) for i in range(node_count(ws))]
     objects += render_progress_rbac(ws)
     if node_count(ws) > 1:
         objects.append(render_rendezvous_service(ws))

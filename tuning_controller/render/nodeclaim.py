@@ -26,9 +26,17 @@ OWNER_ANNOTATION = f"{GROUP}/workspace-uid"
 NODE_IMAGE_FAMILY_ANNOTATION = f"{GROUP}/node-image-family"
 
 
-def nodeclaim_name(ws: Workspace) -> str:
+def nodeclaim_name(ws: Workspace, index: int = 0) -> str:
+    """The name of the Workspace's ``index``-th NodeClaim (resource.count nodes: 0..count-1)."""
     digest = hashlib.sha256(f"{ws.namespace}/{ws.name}".encode()).hexdigest()[:8]
-    return f"{ws.name[: NAME_MAX - 9]}-{digest}"
+    suffix = f"-{index}" if index else ""
+    return f"{ws.name[: NAME_MAX - 9 - len(suffix)]}-{digest}{suffix}"
+
+
+def nodeclaim_names(ws: Workspace) -> list[str]:
+    """Every NodeClaim name of a tuning Workspace: one per node of resource.count."""
+    count = ws.resource.count if ws.resource and ws.tuning else 1
+    return [nodeclaim_name(ws, i) for i in range(max(1, count))]
 
 
 def provisions_node(ws: Workspace, settings: Settings) -> bool:
@@ -52,9 +60,10 @@ def claimed_by(claim: Mapping[str, Any], namespace: str, name: str, uid: str) ->
     )
 
 
-def render_nodeclaim(ws: Workspace, settings: Settings) -> dict[str, Any]:
-    """A NodeClaim for one node of ``resource.instanceType`` carrying the labelSelector's labels and a
-    GPU taint, so only pods that tolerate GPUs (the tuning pod) land on it."""
+def render_nodeclaim(ws: Workspace, settings: Settings, index: int = 0) -> dict[str, Any]:
+    """A NodeClaim for one node of ``resource.instanceType`` (the ``index``-th of a multi-node tuning)
+    carrying the labelSelector's labels and a GPU taint, so only pods that tolerate GPUs (the tuning
+    pods) land on it."""
     if ws.resource is None or not ws.resource.instance_type:
         raise ValueError(f"Workspace {ws.name!r} has no resource.instanceType to provision")
     selector = ws.resource.label_selector
@@ -66,7 +75,7 @@ def render_nodeclaim(ws: Workspace, settings: Settings) -> dict[str, Any]:
     ]
     requirements += [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(match_labels.items())]
     meta: dict[str, Any] = {
-        "name": nodeclaim_name(ws),
+        "name": nodeclaim_name(ws, index),
         # the controller's labels last: a matchLabel cannot pass for them (validation refuses such keys)
         "labels": {**match_labels, **labels(ws, "gpu-node"), NAMESPACE_LABEL: ws.namespace},
     }
