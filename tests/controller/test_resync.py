@@ -77,3 +77,20 @@ def test_a_child_event_whose_workspace_cannot_be_read_arms_the_resync(monkeypatc
     assert armed == [("team/ws", runtime.RETRY_SECONDS)]
     handlers._follow({"kind": "Job", "metadata": {"namespace": "team", "labels": {}}}, runtime.log)
     assert len(armed) == 1  # not a Workspace's child: nothing to do
+
+
+def test_pod_events_of_init_containers_are_news_and_of_unscheduled_pods_are_not():
+    """The one-node training pod trains in an init container (its phase stays Pending until push
+    starts): its init containers' starts and ends must reach the reconcile, a pod waiting for a node not."""
+    from tuning_controller.handlers.tuning import _pod_has_news
+
+    def pod(phase: str, *init_states: dict) -> dict:
+        statuses = [{"name": f"c{i}", "state": state} for i, state in enumerate(init_states)]
+        return {"status": {"phase": phase, "initContainerStatuses": statuses}}
+
+    waiting = {"waiting": {"reason": "PodInitializing"}}
+    assert not _pod_has_news(pod("Pending"))
+    assert not _pod_has_news(pod("Pending", waiting, waiting))
+    assert _pod_has_news(pod("Pending", {"running": {}}, waiting))  # fetch-data started
+    assert _pod_has_news(pod("Pending", {"terminated": {"exitCode": 0}}, {"running": {}}))  # train started
+    assert _pod_has_news(pod("Running")) and _pod_has_news(pod("Failed"))

@@ -271,8 +271,16 @@ def _follow(body: Mapping[str, Any], logger: Logger) -> None:
 
 
 def _pod_has_news(body: Mapping[str, Any], **_: Any) -> bool:
-    """Pending pods (waiting for a node) change nothing a Workspace shows; skip them cheaply."""
-    return (body.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+    """A pod waiting for a node changes nothing a Workspace shows; skip it cheaply. A Pending pod whose
+    init containers run is news: fetch-data, fetch-model and (one node) train are init containers, and
+    each start or end moves the phase."""
+    status = body.get("status") or {}
+    if status.get("phase") in ("Running", "Succeeded", "Failed"):
+        return True
+    return any(
+        {"running", "terminated"} & (cs.get("state") or {}).keys()
+        for cs in status.get("initContainerStatuses") or []
+    )
 
 
 def _job_has_news(body: Mapping[str, Any], **_: Any) -> bool:
