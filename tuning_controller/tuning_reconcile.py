@@ -32,7 +32,7 @@ from tuning_controller import status as st
 from tuning_controller.gpu_fit import training_shape
 from tuning_controller.nodes import choose_node, nodeclaim_state
 from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Taken, Verb, Write, named
-from tuning_controller.render import sku_gpus
+from tuning_controller.render import node_count, sku_gpus
 from tuning_controller.render.configmap import (
     TrainingConfig,
     choose_training_config,
@@ -44,7 +44,6 @@ from tuning_controller.render.job import (
     REVISION_ANNOTATION,
     data_job_name,
     needs_push_job,
-    node_count,
     push_job_name,
     queue_of,
     render_data_job,

@@ -27,6 +27,12 @@ def sku_gpus(ws: Workspace) -> int:
         return 1
 
 
+def node_count(ws: Workspace) -> int:
+    """Nodes of the Workspace (resource.count): a tuning Job's pods or an inference StatefulSet's, one
+    per node."""
+    return max(1, ws.resource.count if ws.resource else 1)
+
+
 def render_workspace_objects(
     ws: Workspace,
     settings: Settings,
@@ -45,7 +51,6 @@ def render_workspace_objects(
     from tuning_controller.render.input_urls import render_urls_secret
     from tuning_controller.render.job import (
         needs_push_job,
-        node_count,
         render_data_job,
         render_push_job,
         render_rendezvous_service,

@@ -42,6 +42,7 @@ from contract.pod import (
     parse_strength,
 )
 from contract.workspace import GROUP, AdapterSpec, DataSource, Workspace, to_dict
+from tuning_controller.render import node_count
 from tuning_controller.render.job import child_name
 from tuning_controller.render.meta import WORKSPACE_LABEL, bounded_name, labels, metadata
 from tuning_controller.render.model import fetch_model_parts, workspace_model_source
@@ -76,10 +77,6 @@ def workload_name(ws: Workspace) -> str:
 
 def headless_service_name(ws: Workspace) -> str:
     return child_name(ws, "-headless")
-
-
-def node_count(ws: Workspace) -> int:
-    return max(1, ws.resource.count if ws.resource else 1)
 
 
 def selector_labels(ws: Workspace) -> dict[str, str]:

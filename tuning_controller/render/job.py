@@ -51,7 +51,7 @@ from contract.pod import (
 )
 from contract.training_config import Method
 from contract.workspace import GROUP, DataDestination, DataSource, PresetSpec, Workspace, to_dict
-from tuning_controller.render import input_urls
+from tuning_controller.render import input_urls, node_count
 from tuning_controller.render.configmap import training_configmap_name
 from tuning_controller.render.meta import bounded_name, labels, metadata
 from tuning_controller.render.model import ModelParts, fetch_model_parts, workspace_model_source
@@ -112,11 +112,6 @@ def push_job_name(ws: Workspace) -> str:
 
 def rendezvous_service_name(ws: Workspace) -> str:
     return child_name(ws, "-workers")
-
-
-def node_count(ws: Workspace) -> int:
-    """Pods of the training Job (resource.count): one per node, each on all of its node's GPUs."""
-    return max(1, ws.resource.count if ws.resource else 1)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from contract.workspace import GROUP, Workspace
+from tuning_controller.render import node_count
 from tuning_controller.render.meta import NAME_MAX, WORKSPACE_LABEL, labels
 from tuning_controller.render.pod import GPU_RESOURCE
 from tuning_controller.settings import Settings
@@ -35,8 +36,7 @@ def nodeclaim_name(ws: Workspace, index: int = 0) -> str:
 
 def nodeclaim_names(ws: Workspace) -> list[str]:
     """Every NodeClaim name of a tuning Workspace: one per node of resource.count."""
-    count = ws.resource.count if ws.resource and ws.tuning else 1
-    return [nodeclaim_name(ws, i) for i in range(max(1, count))]
+    return [nodeclaim_name(ws, i) for i in range(node_count(ws) if ws.tuning else 1)]
 
 
 def provisions_node(ws: Workspace, settings: Settings) -> bool:
