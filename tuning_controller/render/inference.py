@@ -55,6 +55,7 @@ from tuning_controller.render.pod import (
     node_affinity,
     plain_http_args,
     pod_security,
+    rendezvous_service_spec,
     scratch_volume,
     shared_memory_volume,
     tools_container,
@@ -354,12 +355,7 @@ def render_services(ws: Workspace) -> list[dict[str, Any]]:
     }
     if node_count(ws) == 1:
         return [_service(ws, workload_name(ws), main)]
-    headless = {
-        "clusterIP": "None",
-        "publishNotReadyAddresses": True,  # workers must find the leader before anyone is ready
-        "selector": selector_labels(ws),
-        "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
-    }
+    headless = rendezvous_service_spec(selector_labels(ws))
     return [_service(ws, workload_name(ws), main), _service(ws, headless_service_name(ws), headless)]
 
 

@@ -64,6 +64,7 @@ from tuning_controller.render.pod import (
     node_affinity,
     plain_http_args,
     pod_security,
+    rendezvous_service_spec,
     scratch_volume,
     shared_memory_volume,
     tools_container,
@@ -546,19 +547,12 @@ def _training_failure_rules(train: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_rendezvous_service(ws: Workspace) -> dict[str, Any]:
-    """The headless Service that gives a multi-node Job's pods their DNS names (``subdomain``); published
-    before they are ready, as the workers look pod 0 up while it is still starting."""
-    spec = {
-        "clusterIP": "None",
-        "publishNotReadyAddresses": True,
-        "selector": labels(ws, "tuning"),
-        "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
-    }
+    """The headless Service of a multi-node Job's pods (their ``subdomain``)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(ws, rendezvous_service_name(ws), "tuning"),
-        "spec": spec,
+        "spec": rendezvous_service_spec(labels(ws, "tuning")),
     }
 
 

@@ -9,9 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from contract.workspace import LabelSelector
-from tuning_controller.settings import Settings
+from tuning_controller.settings import TORCH_DIST_PORT, Settings
 
 GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def rendezvous_service_spec(selector: dict[str, str]) -> dict[str, Any]:
+    """A headless Service for torch distributed rendezvous (multi-node tuning and inference): it gives
+    the selected pods their DNS names, published before they are ready, as the workers look the leader
+    (pod 0) up while it is still starting."""
+    return {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
+        "selector": selector,
+        "ports": [{"name": "torch-dist", "port": TORCH_DIST_PORT, "targetPort": TORCH_DIST_PORT}],
+    }
 
 
 def container_security() -> dict[str, Any]:
