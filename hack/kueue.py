@@ -28,10 +28,8 @@ Why it is set up this way:
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -45,7 +43,8 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from hack.cluster import ControlPlane, apply_crd, kube_json, tool_path
-from hack.processes import StackError, free_port, stop_process, wait_for
+from hack.processes import StackError, die_with_parent, free_port, stop_process, wait_for
+from tuning_controller.conditions import find
 from tuning_controller.kube import KubeError
 
 MODULE = "sigs.k8s.io/kueue"
@@ -56,7 +55,6 @@ QUEUE_LABEL = f"{GROUP}/queue-name"
 WEBHOOK_SECRET = "kueue-webhook-server-cert"
 # The CRDs whose conversion webhook kueue's cert rotator injects its CA into (pkg/util/cert).
 CONVERTED_CRDS = ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -148,11 +146,6 @@ def write_config(
     return path
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it ends (Linux prctl)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _tail(log: Path, lines: int = 25) -> str:
     return "\n".join(line[:600] for line in log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -211,7 +204,7 @@ def launch(binary: Path, config: Path, plane: ControlPlane, max_seconds: int, lo
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
 
@@ -265,10 +258,6 @@ def running_kueue(
 # --- queues ------------------------------------------------------------------------------------------
 
 
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == kind), {})
-
-
 def create_queues(
     api: k8s_client.ApiClient, namespace: str, quota: Mapping[str, str | int], name: str = "kaito-tune"
 ) -> str:
@@ -300,7 +289,7 @@ def create_queues(
     kube_json(api, "POST", f"{root}/namespaces/{namespace}/localqueues", local_queue)
     for path in (f"{root}/clusterqueues/{name}", f"{root}/namespaces/{namespace}/localqueues/{name}"):
         wait_for(
-            lambda path=path: _condition(kube_json(api, "GET", path), "Active").get("status") == "True",
+            lambda path=path: condition(kube_json(api, "GET", path), "Active").get("status") == "True",
             60,
             f"{path} to be Active",
         )
@@ -335,6 +324,6 @@ def workload_of(api: k8s_client.ApiClient, namespace: str, owner_uid: str) -> di
     )
 
 
-def condition(workload: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    """A Workload condition (QuotaReserved, Admitted...) or {}."""
-    return _condition(workload or {}, kind)
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """A condition of a Kueue object (a Workload's QuotaReserved or Admitted, a queue's Active) or {}."""
+    return find(((obj or {}).get("status") or {}).get("conditions"), kind) or {}
