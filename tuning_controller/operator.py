@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -25,7 +26,9 @@ import kopf
 from contract.workspace import GROUP
 from tuning_controller import metrics
 from tuning_controller.handlers import runtime
-from tuning_controller.settings import Settings, SettingsError, settings_from_env
+from tuning_controller.kube import Kube, KubeError
+from tuning_controller.render.jobset import JOBSET_API_VERSION
+from tuning_controller.settings import PREFIX, Settings, SettingsError, settings_from_env
 
 HANDLER_MODULES = ("tuning_controller.handlers.tuning", "tuning_controller.handlers.inference")
 log = logging.getLogger("kaito-tune")
@@ -57,6 +60,27 @@ def configure_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("urllib3", "kubernetes", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def resolve_multi_node_workload(ours: Settings, kube: Kube) -> Settings:
+    """multi_node_workload made concrete at start: auto is jobset when the API server serves JobSets,
+    else job. jobset asked for where none are served stops the controller: its multi-node Workspaces
+    would wait for ever."""
+    if ours.multi_node_workload == "job":
+        return ours
+    try:
+        found = kube.request("GET", f"/apis/{JOBSET_API_VERSION}")
+        served = any(r.get("name") == "jobsets" for r in found.get("resources") or [])
+    except KubeError as err:
+        if not err.not_found:
+            raise
+        served = False
+    if ours.multi_node_workload == "jobset" and not served:
+        raise SettingsError(
+            f"{PREFIX}MULTI_NODE_WORKLOAD=jobset: the API server serves no JobSets ({JOBSET_API_VERSION}); "
+            "install JobSet's controller, or use auto or job"
+        )
+    return replace(ours, multi_node_workload="jobset" if served else "job")
 
 
 def load_handlers(ours: Settings) -> None:
@@ -105,7 +129,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Server-side filtering: only our Jobs, pods and NodeClaims reach the controller, so a busy
     # cluster's pods cost nothing.
     managed = f"app.kubernetes.io/managed-by=kaito-tune,{GROUP}/workspace"
-    for resource in (("batch", "v1", "jobs"), ("", "v1", "pods"), ("karpenter.sh", "v1", "nodeclaims")):
+    group, version = JOBSET_API_VERSION.split("/")
+    watched = (("batch", "v1", "jobs"), ("", "v1", "pods"), ("karpenter.sh", "v1", "nodeclaims"))
+    for resource in (*watched, (group, version, "jobsets")):
         settings.watching.label_selectors[resource] = managed
     # Synchronous handlers run in a thread pool: different Workspaces reconcile in parallel (200
     # applied at once must not queue behind each other); one Workspace is serialised by a lock.
@@ -133,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         ours = settings_from_env(os.environ)
+        ours = resolve_multi_node_workload(ours, Kube.from_environment(os.environ.get("KUBECONFIG") or None))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

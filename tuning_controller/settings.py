@@ -13,6 +13,7 @@ the value and what is allowed, rather than surfacing later inside a Job.
     KAITO_TUNE_MODEL_REGISTRY=registry.example/kaito-models      # presets' weights as OCI model artifacts
     KAITO_TUNE_MODEL_CACHE=pvc|emptyDir                         # where fetched weights are kept
     KAITO_TUNE_INFERENCE_RUNTIME=transformers|vllm              # how inference Workspaces are served
+    KAITO_TUNE_MULTI_NODE_WORKLOAD=auto|job|jobset              # what runs a tuning on several nodes
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ RESULTS_VOLUMES = ("pvc", "emptyDir")
 MODEL_CACHES = ("pvc", "emptyDir")
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
 INFERENCE_RUNTIMES = ("transformers", "vllm")
+MULTI_NODE_WORKLOADS = ("auto", "job", "jobset")
 # Settings that take one of a few words (the allowed words, for the error message).
 _CHOICES = {
     "results_volume": RESULTS_VOLUMES,
@@ -39,6 +41,7 @@ _CHOICES = {
     "model_cache_access_mode": ACCESS_MODES,
     "push_format": FORMATS,
     "inference_runtime": INFERENCE_RUNTIMES,
+    "multi_node_workload": MULTI_NODE_WORKLOADS,
 }
 TORCH_DIST_PORT = 29500
 """Multi-node inference pods rendezvous on this port, so the server cannot use it."""
@@ -110,7 +113,14 @@ class Settings:
     model_cache_max_gib: int = 180
     """Least recently used cache entries not in use are deleted while the cache holds more than this."""
     backoff_limit: int = 2
-    """Pod retries of the training Job before the Workspace fails."""
+    """Pod retries of the training Job before the Workspace fails (restarts of the whole group on several
+    nodes)."""
+    multi_node_workload: str = "auto"
+    """What runs a tuning of resource.count > 1: job (an Indexed Job and a headless Service of our own),
+    jobset (a JobSet, jobset.x-k8s.io/v1alpha2: its controller makes both, and restarts the group as
+    one), or auto: jobset when the API server serves JobSets at the controller's start, else job. The
+    operator resolves auto at start (tuning_controller.multi_node); unresolved (``kaito-tune render``) it
+    renders the Job."""
     train_cpu_request: str = "2"
     train_memory_request: str = "8Gi"
     """What the scheduler sets aside on the node for the train container, beside its GPUs (one rank per

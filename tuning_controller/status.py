@@ -141,9 +141,13 @@ def _running(newest: list[Mapping[str, Any]]) -> str:
 
 
 def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> JobOutcome:
-    """The state of ``job`` from its conditions, counters and its pods' container states."""
+    """The state of ``job`` (a Job, or a multi-node training's JobSet) from its conditions, counters and
+    its pods' container states."""
     if job is None:
         return JobOutcome(PENDING, "the Job does not exist yet")
+    if job.get("kind") == "JobSet":
+        job = _jobset_as_job(job)
+    kind = job.get("kind", "Job")
     status = job.get("status", {})
     newest = _newest(pods)
     failed = [p for p in newest if p.get("status", {}).get("phase") == "Failed"]
@@ -158,23 +162,55 @@ def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
         "failure": failure,
     }
     if _condition_true(job, "Complete"):
-        return JobOutcome(SUCCEEDED, "the Job completed", **common)
+        return JobOutcome(SUCCEEDED, f"the {kind} completed", **common)
     failed_cond = _condition_true(job, "Failed")
     if failed_cond:
-        why = failed_cond.get("message") or failed_cond.get("reason") or "the Job failed"
+        why = failed_cond.get("message") or failed_cond.get("reason") or f"the {kind} failed"
         message = f"{failure} ({why})" if failure else why
         return JobOutcome(
             FAILED, _clip(message), **{**common, "completion_time": failed_cond.get("lastTransitionTime")}
         )
     if job.get("spec", {}).get("suspend"):
-        return JobOutcome(QUEUED, "the Job is suspended until its queue admits it", **common)
+        return JobOutcome(QUEUED, f"the {kind} is suspended until its queue admits it", **common)
     if not running and newest and newest[0].get("status", {}).get("phase") == "Pending":
         return JobOutcome(PENDING, _pending_message(newest[0]), **common)
     if int(status.get("active") or 0) > 0 or running:
         tries = common["failed_pods"]
-        retry = f" (attempt {tries + 1}; last failure: {failure})" if tries else ""
+        last = f"; last failure: {failure}" if failure else ""
+        retry = f" (attempt {tries + 1}{last})" if tries else ""
         return JobOutcome("Running", f"{running or 'pod'} running{retry}", **common)
-    return JobOutcome(PENDING, "waiting for the Job's pod", **common)
+    return JobOutcome(PENDING, f"waiting for the {kind}'s pods", **common)
+
+
+def _jobset_as_job(jobset: Mapping[str, Any]) -> dict[str, Any]:
+    """A JobSet read as a Job: its Completed condition is the Job's Complete, Failed (its restarts spent,
+    or a failure rule) is Failed, and each restart of the group counts as a failed attempt. It started
+    when it was created, or when its queue resumed it (Suspended turned False)."""
+    status = jobset.get("status") or {}
+    conds = status.get("conditions") or []
+    ended = [
+        {**cond, "type": "Complete" if cond["type"] == "Completed" else "Failed"}
+        for cond in conds
+        if cond.get("type") in ("Completed", "Failed") and cond.get("status") == "True"
+    ]
+    suspended = c.find(conds, "Suspended") or {}
+    resumed = suspended.get("lastTransitionTime") if suspended.get("status") == "False" else None
+    spec = jobset.get("spec") or {}
+    active = sum(int(rj.get("active") or 0) for rj in status.get("replicatedJobsStatus") or [])
+    complete = next((cond for cond in ended if cond["type"] == "Complete"), {})
+    started = resumed or jobset["metadata"].get("creationTimestamp")
+    return {
+        "kind": "JobSet",
+        "metadata": jobset.get("metadata") or {},
+        "spec": {"suspend": bool(spec.get("suspend"))},
+        "status": {
+            "conditions": ended,
+            "startTime": None if spec.get("suspend") else started,
+            "completionTime": complete.get("lastTransitionTime"),
+            "failed": int(status.get("restarts") or 0),
+            "active": active,
+        },
+    }
 
 
 def _pending_message(pod: Mapping[str, Any]) -> str:

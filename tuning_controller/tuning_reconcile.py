@@ -44,6 +44,7 @@ from tuning_controller.render.job import (
     REVISION_ANNOTATION,
     data_job_name,
     needs_push_job,
+    pod_host,
     push_job_name,
     queue_of,
     render_data_job,
@@ -54,8 +55,10 @@ from tuning_controller.render.job import (
     results_claim_name,
     revision,
     training_job_name,
+    uses_jobset,
     uses_results_claim,
 )
+from tuning_controller.render.meta import NAME_MAX
 from tuning_controller.render.model import render_model_cache_claim, workspace_model_source
 from tuning_controller.render.nodeclaim import (
     NODECLAIM_API_VERSION,
@@ -225,6 +228,17 @@ def multi_node_problems(ws: Workspace, settings: Settings) -> list[Problem]:
     if count == 1:
         return []
     problems = []
+    last_host = pod_host(ws, settings, count - 1)
+    if len(last_host) > NAME_MAX:
+        problems.append(
+            Problem(
+                "metadata.name",
+                f"is too long for {count} nodes: pod {count - 1}'s host name {last_host!r} would have "
+                f"{len(last_host)} characters, more than a DNS label's {NAME_MAX}",
+                ws.name,
+                f"use a name of at most {len(ws.name) - (len(last_host) - NAME_MAX)} characters",
+            )
+        )
     output = ws.require_tuning().output
     if output is not None and output.volume_source is None and not uses_results_claim(ws, settings):
         problems.append(
@@ -535,7 +549,8 @@ def _nodeclaim(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], dict[st
 def _training_companions(t: Target) -> list[Write]:
     """What the training pod needs besides its Job: its progress identity and claims."""
     writes = [*_input_secret(t), *(Write(Verb.APPLY, obj) for obj in render_progress_rbac(t.ws))]
-    if node_count(t.ws) > 1:  # the pods' DNS names, before the pods look each other up
+    if node_count(t.ws) > 1 and not uses_jobset(t.ws, t.settings):
+        # the pods' DNS names, before the pods look each other up (a JobSet's controller makes its own)
         writes.append(Write(Verb.CREATE, render_rendezvous_service(t.ws)))
     if uses_results_claim(t.ws, t.settings):
         writes.append(Write(Verb.CREATE, render_results_claim(t.ws, t.settings)))

@@ -50,13 +50,15 @@ from tuning_controller.handlers.runtime import (
     write_status,
 )
 from tuning_controller.kube import KubeError
-from tuning_controller.plan import Plan, Read, Result
+from tuning_controller.plan import Plan, Read, Result, Taken
 from tuning_controller.render.job import (
     WORKLOAD_API_VERSION,
     data_job_name,
     push_job_name,
     training_job_name,
+    uses_jobset,
 )
+from tuning_controller.render.jobset import JOBSET_API_VERSION, JOBSET_UID_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_names
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
@@ -144,11 +146,29 @@ def _user_config(ctl: Controller, ws_obj: Mapping[str, Any]) -> tuple[dict[str, 
 
 def _pods(ctl: Controller, job: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The Job's pods: labelled with its uid and controlled by it. A pod that only carries the label was
-    made by someone else, and its termination message must not set the outcome (an adapter digest)."""
+    made by someone else, and its termination message must not set the outcome (an adapter digest).
+    A JobSet's: those of its child Jobs, which carry its uid as a label (JobSet's controller sets it)."""
     uid = job["metadata"]["uid"]
+    if job.get("kind") == "JobSet":
+        selector = f"{JOBSET_UID_LABEL}={uid}"
+        found = ctl.kube.list("v1", "Pod", job["metadata"]["namespace"], label_selector=selector)
+        return [pod for pod in found if _controller_kind(pod) == "Job"]
     selector = f"batch.kubernetes.io/controller-uid={uid}"
     found = ctl.kube.list("v1", "Pod", job["metadata"]["namespace"], label_selector=selector)
     return [pod for pod in found if has_owner(pod, uid, controller=True)]
+
+
+def _controller_kind(obj: Mapping[str, Any]) -> str:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((ref.get("kind", "") for ref in refs if ref.get("controller")), "")
+
+
+def _training(ctl: Controller, t: Target) -> dict[str, Any] | Taken | None:
+    """The training Job, or the JobSet that runs a multi-node training where JobSet runs."""
+    api_version, kind = ("batch/v1", "Job")
+    if uses_jobset(t.ws, ctl.settings):
+        api_version, kind = JOBSET_API_VERSION, "JobSet"
+    return read_own(ctl, t.ws_obj, api_version, kind, t.ws.namespace, training_job_name(t.ws), True)
 
 
 def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> Any:
@@ -158,7 +178,7 @@ def _observe(ctl: Controller, t: Target, seen: Mapping[str, Any], what: str) -> 
     reads: dict[str, Callable[[], Any]] = {
         DATA_JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, data_job_name(t.ws), True),
         DATA_PODS: lambda: _pods(ctl, seen[DATA_JOB]),
-        JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, training_job_name(t.ws), True),
+        JOB: lambda: _training(ctl, t),
         JOB_PODS: lambda: _pods(ctl, seen[JOB]),
         PUSH_JOB: lambda: read_own(ctl, ws_obj, "batch/v1", "Job", namespace, push_job_name(t.ws), True),
         PUSH_PODS: lambda: _pods(ctl, seen[PUSH_JOB]),
@@ -296,6 +316,13 @@ def tuning_job_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any
         _follow(body, logger)
 
 
+def tuning_jobset_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any) -> None:
+    """A multi-node training's JobSet ended, restarted its group or was (un)suspended; registered where
+    the controller runs them (``register``)."""
+    if type is not None:
+        _follow(body, logger)
+
+
 @kopf.on.event("", "v1", "pods", labels=MANAGED, when=_pod_has_news)
 def tuning_pod_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any) -> None:
     if type is not None:
@@ -324,3 +351,6 @@ def register(settings: Settings) -> None:
     release: no finalizer and no kopf state on the Workspace, so one never waits for the controller."""
     if settings.auto_provisioning:
         kopf.on.delete(GROUP, "workspaces", when=is_tuning)(workspace_delete)
+    if settings.multi_node_workload == "jobset":
+        group, version = JOBSET_API_VERSION.split("/")
+        kopf.on.event(group, version, "jobsets", labels=MANAGED, when=_job_has_news)(tuning_jobset_event)

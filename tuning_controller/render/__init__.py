@@ -57,6 +57,7 @@ def render_workspace_objects(
         render_results_claim,
         render_training_job,
         revision,
+        uses_jobset,
         uses_results_claim,
     )
     from tuning_controller.render.nodeclaim import provisions_node, render_nodeclaim
@@ -80,7 +81,7 @@ def render_workspace_objects(
     if provisions:
         objects += [render_nodeclaim(ws, settings, i) for i in range(node_count(ws))]
     objects += render_progress_rbac(ws)
-    if node_count(ws) > 1:
+    if node_count(ws) > 1 and not uses_jobset(ws, settings):  # JobSet's controller makes its own
         objects.append(render_rendezvous_service(ws))
     if uses_results_claim(ws, settings):
         objects.append(render_results_claim(ws, settings))

@@ -18,6 +18,8 @@ resource.count N > 1 (multi-node; own nodes, ``render.multi_node``):
                   not reach N pods.
     <ws>-push     after the training Job completed: push from the results claim (shared by the N pods,
                   ReadWriteMany), the only pod with the push secret.
+    Where JobSet runs (settings.multi_node_workload), the Indexed Job goes into a JobSet <ws> instead,
+    whose controller makes the Service and restarts the group as one (``render.jobset``).
 
 Both steps run the trainer's one entry, ``python -m trainer.qlora preflight|train`` (``trainer.steps``).
 
@@ -53,6 +55,7 @@ from contract.training_config import Method
 from contract.workspace import GROUP, DataDestination, DataSource, PresetSpec, Workspace, to_dict
 from tuning_controller.render import input_urls, node_count
 from tuning_controller.render.configmap import training_configmap_name
+from tuning_controller.render.jobset import as_jobset, child_job_name
 from tuning_controller.render.meta import bounded_name, labels, metadata
 from tuning_controller.render.model import ModelParts, fetch_model_parts, workspace_model_source
 from tuning_controller.render.pod import (
@@ -370,7 +373,7 @@ def _train_container(
     """The trainer on every GPU of the node (torchrun for several, and across the nodes of a
     multi-node Job), reporting progress into the Workspace's status with the token of the Workspace's
     own ServiceAccount."""
-    launcher = _launcher(ws, rev, gpus)
+    launcher = _launcher(ws, settings, rev, gpus)
     step = ["train", "--expect-data-sha256", data_sha256]
     return {
         "name": TRAIN,
@@ -405,7 +408,20 @@ def _train_container(
     }
 
 
-def _launcher(ws: Workspace, rev: str, gpus: int) -> list[str]:
+def uses_jobset(ws: Workspace, settings: Settings) -> bool:
+    """Whether the training runs as a JobSet: several nodes, and the controller resolved
+    multi_node_workload to jobset."""
+    return node_count(ws) > 1 and settings.multi_node_workload == "jobset"
+
+
+def pod_host(ws: Workspace, settings: Settings, index: int) -> str:
+    """The host name of a multi-node training's pod ``index`` (its Indexed Job's, or the JobSet's child
+    Job's): a DNS label, so at most 63 characters (tuning_reconcile refuses longer)."""
+    job = child_job_name(training_job_name(ws)) if uses_jobset(ws, settings) else training_job_name(ws)
+    return f"{job}-{index}"
+
+
+def _launcher(ws: Workspace, settings: Settings, rev: str, gpus: int) -> list[str]:
     """python for one process, torchrun --standalone for the GPUs of one node, and for N nodes torchrun
     with c10d rendezvous at pod 0's DNS name. Pod 0's agent hosts the rendezvous store because that name
     is its own canonical host name (/etc/hosts of a pod with a subdomain).
@@ -417,7 +433,7 @@ def _launcher(ws: Workspace, rev: str, gpus: int) -> list[str]:
     nodes = node_count(ws)
     if nodes == 1:
         return ["python"] if gpus == 1 else ["torchrun", "--standalone", f"--nproc-per-node={gpus}"]
-    leader = f"{training_job_name(ws)}-0.{rendezvous_service_name(ws)}.{ws.namespace}.svc.cluster.local"
+    leader = f"{pod_host(ws, settings, 0)}.{rendezvous_service_name(ws)}.{ws.namespace}.svc.cluster.local"
     return [
         "torchrun",
         f"--nnodes={nodes}",
@@ -509,14 +525,15 @@ def render_training_job(
     ws: Workspace, settings: Settings, rev: str, *, data_sha256: str, gpus: int, model_reference: str = ""
 ) -> dict[str, Any]:
     """The training Job: fetch -> train (every GPU of the node) -> push (image output, one node only).
-    ``gpus`` per pod; resource.count pods (an Indexed Job when more than one).
+    ``gpus`` per pod; resource.count pods (an Indexed Job when more than one, in a JobSet where JobSet
+    runs).
 
     ``model_reference`` is the weights' reference the pre-flight pinned (a digest or a commit)."""
     tuning = _tuning(ws)
     model = fetch_model_parts(workspace_model_source(tuning.preset, settings, model_reference), settings)
     gpus = max(1, int(gpus))
     train = _train_container(ws, settings, rev, data_sha256=data_sha256, gpus=gpus, model=model)
-    return _job(
+    job = _job(
         ws,
         training_job_name(ws),
         "tuning",
@@ -529,6 +546,9 @@ def render_training_job(
         extra_annotations={DATA_SHA_ANNOTATION: data_sha256},
         pods=node_count(ws),
     )
+    if uses_jobset(ws, settings):
+        return as_jobset(job, rendezvous_service_name(ws), max_restarts=settings.backoff_limit)
+    return job
 
 
 # A pod the cluster took away (eviction, preemption, a node drained) did not fail: retry it without
