@@ -24,7 +24,7 @@ from contract.problems import Problem
 from contract.workspace import Workspace
 from tuning_controller import conditions as c
 from tuning_controller.inference_status import inference_status, pod_model
-from tuning_controller.nodes import choose_node, nodeclaim_state
+from tuning_controller.nodes import choose_node, nodeclaims_state
 from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Verb, Write, named
 from tuning_controller.render import sku_gpus
 from tuning_controller.render.inference import render_inference_objects, stale_objects
@@ -34,7 +34,7 @@ from tuning_controller.settings import Settings
 
 KIND = "inference"  # the status section
 INVALID, WAITING_FOR_NODES = "Invalid", "WaitingForNodes"
-NODECLAIM = "nodeclaim"  # the Workspace's NodeClaim (auto-provisioning)
+NODECLAIM = "nodeclaim"  # the Workspace's NodeClaims, one per node of resource.count (auto-provisioning)
 NODES = "nodes"  # every Node (own nodes)
 WORKLOAD = "workload"  # the server's Deployment or StatefulSet as applied
 
@@ -61,11 +61,12 @@ def node_readiness(
     if provisions_node(ws, settings):
         if NODECLAIM not in seen:
             return Read(NODECLAIM)
-        claim = seen[NODECLAIM]
-        if claim is None:
-            claim = render_nodeclaim(ws, settings)
-            writes = (Write(Verb.APPLY, claim),)
-        ready, message = nodeclaim_state(claim)
+        claims = list(seen[NODECLAIM])
+        for index, claim in enumerate(claims):
+            if claim is None:
+                claims[index] = render_nodeclaim(ws, settings, index)
+                writes += (Write(Verb.APPLY, claims[index]),)
+        ready, message = nodeclaims_state(claims)
         gpus = sku_gpus(ws)
     else:
         if NODES not in seen:

@@ -11,7 +11,7 @@ Auto-provisioning: the NodeClaim's ``Ready`` condition decides; its GPU count is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,3 +182,15 @@ def nodeclaim_state(nodeclaim: Mapping[str, Any] | None) -> tuple[bool, str]:
     ]
     detail = "; ".join(waiting) if waiting else "no status yet"
     return False, f"waiting for NodeClaim {nodeclaim['metadata']['name']} ({detail})"
+
+
+def nodeclaims_state(claims: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+    """(all ready, message) of a Workspace's NodeClaims, one per node of resource.count: one's own
+    message, or how many of N are ready and what the first one not ready waits for."""
+    states = [nodeclaim_state(claim) for claim in claims]
+    waiting = [message for ready, message in states if not ready]
+    if len(states) == 1:
+        return states[0]
+    if waiting:
+        return False, f"{len(states) - len(waiting)} of {len(states)} NodeClaims ready; {waiting[0]}"
+    return True, f"all {len(states)} NodeClaims are ready"

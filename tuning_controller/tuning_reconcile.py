@@ -30,7 +30,7 @@ from contract.workspace import PresetSpec, Workspace, parse_workspace
 from tuning_controller import conditions as c
 from tuning_controller import status as st
 from tuning_controller.gpu_fit import training_shape
-from tuning_controller.nodes import choose_node, nodeclaim_state
+from tuning_controller.nodes import choose_node, nodeclaims_state
 from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Taken, Verb, Write, named
 from tuning_controller.render import node_count, sku_gpus
 from tuning_controller.render.configmap import (
@@ -533,17 +533,10 @@ def _nodeclaim(t: Target, seen: Mapping[str, Any]) -> tuple[list[Write], dict[st
             # no seen_as: an own namesake found on create (after a restart) is taken as it is, and its
             # state comes with the NodeClaim's next event
             writes.append(Write(Verb.CREATE, claims[index], event))
-    states = [nodeclaim_state(claim) for claim in claims]
-    waiting = [message for ready, message in states if not ready]
-    if len(claims) == 1:
-        message = states[0][1]
-    elif waiting:
-        message = f"{len(claims) - len(waiting)} of {len(claims)} NodeClaims ready; {waiting[0]}"
-    else:
-        message = f"all {len(claims)} NodeClaims are ready"
-    reason = c.REASON_NODECLAIM_NOT_READY if waiting else c.REASON_NODECLAIMS_READY
-    cond = t.stamp.condition(c.NODECLAIM_READY, not waiting, reason, message)
-    return writes, cond, message if waiting else ""
+    ready, message = nodeclaims_state(claims)
+    reason = c.REASON_NODECLAIMS_READY if ready else c.REASON_NODECLAIM_NOT_READY
+    cond = t.stamp.condition(c.NODECLAIM_READY, ready, reason, message)
+    return writes, cond, "" if ready else message
 
 
 def _training_companions(t: Target) -> list[Write]:

@@ -61,9 +61,34 @@ def test_a_missing_nodeclaim_is_applied_and_waited_for():
     obj["resource"]["instanceType"] = "Standard_NC24ads_A100_v4"
     ws, _ = parse_workspace(obj)
     assert node_readiness(ws, settings, {}, STAMP) == Read(NODECLAIM)
-    plan = node_readiness(ws, settings, {NODECLAIM: None}, STAMP)
+    plan = node_readiness(ws, settings, {NODECLAIM: (None,)}, STAMP)
     assert isinstance(plan, Plan) and plan.result is Result.WAITING
     assert [(w.verb, w.obj["kind"]) for w in plan.writes] == [(Verb.APPLY, "NodeClaim")]
+
+
+def test_a_multi_node_server_gets_one_nodeclaim_per_pod_and_waits_for_all():
+    settings = Settings(model_registry=SETTINGS.model_registry, auto_provisioning=True)
+    obj = inference_workspace("ws", "team", "registry.example/adapters/a:v1", "0.5")
+    obj["resource"] |= {"instanceType": "Standard_NC24ads_A100_v4", "count": 2}
+    ws, _ = parse_workspace(obj)
+    plan = node_readiness(ws, settings, {NODECLAIM: (None, None)}, STAMP)
+    assert isinstance(plan, Plan) and plan.result is Result.WAITING
+    names = [w.obj["metadata"]["name"] for w in plan.writes]
+    assert len(names) == 2 and names[1] == f"{names[0]}-1"  # the StatefulSet's second pod gets a node too
+
+    def claim(name: str, ready: bool) -> dict:
+        return {
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": str(ready)}]},
+        }
+
+    plan = node_readiness(ws, settings, {NODECLAIM: (claim(names[0], True), claim(names[1], False))}, STAMP)
+    assert isinstance(plan, Plan) and plan.writes == ()
+    assert plan.why.startswith(f"1 of 2 NodeClaims ready; waiting for NodeClaim {names[1]}")
+    writes, gpus, resource = node_readiness(
+        ws, settings, {NODECLAIM: tuple(claim(n, True) for n in names)}, STAMP
+    )
+    assert writes == () and gpus == 1 and resource["message"] == "all 2 NodeClaims are ready"
 
 
 def test_every_object_is_applied_the_workload_recorded_and_stale_ones_pruned_with_an_event():

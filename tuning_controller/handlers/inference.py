@@ -8,7 +8,7 @@ InferenceReady follows the pods without polling. One waiting for a node is looke
 node_retry_seconds (tuning_controller.resync), as is one whose Service, workload or NodeClaim name is held
 by an object it does not own (NameTaken in its status; that object is left alone).
 
-The delete handler (auto-provisioning) releases the NodeClaim under the Workspace's lock and marks its
+The delete handler (auto-provisioning) releases the NodeClaims under the Workspace's lock and marks its
 uid deleted, so a reconcile that read the Workspace before the deletion writes nothing afterwards.
 """
 
@@ -57,7 +57,7 @@ from tuning_controller.inference_reconcile import (
 )
 from tuning_controller.plan import Plan, Read, Result, Verb, Write, named
 from tuning_controller.render.inference import selector_labels
-from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_name
+from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_names
 from tuning_controller.settings import Settings
 from tuning_controller.validation import validate_workspace
 
@@ -114,7 +114,10 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], prune: bool, stamp: c
 def _observe(ctl: Controller, ws_obj: Mapping[str, Any], ws: Workspace, what: str) -> Any:
     """What ``node_readiness`` asked to see; a NodeClaim the Workspace does not own reads as absent."""
     if what == NODECLAIM:
-        return read_own(ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_name(ws))
+        return tuple(
+            read_own(ctl, ws_obj, NODECLAIM_API_VERSION, "NodeClaim", None, name)
+            for name in nodeclaim_names(ws)
+        )
     if what == NODES:
         return ctl.kube.list("v1", "Node")
     raise ValueError(f"no read for {what!r}")
@@ -215,15 +218,17 @@ def inference_workspace_delete(body: kopf.Body, **_: Any) -> None:
     after any reconcile in flight, and no reconcile queued behind it writes anything (``deleting``)."""
     ws = parse_workspace(body)[0]
     ctl = controller()
-    claim = named(NODECLAIM_API_VERSION, "NodeClaim", nodeclaim_name(ws))
+    claims = tuple(
+        Write(Verb.DELETE, named(NODECLAIM_API_VERSION, "NodeClaim", name)) for name in nodeclaim_names(ws)
+    )
     with deleting(body):
-        carry_out(ctl, body, (Write(Verb.DELETE, claim),), {}, set())
+        carry_out(ctl, body, claims, {}, set())
     _resync.cancel(key_of(body))
 
 
 def register(settings: Settings) -> None:
     """The handlers whose registration depends on the settings: with auto-provisioning, a delete
-    handler releases the NodeClaim (kopf guards it with a finalizer); without, there is none, so no
+    handler releases the NodeClaims (kopf guards it with a finalizer); without, there is none, so no
     finalizer and no kopf state on the Workspace."""
     if settings.auto_provisioning:
         kopf.on.delete(GROUP, "workspaces", when=is_inference)(inference_workspace_delete)

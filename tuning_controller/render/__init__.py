@@ -66,8 +66,8 @@ def render_workspace_objects(
     gpus = gpus if gpus else sku_gpus(ws)
     provisions = provisions_node(ws, settings)
     if ws.tuning is None:
-        nodeclaim = [render_nodeclaim(ws, settings)] if provisions else []
-        return [*nodeclaim, *render_inference_objects(ws, settings, gpus=gpus)]
+        nodeclaims = [render_nodeclaim(ws, settings, i) for i in range(node_count(ws))] if provisions else []
+        return [*nodeclaims, *render_inference_objects(ws, settings, gpus=gpus)]
     config = choose_training_config(ws.tuning, user_config)
     if config is None:
         raise ValueError(

@@ -35,8 +35,9 @@ def nodeclaim_name(ws: Workspace, index: int = 0) -> str:
 
 
 def nodeclaim_names(ws: Workspace) -> list[str]:
-    """Every NodeClaim name of a tuning Workspace: one per node of resource.count."""
-    return [nodeclaim_name(ws, i) for i in range(node_count(ws) if ws.tuning else 1)]
+    """Every NodeClaim name of a Workspace: one per node of resource.count (a multi-node training's pods,
+    or an inference StatefulSet's)."""
+    return [nodeclaim_name(ws, i) for i in range(node_count(ws))]
 
 
 def provisions_node(ws: Workspace, settings: Settings) -> bool:
