@@ -1,11 +1,7 @@
 """Kueue for real on a local control plane: its CRDs, its controller manager (hack/build-tools.sh builds
 it from sigs.k8s.io/kueue) and a quota to queue our tuning Jobs against.
 
-Why it is set up this way:
-- The CRDs come from the Go module cache at the version of the binary (config/components/crd/bases), not
-  from a copy in the repository: one version variable in build-tools.sh moves both, and 1.6 MB of generated
-  YAML stay out of git. Building the binary downloads that module, and `go mod download` fetches it
-  again if the cache was cleaned.
+Why it is set up this way (the binary, the CRDs and the process as hack/managers.py says):
 - No webhook configurations are installed: our controller creates its Jobs suspended with the
   queue-name label, so Kueue's Job mutation is not needed, and the API server (no node, no Service
   routing) could not reach a webhook anyway.
@@ -21,29 +17,23 @@ Why it is set up this way:
 - Only the batch/job integration; VisibilityOnDemand off (its API server would need a port and
   delegated authentication); metrics off; health and webhook servers on free loopback ports, so two
   control planes can each run a Kueue.
-- The manager runs under `timeout` (bounded lifetime) with a parent-death signal (it dies with the
-  process that started it) and is stopped by its PID; its log is logs/kueue.log in the state dir.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
-import os
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
-from hack.cluster import ControlPlane, apply_crd, kube_json, tool_path
-from hack.processes import StackError, die_with_parent, free_port, stop_process, wait_for
+from hack import managers
+from hack.cluster import ControlPlane, apply_crd, kube_json
+from hack.processes import wait_for
 from tuning_controller.conditions import find
 from tuning_controller.kube import KubeError
 
@@ -56,49 +46,16 @@ WEBHOOK_SECRET = "kueue-webhook-server-cert"
 # The CRDs whose conversion webhook kueue's cert rotator injects its CA into (pkg/util/cert).
 CONVERTED_CRDS = ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")
 
-
-@dataclass(frozen=True)
-class Kueue:
-    """A running manager; `process` is its `timeout` wrapper, which passes SIGTERM on to it."""
-
-    version: str
-    process: subprocess.Popen
-    log: Path
-    health_url: str
-    ready_seconds: float
+Kueue = managers.Manager
 
 
 def kueue_binary() -> Path:
-    path = tool_path("kueue")
-    if path is None:
-        raise StackError("kueue is not built: run hack/build-tools.sh (a cold build takes minutes)")
-    return path
-
-
-def binary_version(binary: Path) -> str:
-    """The version build-tools.sh built (its cache folder is kueue-<version>)."""
-    return binary.parent.name.removeprefix("kueue-")
+    return managers.manager_binary("kueue")
 
 
 def crd_files(version: str) -> list[Path]:
     """Kueue's CRDs at `version`, from the Go module cache (downloaded there if missing)."""
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd="/",
-    )
-    if out.returncode != 0:
-        raise StackError(
-            f"go mod download {MODULE}@{version} failed: {out.stdout[-2000:]}{out.stderr[-2000:]}"
-        )
-    bases = Path(json.loads(out.stdout)["Dir"]) / "config" / "components" / "crd" / "bases"
-    files = sorted(bases.glob("*.yaml"))
-    if not files:
-        raise StackError(f"no CRDs under {bases}")
-    return files
+    return managers.crd_files(MODULE, version)
 
 
 def with_conversion_webhook(crd: dict[str, Any]) -> dict[str, Any]:
@@ -146,39 +103,14 @@ def write_config(
     return path
 
 
-def _tail(log: Path, lines: int = 25) -> str:
-    return "\n".join(line[:600] for line in log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _alive(kueue: subprocess.Popen, log: Path) -> bool:
-    if kueue.poll() is not None:
-        raise StackError(
-            f"kueue exited ({kueue.returncode}) during start-up; last lines of {log}:\n{_tail(log)}"
-        )
-    return True
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 def prepare_cluster(api: k8s_client.ApiClient, version: str) -> None:
     """The CRDs, the `kueue-system` namespace and the empty Secret the cert rotator fills but does not
     create (upstream's install ships it empty too; without it kueue's start-up hangs)."""
     install_crds(api, version)
-    for path, body in (
-        ("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}}),
-        (f"/api/v1/namespaces/{NAMESPACE}/secrets", {"metadata": {"name": WEBHOOK_SECRET}}),
-    ):
-        try:
-            kube_json(api, "POST", path, body)
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
+    managers.create_if_missing(api, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+    managers.create_if_missing(
+        api, f"/api/v1/namespaces/{NAMESPACE}/secrets", {"metadata": {"name": WEBHOOK_SECRET}}
+    )
 
 
 def mount_secret(api: k8s_client.ApiClient, cert_dir: Path) -> bool:
@@ -196,51 +128,21 @@ def mount_secret(api: k8s_client.ApiClient, cert_dir: Path) -> bool:
     return True
 
 
-def launch(binary: Path, config: Path, plane: ControlPlane, max_seconds: int, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            ["timeout", "--kill-after=10", str(max_seconds), str(binary), f"--config={config}"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
-            preexec_fn=die_with_parent,
-        )
-
-
 def start_kueue(
     plane: ControlPlane, max_seconds: int = 3600, timeout: float = 120, client_qps: float | None = None
 ) -> Kueue:
     """Prepare the cluster, start the manager, hand it its certificate, wait for its /readyz."""
     binary = kueue_binary()
-    version = binary_version(binary)
-    directory = plane.state_dir / "kueue"
-    cert_dir = directory / "certs"
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    health_port, webhook_port = free_port(), free_port()
-    config = write_config(directory, health_port, webhook_port, client_qps)
-    plane.logs_dir.mkdir(parents=True, exist_ok=True)
-    log = plane.logs_dir / "kueue.log"
-    url = f"http://127.0.0.1:{health_port}/readyz"
-    api = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
-    process = None
-    try:
-        prepare_cluster(api, version)
-        started = time.monotonic()
-        process = launch(binary, config, plane, max_seconds, log)
-        (directory / "kueue.pid").write_text(f"{process.pid}\n")
-        running = process
-        wait_for(lambda: _alive(running, log) and mount_secret(api, cert_dir), timeout, "the webhook cert")
-        wait_for(lambda: _alive(running, log) and _ready(url), timeout, f"kueue {url}", interval=0.5)
-        return Kueue(version, process, log, url, time.monotonic() - started)
-    except AssertionError as exc:
-        stop_process(process)
-        raise StackError(f"{exc}; last lines of {log}:\n{_tail(log)}") from None
-    except BaseException:
-        stop_process(process)
-        raise
-    finally:
-        api.close()
+    version = managers.binary_version(binary)
+    return managers.start_manager(
+        plane,
+        binary,
+        functools.partial(write_config, client_qps=client_qps),
+        prepare=lambda api: prepare_cluster(api, version),
+        max_seconds=max_seconds,
+        timeout=timeout,
+        certs_mounted=lambda api: mount_secret(api, plane.state_dir / "kueue" / "certs"),
+    )
 
 
 @contextmanager
@@ -248,11 +150,8 @@ def running_kueue(
     plane: ControlPlane, max_seconds: int = 3600, client_qps: float | None = None
 ) -> Iterator[Kueue]:
     """Kueue on `plane` for the `with` block; stopped by PID (SIGTERM, then SIGKILL) afterwards."""
-    kueue = start_kueue(plane, max_seconds, client_qps=client_qps)
-    try:
+    with managers.stopped_after(start_kueue(plane, max_seconds, client_qps=client_qps)) as kueue:
         yield kueue
-    finally:
-        stop_process(kueue.process)
 
 
 # --- queues ------------------------------------------------------------------------------------------
@@ -287,12 +186,12 @@ def create_queues(
     kube_json(api, "POST", f"{root}/resourceflavors", flavor)
     kube_json(api, "POST", f"{root}/clusterqueues", cluster_queue)
     kube_json(api, "POST", f"{root}/namespaces/{namespace}/localqueues", local_queue)
+
+    def active(path: str) -> bool:
+        return condition(kube_json(api, "GET", path), "Active").get("status") == "True"
+
     for path in (f"{root}/clusterqueues/{name}", f"{root}/namespaces/{namespace}/localqueues/{name}"):
-        wait_for(
-            lambda path=path: condition(kube_json(api, "GET", path), "Active").get("status") == "True",
-            60,
-            f"{path} to be Active",
-        )
+        wait_for(functools.partial(active, path), 60, f"{path} to be Active")
     return name
 
 
