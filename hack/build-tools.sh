@@ -4,7 +4,8 @@
 # kube-scheduler), the node (kubelet, kube-proxy, containerd with its runc shim and ctr, CoreDNS,
 # local-path-provisioner), the chart tools (helm, kubeconform) and the OCI artifact clients the artifact
 # tests check our pushes with (the ORAS CLI, and modelpack-validate: ModelPack's config schema validator),
-# and Kueue's controller manager (queues our tuning Jobs; hack/kueue.py runs it against a control plane).
+# and the controller managers of Kueue (queues our tuning Jobs) and JobSet (runs our multi-node tuning as
+# a JobSet); hack/kueue.py and hack/jobset.py run them against a control plane.
 #
 # Binaries are cached OUTSIDE the repository, one folder per tool and version:
 #   ${KAITO_TUNE_CACHE:-$HOME/.cache/kaito-tune}/tools/<name>-<version>/<name>
@@ -35,6 +36,10 @@ MODEL_SPEC_VERSION="v0.0.7"
 # replace directives, so `go install module@version` builds it. hack/kueue.py installs the CRDs of this
 # same version (the module's config/components/crd/bases): keep the two in step by changing only this.
 KUEUE_VERSION="v0.17.1"
+# JobSet: the module proxy refuses the module's version list, which `go install module@version` reads
+# (403), but serves this exact version to `go mod download`: build_jobset builds its main package (the
+# module root) there. hack/jobset.py installs the CRDs of this same version, as for Kueue.
+JOBSET_VERSION="v0.11.1"
 # Commands built from the k8s.io/kubernetes scaffold; each reports its real version (kubectl version,
 # charts' kubeVersion checks), which the stock ldflags leave at v0.0.0-master.
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
@@ -58,6 +63,7 @@ tool_version() {
     oras) echo "$ORAS_VERSION" ;;
     modelpack-validate) echo "$MODEL_SPEC_VERSION" ;;
     kueue) echo "$KUEUE_VERSION" ;;
+    jobset) echo "$JOBSET_VERSION" ;;
     *)
       echo "unknown tool '$1': expected one of ${ALL_TOOLS[*]}" >&2
       return 2
@@ -66,7 +72,7 @@ tool_version() {
 }
 
 ALL_TOOLS=(etcd "${K8S_COMMANDS[@]}" containerd containerd-shim-runc-v2 ctr coredns local-path-provisioner
-  helm kubeconform oras modelpack-validate kueue)
+  helm kubeconform oras modelpack-validate kueue jobset)
 
 tool_path() {
   local version
@@ -262,6 +268,28 @@ build_modelpack_validate() {
   log "built $name in $((SECONDS - start))s"
 }
 
+# `go build` of the module's main package, in the downloaded module itself (the module cache is read-only,
+# but a build only reads it); the version and commit it logs at start come from the download's info.
+build_jobset() {
+  local name=jobset
+  [[ -x "$(tool_path "$name")" ]] && return 0
+  local info dir commit out start=$SECONDS
+  info="$(cd / && go mod download -json "sigs.k8s.io/jobset@$JOBSET_VERSION")" || {
+    log "could not download sigs.k8s.io/jobset@$JOBSET_VERSION: $info"
+    return 1
+  }
+  dir="$(sed -n 's/^\t"Dir": "\(.*\)",*$/\1/p' <<<"$info")"
+  commit="$(sed -n 's/^\t\t"Hash": "\(.*\)",*$/\1/p' <<<"$info")"
+  out="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
+  log "building $name $(tool_version "$name")"
+  local pkg=sigs.k8s.io/jobset/pkg/version
+  go -C "$dir" build -o "$out/$name" \
+    -ldflags="$LDFLAGS -X $pkg.GitVersion=$JOBSET_VERSION -X $pkg.GitCommit=$commit" .
+  install_tool "$name" "$out/$name"
+  rm -rf "$out"
+  log "built $name in $((SECONDS - start))s"
+}
+
 # Move into place atomically so a concurrent or interrupted build never leaves a half-written binary.
 install_tool() {
   local name="$1" built="$2" dest
@@ -300,13 +328,15 @@ build_go_install coredns github.com/coredns/coredns
 build_go_install local-path-provisioner github.com/rancher/local-path-provisioner
 build_go_install oras oras.land/oras/cmd/oras
 build_modelpack_validate
-# Kueue links client-go, controller-runtime and all its integrations' APIs: a cold build takes minutes,
-# so it runs at low priority (a subshell that lowers its own, inherited by go and the compilers).
+# Kueue links client-go, controller-runtime and all its integrations' APIs, JobSet the first two: cold
+# builds take minutes, so they run at low priority (a subshell that lowers its own, inherited by go and
+# the compilers).
 (
   renice -n 10 -p "$BASHPID" >/dev/null 2>&1 || true
   # It logs its version at start and sends it as its user agent; the stock value is v0.0.0-main.
   build_go_install kueue sigs.k8s.io/kueue/cmd/kueue \
     -ldflags="$LDFLAGS -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+  build_jobset
 )
 for t in "${ALL_TOOLS[@]}"; do
   echo "$t $(tool_version "$t") $(tool_path "$t")"
