@@ -1,8 +1,10 @@
-"""What the trainer reports to the controller: the pre-flight's data summary and the training progress.
+"""What the trainer reports to the controller: the pre-flight's data summary, the training progress and
+the held-out evaluation.
 
 The pre-flight container writes the data summary as its termination message (the kubelet keeps 4096
 bytes of it) and the controller copies it into ``status.tuning.data``; the train container patches
-``status.tuning.progress`` itself. Writer and reader live here, so the two sides cannot drift::
+``status.tuning.progress`` and ``status.tuning.evaluation`` itself. Writer and reader live here, so the
+two sides cannot drift::
 
     data:     {"ok": false, "rows": 120, "usableRows": 118, "badRows": 2, "sha256": "9f...", "files": 1,
                "firstBadRows": [{"row": 7, "file": "train.parquet", "reason": "..."}], "errors": ["..."],
@@ -11,12 +13,15 @@ bytes of it) and the controller copies it into ``status.tuning.data``; the train
     progress: {"step": 40, "totalSteps": 120, "percent": 33, "loss": 2.31, "evalLoss": null,
                "tokensPerSecond": 2450.0, "etaSeconds": 95.0, "event": "progress",
                "updatedAt": "2025-01-01T12:00:00Z"}
+    evaluation: {"baseLoss": 2.31, "adapterLoss": 0.84, "basePerplexity": 10.07,
+               "adapterPerplexity": 2.32, "heldOutRows": 24, "summary": "2.31->0.84"}
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -107,6 +112,7 @@ class ProgressEvent:
     tokens_per_s: float | None = None
     eta_s: float | None = None
     time: float = 0.0
+    evaluation: EvaluationStatus | None = None  # at "start" (the base's) and "evaluated" (both)
 
 
 class ProgressStatus(TypedDict):
@@ -136,3 +142,70 @@ def progress_status(event: ProgressEvent, now: dt.datetime) -> ProgressStatus:
         "event": event.event,
         "updatedAt": now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+# ---- the held-out evaluation ---------------------------------------------------------------------------
+
+
+class EvaluationStatus(TypedDict):
+    """``status.tuning.evaluation``, and the artifact's ``sh.kaito.tuning.evaluation+json``: the held-out
+    loss on trained tokens of the base model before the first step and of the adapter after the last,
+    perplexity = exp(loss). ``summary`` is the EVAL printer column. Every key is always present (None
+    when not measured), so a merge patch replaces an older evaluation whole."""
+
+    baseLoss: float | None
+    adapterLoss: float | None
+    basePerplexity: float | None
+    adapterPerplexity: float | None
+    heldOutRows: int
+    summary: str
+
+
+NOT_EVALUATED = "no held-out rows"
+
+
+def _rounded(value: float | None) -> float | None:
+    """4 decimals; None for a value JSON (and so the API server) cannot carry: NaN, infinity."""
+    return round(value, 4) if value is not None and math.isfinite(value) else None
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return _rounded(math.exp(loss) if loss < 709.0 else math.inf)  # exp raises above 709.78
+
+
+def evaluation_status(
+    base_loss: float | None, adapter_loss: float | None, held_out_rows: int
+) -> EvaluationStatus:
+    """The evaluation so far: the base's loss once measured, the adapter's after the last step."""
+    if not held_out_rows:
+        summary = NOT_EVALUATED
+    elif adapter_loss is None:
+        summary = f"base {base_loss:.3g}"
+    else:
+        summary = f"{base_loss:.3g}->{adapter_loss:.3g}"
+    return {
+        "baseLoss": _rounded(base_loss),
+        "adapterLoss": _rounded(adapter_loss),
+        "basePerplexity": _perplexity(base_loss),
+        "adapterPerplexity": _perplexity(adapter_loss),
+        "heldOutRows": held_out_rows,
+        "summary": summary,
+    }
+
+
+def _measured(evaluation: Mapping[str, Any], side: str) -> str:
+    loss, perplexity = evaluation.get(f"{side}Loss"), evaluation.get(f"{side}Perplexity")
+    return "n/a" if loss is None or perplexity is None else f"{loss:.4g} (perplexity {perplexity:.4g})"
+
+
+def evaluation_line(evaluation: Mapping[str, Any]) -> str:
+    """The evaluation for people: `kaito-tune status`, the Succeeded Event, the demo."""
+    rows = evaluation.get("heldOutRows") or 0
+    if not rows:
+        return "none: no held-out rows (set DatasetConfig.train_test_split below 1 to hold some out)"
+    text = f"held-out loss on {rows} rows: base {_measured(evaluation, 'base')}"
+    if "->" not in str(evaluation.get("summary")):  # a finished evaluation's summary is "base->adapter"
+        return f"{text}, the adapter's after the last step"
+    return f"{text} -> adapter {_measured(evaluation, 'adapter')}"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
+    from contract.reports import EvaluationStatus
     from presets.resolve import ResolvedPreset
     from trainer.config import TrainingConfig
     from trainer.data import DataFile
@@ -82,9 +83,11 @@ def build_metadata(
     combined_sha256: str,
     report: dict[str, Any],
     metrics: dict[str, Any],
+    evaluation: EvaluationStatus,
     warnings: list[str],
 ) -> dict[str, Any]:
-    """metadata.json: what was trained from what, for the artifact's annotations and for people."""
+    """metadata.json: what was trained from what and how it was judged, for the artifact's annotations
+    and for people."""
     import peft
     import torch
     import transformers
@@ -99,6 +102,7 @@ def build_metadata(
         "data_sha256": {"files": {f.relpath: f.sha256 for f in files}, "combined": combined_sha256},
         "data": {k: report[k] for k in ("rows", "usable_rows", "skipped_rows", "train_rows", "eval_rows")},
         "metrics": metrics,
+        "evaluation": evaluation,
         "warnings": warnings,
         "versions": {
             "torch": torch.__version__,

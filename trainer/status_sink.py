@@ -1,4 +1,5 @@
-"""Live progress into the Workspace's ``status.tuning.progress``, patched by the train container itself.
+"""Live progress into the Workspace's ``status.tuning.progress`` (and the held-out evaluation into
+``status.tuning.evaluation``), patched by the train container itself.
 
 In the controller's pods the environment names the Workspace (``contract.pod``: KAITO_WORKSPACE_NAME,
 _NAMESPACE, _API_VERSION) and the container mounts a token of the Workspace's own ServiceAccount, which
@@ -15,6 +16,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client, config
 
@@ -42,7 +44,8 @@ class WorkspaceRef:
 
 
 class WorkspaceStatusSink:
-    """Patches ``status.tuning.progress`` of one Workspace (a JSON merge patch of the status subresource)."""
+    """Patches ``status.tuning.progress`` of one Workspace, and ``evaluation`` when an event carries one
+    (a JSON merge patch of the status subresource: the controller's own writes leave both alone)."""
 
     def __init__(
         self, api: client.CustomObjectsApi, workspace: WorkspaceRef, interval_s: float = 15.0
@@ -59,7 +62,10 @@ class WorkspaceStatusSink:
         self.last = now
         ws = self.workspace
         group, version = ws.api_version.split("/", 1)
-        body = {"status": {"tuning": {"progress": progress_status(event, dt.datetime.now(dt.UTC))}}}
+        tuning: dict[str, Any] = {"progress": progress_status(event, dt.datetime.now(dt.UTC))}
+        if event.evaluation is not None:
+            tuning["evaluation"] = event.evaluation
+        body = {"status": {"tuning": tuning}}
         try:
             self.api.patch_namespaced_custom_object_status(
                 group,

@@ -1,4 +1,11 @@
-"""From checked data to a saved adapter: strategy, model, Trainer, resume, SIGTERM, results."""
+"""From checked data to a saved adapter: strategy, model, Trainer, resume, SIGTERM, held-out evaluation,
+results.
+
+With held-out rows (``DatasetConfig.train_test_split`` below 1) the Trainer's evaluation runs twice more:
+on the base model before the first step and on the adapter after the last. Its loss is the Trainer's
+``eval_loss`` over the pre-flight's labels, so only the tokens trained on count (assistant turns, or
+completions, as TRL's options say): the mean over eval batches of each batch's mean token loss.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,13 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from contract.pod import EXIT_OK, EXIT_SIGTERM
+from contract.reports import EvaluationStatus, evaluation_line, evaluation_status
 from presets.resolve import ResolvedPreset
 from trainer.checkpoint import CheckpointCallback, newest_complete, stop_on_sigterm
 from trainer.inputs import CheckedData, Setup
@@ -27,10 +36,17 @@ from trainer.strategy import choose_strategy
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from peft import PeftModel
     from transformers.trainer_utils import TrainOutput
     from trl import SFTTrainer
 
 log = logging.getLogger("trainer")
+
+# LoRA initialisations (LoraConfig.init_lora_weights) whose adapter starts with B.A != 0 over the base's own
+# weights (false: random B): the base is measured with the adapter off. Every other allowed one starts as
+# the base itself: B.A = 0 (true, gaussian, mica; orthogonal's A and B rows are orthogonal), or B.A taken
+# out of the base weights (pissa, olora: base + adapter is the base again, with the adapter off it is not).
+NONZERO_INITS = (False,)
 
 
 def _estimator(preset: ResolvedPreset, method: str, max_length: int) -> Callable[[bool], int] | None:
@@ -68,7 +84,29 @@ def _sinks(options: TrainerOptions) -> list[ProgressSink]:
     return sinks + status_sinks_from_env()  # the Workspace's status, in the controller's pods
 
 
-def _metrics(trainer: SFTTrainer, result: TrainOutput, has_eval: bool) -> dict[str, Any]:
+def as_base(model: PeftModel) -> AbstractContextManager[Any]:
+    """The model as the base model computes, for this adapter's initialisation (``NONZERO_INITS``)."""
+    from peft import LoraConfig
+
+    lora = model.peft_config[model.active_adapter]
+    assert isinstance(lora, LoraConfig)  # what load_model made
+    return model.disable_adapter() if lora.init_lora_weights in NONZERO_INITS else nullcontext()
+
+
+def _base_evaluation(trainer: SFTTrainer) -> tuple[float, float]:
+    """The base model's held-out loss and the seconds it took. Measured before ``train()``, where the
+    model is the freshly initialised one even when a checkpoint is resumed (``train`` loads it)."""
+    from peft import PeftModel
+
+    assert isinstance(trainer.model, PeftModel)
+    with as_base(trainer.model):
+        out = trainer.evaluate(metric_key_prefix="base")
+    return out["base_loss"], out["base_runtime"]
+
+
+def _metrics(trainer: SFTTrainer, result: TrainOutput, base: tuple[float, float] | None) -> dict[str, Any]:
+    """Training figures, and with held-out rows the adapter's eval loss and the seconds the base's and
+    the adapter's evaluations took."""
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
@@ -76,13 +114,10 @@ def _metrics(trainer: SFTTrainer, result: TrainOutput, has_eval: bool) -> dict[s
         "train_runtime_s": result.metrics.get("train_runtime"),
         "input_tokens_seen": trainer.state.num_input_tokens_seen,
     }
-    if has_eval:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-        initial = [
-            e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == 0
-        ]
-        if initial:
-            metrics["initial_eval_loss"] = initial[0]
+    if base is not None:
+        final = trainer.evaluate()
+        metrics["eval_loss"] = final["eval_loss"]
+        metrics["evaluation_s"] = round(base[1] + final["eval_runtime"], 3)
     return metrics
 
 
@@ -152,13 +187,15 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
     stop = stop_on_sigterm()
     prepared = data.prepared
     trainer = build_trainer(options, setup, data, stop)
-    has_eval = bool(prepared.eval)
+    held_out = len(prepared.eval)
     checkpoints = options.output / "checkpoints"
     resume = newest_complete(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
     try:
+        base = _base_evaluation(trainer) if held_out else None
+        progress.evaluation = evaluation_status(base[0] if base else None, None, held_out)
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if stop.is_set():
             log.warning(
@@ -166,17 +203,25 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
                 trainer.state.global_step,
             )
             return EXIT_SIGTERM
-        metrics = _metrics(trainer, result, has_eval)
+        metrics = _metrics(trainer, result, base)
+        evaluation = evaluation_status(base[0] if base else None, metrics.get("eval_loss"), held_out)
+        log.info("evaluation: %s", evaluation_line(evaluation))
+        progress.emit("evaluated", trainer.args, trainer.state, evaluation)
     finally:
         progress.close()
     if trainer.is_world_process_zero():
-        _write(options, setup, data, trainer, metrics)
+        _write(options, setup, data, trainer, metrics, evaluation)
         shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is complete; checkpoints only cost space
     return EXIT_OK
 
 
 def _write(
-    options: TrainerOptions, setup: Setup, data: CheckedData, trainer: SFTTrainer, metrics: dict[str, Any]
+    options: TrainerOptions,
+    setup: Setup,
+    data: CheckedData,
+    trainer: SFTTrainer,
+    metrics: dict[str, Any],
+    evaluation: EvaluationStatus,
 ) -> None:
     """The adapter, metadata.json and the completion marker (rank 0 only)."""
     from peft import PeftModel
@@ -194,6 +239,7 @@ def _write(
         combined_sha256=data.prepared.sha256,
         report=data.prepared.report,
         metrics=metrics,
+        evaluation=evaluation,
         warnings=warnings,
     )
     save_tokenizer = bool(config.section("ModelConfig").get("chat_template"))

@@ -1,12 +1,17 @@
-"""contract.reports: the pre-flight's summary fits a termination message and the controller reads it back."""
+"""contract.reports: the pre-flight's summary fits a termination message and the controller reads it back;
+the progress and the held-out evaluation have the status's shape."""
 
 from __future__ import annotations
 
 import json
+import math
 
 from contract.reports import (
+    NOT_EVALUATED,
     ProgressEvent,
     data_summary,
+    evaluation_line,
+    evaluation_status,
     progress_status,
     read_data_summary,
     write_data_summary,
@@ -56,3 +61,35 @@ def test_progress_status_is_the_printer_columns_shape():
         "event": "progress",
         "updatedAt": "2025-01-01T12:00:00Z",
     }
+
+
+def test_evaluation_status_is_the_status_shape_with_perplexity_and_summary():
+    evaluation = evaluation_status(2.3125, 0.84, 24)
+    assert evaluation == {
+        "baseLoss": 2.3125,
+        "adapterLoss": 0.84,
+        "basePerplexity": round(math.exp(2.3125), 4),
+        "adapterPerplexity": round(math.exp(0.84), 4),
+        "heldOutRows": 24,
+        "summary": "2.31->0.84",
+    }
+    assert evaluation_line(evaluation) == (
+        "held-out loss on 24 rows: base 2.312 (perplexity 10.1) -> adapter 0.84 (perplexity 2.316)"
+    )
+    # while training: the base only; every key is present, so a merge patch replaces an older evaluation
+    during = evaluation_status(2.3125, None, 24)
+    assert during["summary"] == "base 2.31" and during["adapterLoss"] is None
+    assert set(during) == set(evaluation)
+    assert evaluation_line(during).endswith("base 2.312 (perplexity 10.1), the adapter's after the last step")
+
+
+def test_evaluation_without_held_out_rows_says_so_and_never_writes_nan():
+    none = evaluation_status(None, None, 0)
+    assert none["summary"] == NOT_EVALUATED and none["heldOutRows"] == 0 and none["baseLoss"] is None
+    assert "DatasetConfig.train_test_split below 1" in evaluation_line(none)
+    diverged = evaluation_status(float("nan"), 800.0, 3)
+    assert diverged["baseLoss"] is None and diverged["basePerplexity"] is None  # JSON has no NaN
+    assert diverged["adapterLoss"] == 800.0 and diverged["adapterPerplexity"] is None  # exp overflows
+    assert diverged["summary"] == "nan->800"
+    json.dumps(diverged, allow_nan=False)
+    assert evaluation_line(diverged) == "held-out loss on 3 rows: base n/a -> adapter n/a"

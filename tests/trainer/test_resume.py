@@ -51,10 +51,10 @@ def uninterrupted(task):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metadata.json").read_text())["metrics"]
     events = [json.loads(line) for line in (tmp / "p").read_text().splitlines()]
-    assert (
-        events[-1]["event"] == "eval" and events[-1]["eval_loss"] == metrics["eval_loss"]
-    )  # final eval last
-    return metrics
+    assert [e["event"] for e in events[-2:]] == ["eval", "evaluated"]  # the final eval, then base vs adapter
+    assert events[-2]["eval_loss"] == metrics["eval_loss"]
+    assert round(metrics["eval_loss"], 4) == events[-1]["evaluation"]["adapterLoss"]
+    return json.loads((out / "metadata.json").read_text())
 
 
 def _start(tmp, config, out):
@@ -81,9 +81,14 @@ def _resume(tmp, config, out, expected_step, uninterrupted):
     assert f"resuming from {out / 'checkpoints' / f'checkpoint-{expected_step}'}" in result.stderr
     start = json.loads(result.stdout.splitlines()[0])
     assert start["event"] == "start" and start["step"] == expected_step
-    metrics = json.loads((out / "metadata.json").read_text())["metrics"]
-    assert metrics["global_step"] == uninterrupted["global_step"]
-    assert metrics["eval_loss"] == pytest.approx(uninterrupted["eval_loss"], rel=TOLERANCE)
+    metadata = json.loads((out / "metadata.json").read_text())
+    metrics, straight = metadata["metrics"], uninterrupted["metrics"]
+    assert metrics["global_step"] == straight["global_step"]
+    assert metrics["eval_loss"] == pytest.approx(straight["eval_loss"], rel=TOLERANCE)
+    # the base is measured before the checkpoint loads: the same base loss as the uninterrupted run's
+    assert metadata["evaluation"]["baseLoss"] == pytest.approx(
+        uninterrupted["evaluation"]["baseLoss"], rel=TOLERANCE
+    )
 
 
 def test_sigkill_after_a_checkpoint_resumes_from_it(task, uninterrupted):
@@ -95,7 +100,7 @@ def test_sigkill_after_a_checkpoint_resumes_from_it(task, uninterrupted):
     proc.communicate()
     newest = newest_complete(out / "checkpoints")
     step = int(newest.name.split("-")[1])
-    assert 0 < step < uninterrupted["global_step"] and not (out / ".kaito-complete").exists()
+    assert 0 < step < uninterrupted["metrics"]["global_step"] and not (out / ".kaito-complete").exists()
     half_written = out / "checkpoints" / f"checkpoint-{step + 1000}"  # what a kill during a save leaves
     half_written.mkdir()
     (half_written / "adapter_config.json").write_text("{")

@@ -1,4 +1,5 @@
-"""The train container's progress patches: the status subresource, throttled, never fatal.
+"""The train container's progress patches: the status subresource, throttled, never fatal; the held-out
+evaluation beside the progress.
 
 The API server is replaced by a recorder here (the real one is in tests/controller/test_end_to_end.py,
 where the trainer patches a Workspace through its ServiceAccount)."""
@@ -6,8 +7,9 @@ where the trainer patches a Workspace through its ServiceAccount)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
-from contract.reports import ProgressEvent
+from contract.reports import ProgressEvent, evaluation_status
 from trainer.status_sink import WorkspaceRef, WorkspaceStatusSink, status_sinks_from_env
 
 WS = WorkspaceRef("kaito.sh/v1beta1", "team-a", "my-ws")
@@ -59,3 +61,16 @@ def test_no_sink_without_a_workspace_or_outside_a_cluster(caplog):
     with caplog.at_level(logging.WARNING, logger="trainer"):
         assert status_sinks_from_env({"KAITO_WORKSPACE_NAME": "my-ws"}) == []
     assert "no in-cluster credentials" in caplog.text
+
+
+def test_the_evaluation_is_patched_beside_the_progress_when_an_event_carries_it():
+    api = Recorder()
+    sink = WorkspaceStatusSink(api, WS)
+    base = evaluation_status(6.69, None, 7)
+    sink.emit(replace(event("start", 0), evaluation=base))
+    sink.emit(event("eval", 5))
+    sink.emit(replace(event("evaluated", 10), evaluation=evaluation_status(6.69, 0.42, 7)))
+    tunings = [c[0][5]["status"]["tuning"] for c in api.calls]
+    assert tunings[0]["evaluation"] == base and "evaluation" not in tunings[1]
+    assert tunings[2]["evaluation"]["summary"] == "6.69->0.42"
+    assert tunings[2]["progress"]["event"] == "evaluated"

@@ -4,6 +4,8 @@ directory holds a PEFT adapter that loads, with metadata and the completion mark
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 
@@ -45,8 +47,16 @@ def test_eval_loss_falls_below_half_and_held_out_prompts_are_answered(trained, t
     from trainer.preflight import _split
 
     tmp, _ = trained
-    metrics = json.loads((tmp / "out" / "metadata.json").read_text())["metrics"]
-    assert metrics["eval_loss"] < metrics["initial_eval_loss"] / 2, metrics
+    metadata = json.loads((tmp / "out" / "metadata.json").read_text())
+    evaluation, metrics = metadata["evaluation"], metadata["metrics"]
+    # the base model before the first step, the adapter after the last, on the 24 held-out rows
+    assert evaluation["heldOutRows"] == 24
+    assert evaluation["adapterLoss"] < evaluation["baseLoss"] / 2, evaluation
+    assert evaluation["adapterLoss"] == round(metrics["eval_loss"], 4)
+    assert evaluation["basePerplexity"] == pytest.approx(math.exp(evaluation["baseLoss"]), rel=1e-3)
+    assert evaluation["adapterPerplexity"] == pytest.approx(math.exp(evaluation["adapterLoss"]), rel=1e-3)
+    assert re.fullmatch(r"\d+(\.\d+)?->\d+(\.\d+)?", evaluation["summary"]), evaluation  # e.g. 6.69->0.84
+    assert 0 < metrics["evaluation_s"] < metrics["train_runtime_s"] / 10  # two passes over 24 rows
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_preset)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_preset), tmp / "out").eval()
@@ -91,6 +101,9 @@ def test_progress_is_json_lines_with_loss_rate_and_eta(trained):
     assert done["step"] == done["total_steps"] > 0
     assert done["loss"] > 0 and done["learning_rate"] is not None and done["tokens_per_s"] > 0
     assert events[1]["event"] == "eval" and events[1]["step"] == 0  # eval_on_start
+    # the base's loss rides on the first event, both losses on the last
+    assert events[0]["evaluation"]["summary"].startswith("base ")
+    assert events[-1]["event"] == "evaluated" and events[-1]["evaluation"]["adapterLoss"] is not None
 
 
 def test_a_rerun_after_completion_does_nothing(trained):
