@@ -1,6 +1,6 @@
 """`kaito-tune status NAME [-n NS] [--watch]`: a Workspace's conditions, tuning status, a progress bar.
 
-    kaito-tune status my-tuning -n team-a            # conditions, phase, data check, adapter, message
+    kaito-tune status my-tuning -n team-a            # conditions, phase, data check, evaluation, adapter
     kaito-tune status my-tuning -n team-a --watch    # a progress bar until it succeeds (exit 0) or fails (1)
 
 The pure part (a Workspace -> printed lines, bar fields, outcome) is separate from the thin watch loop, so the
@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from contract.reports import evaluation_line
 from tuning_controller import conditions as c
 
 API_VERSION = "kaito.sh/v1beta1"
@@ -86,6 +87,8 @@ def status_lines(ws: Mapping[str, Any]) -> list[str]:
         bar = bar_fields(tuning.get("progress"))
         if bar:
             lines.append(f"Progress: step {bar.step}/{bar.total} {bar.postfix}".rstrip())
+        if tuning.get("evaluation"):
+            lines.append(f"Evaluation: {evaluation_line(tuning['evaluation'])}")
         adapter = tuning.get("adapter") or {}
         if adapter.get("image"):
             digest = f"@{adapter['digest']}" if adapter.get("digest") else ""

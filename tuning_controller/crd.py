@@ -159,6 +159,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.tuning.progress.percent",
         "description": "Tuning progress in percent",
     },
+    {
+        "name": "Eval",
+        "type": "string",
+        "jsonPath": ".status.tuning.evaluation.summary",
+        "description": "Held-out loss, base model -> adapter",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 STATE_COLUMN = {"name": "State", "type": "string", "jsonPath": ".status.state"}

@@ -7,6 +7,7 @@ What the controller writes (``status.tuning``; conditions beside it)::
       data: {ok: true, rows: 120, sha256: ..., ...}      # the pre-flight's summary
       model: {source: oci, reference: registry/repo@sha256:..., digest: sha256:...}  # pinned weights
       progress: {step, totalSteps, percent, loss, ...}    # written by the trainer itself
+      evaluation: {baseLoss, adapterLoss, ..., summary}   # the trainer's too: held-out loss, base -> adapter
       adapter: {image: registry/repo:tag, digest: sha256:...}
       startTime: ...            completionTime: ...
 
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from contract.reports import read_data_summary
+from contract.reports import evaluation_line, read_data_summary
 from tuning_controller import conditions as c
 from tuning_controller.plan import Event, Plan, Result, StatusUpdate, Taken
 from tuning_controller.render.job import FETCH, PREFLIGHT, PUSH, TRAIN
@@ -508,7 +509,8 @@ def status_patch(obj: Mapping[str, Any], update: StatusUpdate) -> dict[str, Any]
 def announcement(obj: Mapping[str, Any], update: StatusUpdate) -> Event | None:
     """The Event that ``update`` announces over ``obj``'s status: one per phase change (reason: the
     phase), a Warning for Failed and Invalid; an update with a ``warning`` posts that Warning once per
-    new message."""
+    new message. Succeeded says how the adapter did on held-out rows, as the trainer wrote it in
+    ``status.tuning.evaluation``."""
     phase = update.section.get("phase")
     old_section = (obj.get("status") or {}).get(update.key) or {}
     old_phase = old_section.get("phase")
@@ -518,4 +520,7 @@ def announcement(obj: Mapping[str, Any], update: StatusUpdate) -> Event | None:
     if not update.announce or not phase or phase == old_phase:
         return None
     kind = "Warning" if phase in (FAILED, INVALID) else "Normal"
-    return Event(kind, phase, update.section.get("message", ""))
+    evaluation = old_section.get("evaluation")
+    if phase == SUCCEEDED and evaluation:
+        message = c.clip(f"{message}; evaluation: {evaluation_line(evaluation)}")
+    return Event(kind, phase, message)

@@ -56,18 +56,20 @@ def test_versions_share_one_schema_and_one_is_stored(crd: dict[str, Any]) -> Non
 def test_printer_columns(crd: dict[str, Any]) -> None:
     for version in crd["spec"]["versions"]:
         names = [c["name"] for c in version["additionalPrinterColumns"]]
-        assert names[:7] == [
+        assert names[:8] == [
             "Instance",
             "ResourceReady",
             "InferenceReady",
             "JobStarted",
             "WorkspaceSucceeded",
             "Progress",
+            "Eval",
             "Age",
         ]
     assert any(c["name"] == "State" for c in crd["spec"]["versions"][1]["additionalPrinterColumns"])
-    progress = next(c for c in PRINTER_COLUMNS if c["name"] == "Progress")
-    assert progress["jsonPath"] == ".status.tuning.progress.percent"
+    columns = {c["name"]: c["jsonPath"] for c in PRINTER_COLUMNS}
+    assert columns["Progress"] == ".status.tuning.progress.percent"
+    assert columns["Eval"] == ".status.tuning.evaluation.summary"  # base -> adapter, e.g. 2.31->0.84
 
 
 def test_schema_is_structural() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from contract.reports import evaluation_status
 from tests.controller.conftest import tuning_workspace
 from tuning_controller import conditions as c
 from tuning_controller import status as st
@@ -321,6 +322,28 @@ def test_status_patch_is_skipped_when_unchanged_or_moving_back_and_announced_onc
     assert st.announcement(ws, forward).reason == st.SUCCEEDED
     written = workspace({"tuning": {"revision": "r1", "phase": st.SUCCEEDED}, "state": "Succeeded"})
     assert st.status_patch(written, forward) is None and st.announcement(written, forward) is None
+
+
+def test_the_trainers_evaluation_survives_the_controllers_writes_and_the_succeeded_event_names_it():
+    """status.tuning.evaluation is the trainer's: the controller's merge patch never carries the key, and
+    its Succeeded Event says how the adapter did against the base."""
+    evaluation = evaluation_status(2.3125, 0.84, 24)
+    ws = workspace({"tuning": {"revision": "r1", "phase": st.PUSHING, "evaluation": evaluation}})
+    pushed = {st.PUSH: "sha256:" + "d" * 64}
+    outcome = st.JobOutcome(st.SUCCEEDED, "the Job completed", terminations=pushed)
+    update = st.training_update(
+        {"revision": "r1"}, outcome, "reg/adapters/a:v1", ({}, {}), (), c.Stamp(1, NOW)
+    )
+    written = st.status_patch(ws, update)["status"]["tuning"]
+    assert written["phase"] == st.SUCCEEDED and "evaluation" not in written
+    event = st.announcement(ws, update)
+    assert event.reason == st.SUCCEEDED and event.message == (
+        f"adapter written to reg/adapters/a:v1@sha256:{'d' * 64}; evaluation: held-out loss on 24 rows: "
+        "base 2.312 (perplexity 10.1) -> adapter 0.84 (perplexity 2.316)"
+    )
+    unevaluated = workspace({"tuning": {"revision": "r1", "phase": st.PUSHING}})
+    assert st.announcement(unevaluated, update).message.startswith("adapter written to reg/adapters/a:v1@")
+    assert "evaluation" not in st.announcement(unevaluated, update).message
 
 
 def test_a_job_its_queue_evicts_goes_back_to_queued_and_releases_its_node():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from contract.reports import evaluation_status
 from tests.controller.conftest import API, REPO_ROOT, tuning_workspace
 from tests.fixtures.cluster import kube_json, wait_for
 from tuning_controller.cli_status import bar_fields, outcome, status_lines, watch
@@ -66,6 +67,19 @@ def test_status_lines_name_every_part():
     assert f"Adapter: 127.0.0.1:5000/adapters/demo:v1@sha256:{'c' * 64}" in lines
     assert "Progress: step 40/120 loss=1.235 eval_loss=1.5 tok/s=812 ETA 1:02:05" in lines
     assert lines[-1] == "Message: pushed"
+
+
+def test_status_lines_show_the_evaluation_base_then_adapter():
+    base = "Evaluation: held-out loss on 24 rows: base 2.312 (perplexity 10.1)"
+    during = workspace("Training", evaluation=evaluation_status(2.3125, None, 24))
+    assert f"{base}, the adapter's after the last step" in status_lines(during)
+    done = workspace("Succeeded", "True", evaluation=evaluation_status(2.3125, 0.84, 24))
+    assert f"{base} -> adapter 0.84 (perplexity 2.316)" in status_lines(done)
+    nothing_held_out = workspace("Succeeded", "True", evaluation=evaluation_status(None, None, 0))
+    assert any(
+        line.startswith("Evaluation: none: no held-out rows") for line in status_lines(nothing_held_out)
+    )
+    assert not any(line.startswith("Evaluation") for line in status_lines(workspace("Training")))
 
 
 def test_outcome_follows_workspace_succeeded():
