@@ -2,7 +2,8 @@
 
 See :mod:`artifacts.mediatypes` for the two formats and why the types were chosen. The tuning facts
 come from the ``metadata.json`` the trainer writes next to the adapter (keys ``preset``,
-``model_revision``, ``method``, ``config_sha256``, ``data_sha256``, ``metrics``), each overridable; a
+``model_revision``, ``method``, ``config_sha256``, ``data_sha256``, ``metrics``, ``evaluation``: the
+held-out loss of the base model and of the adapter), each overridable; a
 plain PEFT adapter without a preset names its base model in ``adapter_config.json``
 (``base_model_name_or_path``, ``revision``). They travel as manifest annotations (``sh.kaito.tuning.*``),
 not in the config: ModelPack's config schema allows no extension keys.
@@ -30,6 +31,8 @@ TUNING_JSON_KEYS = {
     "config_sha256": "configSha256",
     "data_sha256": "dataSha256",
 }
+# TuningFacts fields that are JSON objects -> their annotation (the object as one JSON string).
+JSON_FACTS = {"metrics": mt.ANNOTATION_TUNING_METRICS, "evaluation": mt.ANNOTATION_TUNING_EVALUATION}
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,13 @@ class TuningFacts:
     config_sha256: str | None = None
     data_sha256: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # base vs adapter on held-out rows
 
     def as_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             TUNING_JSON_KEYS[k]: getattr(self, k) for k in TUNING_KEYS if getattr(self, k)
         }
-        if self.metrics:
-            document["metrics"] = self.metrics
-        return document
+        return document | {k: getattr(self, k) for k in JSON_FACTS if getattr(self, k)}
 
     def base_name(self) -> str | None:
         """What the adapter adapts: the preset, else the base model's id."""
@@ -65,7 +67,7 @@ def tuning_facts(
     Without a preset, PEFT's ``adapter_config`` (``base_model_name_or_path``, ``revision``) names the base
     model, so a plain PEFT directory is not pushed anonymous.
     """
-    merged = {k: metadata.get(k) for k in (*TUNING_KEYS, "metrics")}
+    merged = {k: metadata.get(k) for k in (*TUNING_KEYS, *JSON_FACTS)}
     merged |= {k: v for k, v in overrides.items() if v is not None}
     if not merged.get("preset") and adapter_config:
         base = adapter_config.get("base_model_name_or_path")
@@ -74,23 +76,25 @@ def tuning_facts(
             merged["base_model"] = base
         if isinstance(revision, str) and revision and not merged.get("model_revision"):
             merged["model_revision"] = revision
-    metrics = merged.pop("metrics") or {}
-    if not isinstance(metrics, dict):
-        raise InvalidInputError(f"metadata.json 'metrics' must be an object of name: value, got {metrics!r}")
-    return TuningFacts(**{k: (str(v) if v is not None else None) for k, v in merged.items()}, metrics=metrics)
+    objects: dict[str, Any] = {k: merged.pop(k) or {} for k in JSON_FACTS}
+    for key, value in objects.items():
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"metadata.json {key!r} must be an object of name: value, got {value!r}")
+    scalars: dict[str, Any] = {k: (str(v) if v is not None else None) for k, v in merged.items()}
+    return TuningFacts(**scalars, **objects)
 
 
 def tuning_annotations(facts: TuningFacts) -> dict[str, str]:
-    """The facts as manifest annotations: ``sh.kaito.tuning.<jsonKey>``, metrics as one JSON string."""
+    """The facts as manifest annotations: ``sh.kaito.tuning.<jsonKey>``, metrics and evaluation as one
+    JSON string each."""
     annotations = {
         mt.ANNOTATION_TUNING_PREFIX + TUNING_JSON_KEYS[k]: getattr(facts, k)
         for k in TUNING_KEYS
         if getattr(facts, k)
     }
-    if facts.metrics:
-        annotations[mt.ANNOTATION_TUNING_METRICS] = json.dumps(
-            facts.metrics, sort_keys=True, separators=(",", ":")
-        )
+    for key, annotation in JSON_FACTS.items():
+        if getattr(facts, key):
+            annotations[annotation] = json.dumps(getattr(facts, key), sort_keys=True, separators=(",", ":"))
     return annotations
 
 
@@ -101,11 +105,12 @@ def tuning_from_annotations(annotations: dict[str, str]) -> dict[str, Any]:
         for key in TUNING_JSON_KEYS.values()
         if mt.ANNOTATION_TUNING_PREFIX + key in annotations
     }
-    if mt.ANNOTATION_TUNING_METRICS in annotations:
-        try:
-            document["metrics"] = json.loads(annotations[mt.ANNOTATION_TUNING_METRICS])
-        except ValueError:
-            document["metrics"] = annotations[mt.ANNOTATION_TUNING_METRICS]  # shown as it is
+    for key, annotation in JSON_FACTS.items():
+        if annotation in annotations:
+            try:
+                document[key] = json.loads(annotations[annotation])
+            except ValueError:
+                document[key] = annotations[annotation]  # shown as it is
     return document
 
 

@@ -77,6 +77,8 @@ ANNOTATION_KAITO_MODEL = "sh.kaito.model.name"
 # The tuning facts, one manifest annotation each: this prefix + a TuningFacts JSON key (layout.py).
 ANNOTATION_TUNING_PREFIX = "sh.kaito.tuning."
 ANNOTATION_TUNING_METRICS = "sh.kaito.tuning.metrics+json"
+# The held-out evaluation, base model -> adapter: status.tuning.evaluation's shape (contract.reports).
+ANNOTATION_TUNING_EVALUATION = "sh.kaito.tuning.evaluation+json"
 # Where earlier pushes kept the facts: a config key ModelPack's schema forbids (inspect reads it).
 LEGACY_CONFIG_TUNING_KEY = "sh.kaito.tuning"
 
