@@ -14,7 +14,10 @@ Why it is set up this way (the binary, the CRDs and the process as hack/managers
   server only calls a conversion webhook for an object stored at another version than the one asked
   for, and this one is unreachable (no Service, no node): speak the storage version (v1beta2,
   API_VERSION) only; a v1beta1 read answers HTTP 500.
-- Only the batch/job integration; VisibilityOnDemand off (its API server would need a port and
+- The batch/job integration, and on request others (INTEGRATIONS): jobset.x-k8s.io/jobset admits a JobSet
+  as one Workload. Kueue sets an integration up at start only if the API server serves its kind; else it
+  defers it, polling with a growing backoff, so start_kueue wants the CRD served first (start JobSet's
+  manager before Kueue). VisibilityOnDemand off (its API server would need a port and
   delegated authentication); metrics off; health and webhook servers on free loopback ports, so two
   control planes can each run a Kueue.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from kubernetes import client as k8s_client
 
 from hack import managers
 from hack.cluster import ControlPlane, apply_crd, kube_json
-from hack.processes import wait_for
+from hack.processes import StackError, wait_for
 from tuning_controller.conditions import find
 from tuning_controller.kube import KubeError
 
@@ -43,6 +46,10 @@ API_VERSION = f"{GROUP}/v1beta2"  # the storage version of every Kueue CRD in v0
 NAMESPACE = "kueue-system"
 QUEUE_LABEL = f"{GROUP}/queue-name"
 WEBHOOK_SECRET = "kueue-webhook-server-cert"
+BATCH_JOB = "batch/job"
+JOBSET = "jobset.x-k8s.io/jobset"
+# Integrations besides batch/job, with the CRD that must be served when Kueue starts.
+INTEGRATIONS = {JOBSET: "jobsets.jobset.x-k8s.io"}
 # The CRDs whose conversion webhook kueue's cert rotator injects its CA into (pkg/util/cert).
 CONVERTED_CRDS = ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")
 
@@ -80,10 +87,14 @@ def install_crds(api: k8s_client.ApiClient, version: str) -> list[str]:
 
 
 def write_config(
-    directory: Path, health_port: int, webhook_port: int, client_qps: float | None = None
+    directory: Path,
+    health_port: int,
+    webhook_port: int,
+    client_qps: float | None = None,
+    integrations: Sequence[str] = (BATCH_JOB,),
 ) -> Path:
-    """Kueue's Configuration; ``client_qps`` raises its API client's rate limit (QPS, burst 2x) from
-    Kueue's defaults (20, 30)."""
+    """Kueue's Configuration with the job frameworks `integrations`; ``client_qps`` raises its API
+    client's rate limit (QPS, burst 2x) from Kueue's defaults (20, 30)."""
     config = {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
@@ -93,7 +104,7 @@ def write_config(
         "webhook": {"host": "127.0.0.1", "port": webhook_port, "certDir": str(directory / "certs")},
         "leaderElection": {"leaderElect": False},
         "internalCertManagement": {"enable": True},
-        "integrations": {"frameworks": ["batch/job"]},
+        "integrations": {"frameworks": list(integrations)},
         "featureGates": {"VisibilityOnDemand": False},
     }
     if client_qps:
@@ -103,9 +114,31 @@ def write_config(
     return path
 
 
-def prepare_cluster(api: k8s_client.ApiClient, version: str) -> None:
-    """The CRDs, the `kueue-system` namespace and the empty Secret the cert rotator fills but does not
-    create (upstream's install ships it empty too; without it kueue's start-up hangs)."""
+def require_integration_crds(api: k8s_client.ApiClient, integrations: Sequence[str]) -> None:
+    """Fail unless the CRD of each integration in INTEGRATIONS is installed: Kueue would start without its
+    controller and set it up only at a later poll (see the module docstring)."""
+    for name in integrations:
+        crd = INTEGRATIONS.get(name)
+        if crd is None:  # batch/job: built in
+            continue
+        try:
+            kube_json(api, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            raise StackError(
+                f"Kueue's {name} integration needs CRD {crd} installed before Kueue starts: start its "
+                "controller first (hack/jobset.py running_jobset)"
+            ) from None
+
+
+def prepare_cluster(
+    api: k8s_client.ApiClient, version: str, integrations: Sequence[str] = (BATCH_JOB,)
+) -> None:
+    """The integrations' CRDs checked, Kueue's CRDs, the `kueue-system` namespace and the empty Secret the
+    cert rotator fills but does not create (upstream's install ships it empty too; without it kueue's
+    start-up hangs)."""
+    require_integration_crds(api, integrations)
     install_crds(api, version)
     managers.create_if_missing(api, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
     managers.create_if_missing(
@@ -129,16 +162,21 @@ def mount_secret(api: k8s_client.ApiClient, cert_dir: Path) -> bool:
 
 
 def start_kueue(
-    plane: ControlPlane, max_seconds: int = 3600, timeout: float = 120, client_qps: float | None = None
+    plane: ControlPlane,
+    max_seconds: int = 3600,
+    timeout: float = 120,
+    client_qps: float | None = None,
+    integrations: Sequence[str] = (BATCH_JOB,),
 ) -> Kueue:
-    """Prepare the cluster, start the manager, hand it its certificate, wait for its /readyz."""
+    """Prepare the cluster, start the manager with `integrations`, hand it its certificate, wait for its
+    /readyz."""
     binary = kueue_binary()
     version = managers.binary_version(binary)
     return managers.start_manager(
         plane,
         binary,
-        functools.partial(write_config, client_qps=client_qps),
-        prepare=lambda api: prepare_cluster(api, version),
+        functools.partial(write_config, client_qps=client_qps, integrations=integrations),
+        prepare=lambda api: prepare_cluster(api, version, integrations),
         max_seconds=max_seconds,
         timeout=timeout,
         certs_mounted=lambda api: mount_secret(api, plane.state_dir / "kueue" / "certs"),
@@ -147,10 +185,14 @@ def start_kueue(
 
 @contextmanager
 def running_kueue(
-    plane: ControlPlane, max_seconds: int = 3600, client_qps: float | None = None
+    plane: ControlPlane,
+    max_seconds: int = 3600,
+    client_qps: float | None = None,
+    integrations: Sequence[str] = (BATCH_JOB,),
 ) -> Iterator[Kueue]:
     """Kueue on `plane` for the `with` block; stopped by PID (SIGTERM, then SIGKILL) afterwards."""
-    with managers.stopped_after(start_kueue(plane, max_seconds, client_qps=client_qps)) as kueue:
+    started = start_kueue(plane, max_seconds, client_qps=client_qps, integrations=integrations)
+    with managers.stopped_after(started) as kueue:
         yield kueue
 
 
@@ -211,7 +253,8 @@ def delete_queues(api: k8s_client.ApiClient, namespace: str, name: str = "kaito-
 
 
 def workload_of(api: k8s_client.ApiClient, namespace: str, owner_uid: str) -> dict[str, Any] | None:
-    """The Workload Kueue made for the object with `owner_uid` (a Job), or None while there is none."""
+    """The Workload Kueue made for the object with `owner_uid` (a Job, a JobSet), or None while there is
+    none."""
     items = kube_json(api, "GET", f"/apis/{API_VERSION}/namespaces/{namespace}/workloads").get("items") or []
     return next(
         (
