@@ -56,8 +56,10 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from hack import managers
-from hack.cluster import ControlPlane, apply_crd
-from hack.servers import _self_signed
+from hack.cluster import ControlPlane, apply_crd, kube_json
+from hack.processes import wait_for
+from hack.servers import self_signed
+from tuning_controller.kube import KubeError
 
 MODULE = "sigs.k8s.io/jobset"
 GROUP = "jobset.x-k8s.io"
@@ -88,10 +90,30 @@ def install_crds(api: k8s_client.ApiClient, version: str) -> list[str]:
     ]
 
 
+def uninstall_crds(api: k8s_client.ApiClient) -> None:
+    """Delete JobSet's CRD (and with it every JobSet) and wait until it is no longer served, so that a
+    controller started afterwards on the same cluster sees no JobSets (multi_node_workload auto)."""
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/jobsets.{GROUP}"
+    try:
+        kube_json(api, "DELETE", path)
+    except KubeError as exc:
+        if not exc.not_found:
+            raise
+
+    def gone() -> bool:
+        try:
+            kube_json(api, "GET", path)
+        except KubeError as exc:
+            return exc.not_found
+        return False
+
+    wait_for(gone, 120, f"CRD jobsets.{GROUP} to be deleted")
+
+
 def write_config(directory: Path, health_port: int, webhook_port: int) -> Path:
     """JobSet's Configuration (config.jobset.x-k8s.io/v1alpha1) and a fresh self-signed certificate in
     ``directory/certs`` for its webhook server (tls.crt and tls.key, the names it reads)."""
-    _self_signed(directory / "certs")
+    self_signed(directory / "certs")
     config = {
         "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
         "kind": "Configuration",

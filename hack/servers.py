@@ -107,7 +107,7 @@ class Registry:
         self.process = None
 
 
-def _self_signed(workdir: Path) -> tuple[Path, Path]:
+def self_signed(workdir: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made with openssl."""
     key, cert = workdir / "tls.key", workdir / "tls.crt"
     subprocess.run(
@@ -150,7 +150,7 @@ def launch_registry(
     )
     tls_block = ""
     if tls:
-        registry.ca_cert, key = _self_signed(workdir)
+        registry.ca_cert, key = self_signed(workdir)
         tls_block = f"  tls:\n    certificate: {registry.ca_cert}\n    key: {key}\n"
     (workdir / "config.yml").write_text(_registry_config(registry.storage, registry.host, auth, tls_block))
     registry.start()

@@ -109,6 +109,61 @@ def chart_operator(kube_client, namespace, workspace_crd, node, node_registry, t
             operator.uninstall()
 
 
+GPUS = "nvidia.com~1gpu"  # JSON-patch spelling of nvidia.com/gpu
+SHARED_CLASS = "local-path-shared"  # hack/addons.yaml: ReadWriteMany on the one node
+
+
+@pytest.fixture
+def four_gpus(kube_client, node) -> Iterator[None]:
+    """The node advertises 4 GPUs for the test, 1 again afterwards."""
+
+    def advertise(count: int) -> None:
+        patch = [
+            {"op": "add", "path": f"/status/{part}/{GPUS}", "value": str(count)}
+            for part in ("capacity", "allocatable")
+        ]
+        kube_json(
+            kube_client,
+            "PATCH",
+            f"/api/v1/nodes/{node.name}/status",
+            patch,
+            content_type="application/json-patch+json",
+        )
+
+    advertise(4)
+    try:
+        yield
+    finally:
+        advertise(1)
+
+
+@pytest.fixture
+def multi_node_workload() -> str:
+    """KAITO_TUNE_MULTI_NODE_WORKLOAD of multi_node_setup's operator: the Indexed Job, whatever the cluster
+    serves (a module that tests JobSet overrides it)."""
+    return "job"
+
+
+@pytest.fixture
+def multi_node_setup(
+    kube_client, namespace, node_registry, run_operator, data_server, four_gpus, multi_node_workload
+) -> str:
+    """A multi-node tuning's world on the one node: 32 rows served, a push secret, 4 GPUs, results on the
+    ReadWriteMany class, and the operator; returns the data's URL."""
+    from tests.controller.test_end_to_end import create_push_secret
+
+    base_url, served = data_server
+    make_parquet(served / "train.parquet", rows=32)
+    run_operator(
+        KAITO_TUNE_RESULTS_STORAGE_CLASS=SHARED_CLASS,
+        KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1",
+        KAITO_TUNE_RESYNC_SECONDS="5",
+        KAITO_TUNE_MULTI_NODE_WORKLOAD=multi_node_workload,
+    )
+    create_push_secret(kube_client, namespace, node_registry)
+    return f"{base_url}/train.parquet"
+
+
 @pytest.fixture
 def data_server(tmp_path, node) -> Iterator[tuple[str, Path]]:
     """(base URL, folder): files written into the folder are served at base URL + name, on the node's

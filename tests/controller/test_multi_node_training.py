@@ -10,9 +10,6 @@ on hack/addons.yaml's local-path-shared class."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import yaml
 
 from hack.cluster import pod_log
@@ -21,40 +18,13 @@ from tests.controller.conftest import (
     condition,
     dump,
     jobs,
-    make_parquet,
     tuning_workspace,
     wait_status,
 )
-from tests.controller.test_end_to_end import create_push_secret, watch_until_done
+from tests.controller.test_end_to_end import watch_until_done
 from tests.fixtures.cluster import kube_json
 
-GPUS = "nvidia.com~1gpu"  # JSON-patch spelling of nvidia.com/gpu
 STEPS = 24
-SHARED_CLASS = "local-path-shared"
-
-
-@pytest.fixture
-def four_gpus(kube_client, node) -> Iterator[None]:
-    """The node advertises 4 GPUs for the test, 1 again afterwards."""
-
-    def advertise(count: int) -> None:
-        patch = [
-            {"op": "add", "path": f"/status/{part}/{GPUS}", "value": str(count)}
-            for part in ("capacity", "allocatable")
-        ]
-        kube_json(
-            kube_client,
-            "PATCH",
-            f"/api/v1/nodes/{node.name}/status",
-            patch,
-            content_type="application/json-patch+json",
-        )
-
-    advertise(4)
-    try:
-        yield
-    finally:
-        advertise(1)
 
 
 def create_config(api, namespace: str, name: str, save_steps: int = 0) -> str:
@@ -111,31 +81,20 @@ def succeeded(api, namespace: str, name: str, timeout: float) -> dict:
     return final
 
 
-@pytest.fixture
-def cluster_setup(kube_client, namespace, node_registry, run_operator, data_server, four_gpus):
-    base_url, served = data_server
-    make_parquet(served / "train.parquet", rows=32)
-    run_operator(
-        KAITO_TUNE_RESULTS_STORAGE_CLASS=SHARED_CLASS,
-        KAITO_TUNE_PROGRESS_INTERVAL_SECONDS="1",
-        KAITO_TUNE_RESYNC_SECONDS="5",
-    )
-    create_push_secret(kube_client, namespace, node_registry)
-    return f"{base_url}/train.parquet"
-
-
 def test_two_pods_of_two_processes_learn_what_one_pod_of_four_learns(
-    kube_client, namespace, node_registry, cluster_setup
+    kube_client, namespace, node_registry, multi_node_setup
 ):
     config = create_config(kube_client, namespace, "same-training")
     apply(
         kube_client,
-        workspace(namespace, "multi", cluster_setup, config, 2, node_registry.ref("adapters/multi", "v1")),
+        workspace(namespace, "multi", multi_node_setup, config, 2, node_registry.ref("adapters/multi", "v1")),
     )
     multi = succeeded(kube_client, namespace, "multi", timeout=600)
     apply(
         kube_client,
-        workspace(namespace, "single", cluster_setup, config, 1, node_registry.ref("adapters/single", "v1")),
+        workspace(
+            namespace, "single", multi_node_setup, config, 1, node_registry.ref("adapters/single", "v1")
+        ),
     )
     single = succeeded(kube_client, namespace, "single", timeout=600)
 
@@ -165,12 +124,14 @@ def test_two_pods_of_two_processes_learn_what_one_pod_of_four_learns(
 
 
 def test_a_lost_pod_restarts_the_group_which_resumes_from_the_last_checkpoint(
-    kube_client, namespace, node_registry, cluster_setup
+    kube_client, namespace, node_registry, multi_node_setup
 ):
     config = create_config(kube_client, namespace, "checkpointed", save_steps=4)
     apply(
         kube_client,
-        workspace(namespace, "resume", cluster_setup, config, 2, node_registry.ref("adapters/resume", "v1")),
+        workspace(
+            namespace, "resume", multi_node_setup, config, 2, node_registry.ref("adapters/resume", "v1")
+        ),
     )
     wait_status(
         kube_client,
