@@ -1,5 +1,6 @@
 """Two processes under torchrun (gloo on CPU), as the training pod runs them (the ``train`` step with the
-pre-flight's data sha256): the data is split between them and only rank 0 writes.
+pre-flight's data sha256): the data is split between them and only rank 0 writes; both evaluate the
+held-out quarter, the base before the first step and the adapter after the last.
 
 The run also uses a configured chat template, which must then ship with the adapter."""
 
@@ -42,6 +43,7 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
         max_length=128,
         logging_steps=1,
         ModelConfig={"chat_template": TEMPLATE},
+        DatasetConfig={"train_test_split": 0.75},
     )
     rows, files = read_rows(tmp_path / "data")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer.qlora"]
@@ -54,15 +56,19 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_preset)
     tokenizer.chat_template = TEMPLATE
-    prepared = prepare(rows, files, tokenizer, DatasetOptions(), CollatorOptions(), 128)
+    prepared = prepare(rows, files, tokenizer, DatasetOptions(train_test_split=0.75), CollatorOptions(), 128)
     examples = Dataset.from_dict({"input_ids": [e.input_ids for e in prepared.train]})
     packed_rows = len(pack_dataset(examples, 128))  # TRL's bfd packing, as the built-in template asks
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events].count("start") == 1  # progress from rank 0 only
-    assert events[-1]["event"] == "done" and events[-1]["total_steps"] == EPOCHS * math.ceil(packed_rows / 2)
+    assert [e["event"] for e in events][-3:] == ["done", "eval", "evaluated"]  # the final eval, then both
+    assert events[-1]["total_steps"] == EPOCHS * math.ceil(packed_rows / 2)
     assert result.stderr.count("INFO trainer: wrote ") == 1
     metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert metadata["metrics"]["global_step"] == events[-1]["total_steps"]
+    evaluation = metadata["evaluation"]
+    assert evaluation == events[-1]["evaluation"] and evaluation["heldOutRows"] == len(prepared.eval) == 24
+    assert evaluation["adapterLoss"] < evaluation["baseLoss"], evaluation
     assert (tmp_path / "out" / ".kaito-complete").is_file()
     assert not list((tmp_path / "out").glob(".results-*"))
     assert (tmp_path / "out" / "chat_template.jinja").read_text() == TEMPLATE
