@@ -7,7 +7,8 @@ train, push in the runtime and tools images; adapter pull and the inference serv
 
 1. generate the code-word data (presets/tiny_task.py), serve it on the node's address;
 2. apply examples/tuning/tiny-llama-demo.yaml (only the data and registry hosts replaced) and follow the
-   training with `kaito-tune status --watch`'s progress bar; the adapter is pushed to a local registry;
+   training with `kaito-tune status --watch`'s progress bar; the adapter is pushed to a local registry, and
+   the Workspace's status says how it did on held-out rows against the base model;
 3. apply examples/inference/tiny-llama-with-adapter.yaml and ask held-out questions through
    /v1/chat/completions and /chat, next to the expected answer and the base model's;
 4. print a summary (adapter digest, logs, kubeconfig, commands) and stop everything (also on Ctrl-C).
@@ -31,6 +32,7 @@ from typing import Any
 import requests
 import yaml
 
+from contract.reports import evaluation_line
 from hack.cluster import REPO_ROOT, kube_json, tool_path
 from hack.local_stack import LocalStack
 from hack.operators import RELEASE
@@ -176,6 +178,8 @@ def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> d
         adapter = ws["status"]["tuning"]["adapter"]
         reference = f"{adapter['image'].rsplit(':', 1)[0]}@{adapter['digest']}"
         say(f"adapter pushed: {reference}")
+        evaluation = ws["status"]["tuning"].get("evaluation") or {}
+        say(f"evaluation (status.tuning.evaluation): {evaluation_line(evaluation)}")
 
         (serve,) = [d for d in templated(INFERENCE_EXAMPLE, "", registry.host) if d["kind"] == "Workspace"]
         create(api, serve)
@@ -203,6 +207,7 @@ def run_demo(state_dir: Path, steps: int | None = None, keep: bool = False) -> d
         print_answers(answers)
         result = {
             "adapter": reference,
+            "evaluation": evaluation,
             "right": sum(a.right for a in answers),
             "asked": len(answers),
             "answers": [asdict(a) for a in answers],
@@ -258,6 +263,7 @@ def print_summary(
     body = json.dumps({"model": adapter, "messages": [{"role": "user", "content": "code word for Paris?"}]})
     lines = [
         f"adapter         {reference}",
+        f"held-out loss   {result['evaluation'].get('summary', 'none')} (base model -> adapter)",
         f"registry        {stack.registry.host} (user {stack.registry.username}, {stack.registry.storage})",
         f"kubeconfig      export KUBECONFIG={kubeconfig}",
         f"operator log    {kubectl} --kubeconfig {kubeconfig} logs -n kaito-tune deploy/{RELEASE}",

@@ -4,7 +4,8 @@ results.
 With held-out rows (``DatasetConfig.train_test_split`` below 1) the Trainer's evaluation runs twice more:
 on the base model before the first step and on the adapter after the last. Its loss is the Trainer's
 ``eval_loss`` over the pre-flight's labels, so only the tokens trained on count (assistant turns, or
-completions, as TRL's options say): the mean over eval batches of each batch's mean token loss.
+completions, as TRL's options say): each eval batch's mean token loss, averaged over the batches
+weighted by their rows.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """End to end on the local cluster: a tiny-llama tuning Workspace, data from an HTTP server on the node's
 address, the pre-flight and the training Job (fetch, train, push to a registry on the node's address) in
-real containers from the project's images on the real node, status showing progress and the digest, and
-the pushed adapter loading with PEFT."""
+real containers from the project's images on the real node, status showing progress, the held-out
+evaluation (base vs adapter) and the digest, and the pushed adapter loading with PEFT."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.controller.conftest import (
@@ -19,6 +22,7 @@ from tests.controller.conftest import (
     apply,
     condition,
     dump,
+    events,
     get_workspace,
     jobs,
     make_parquet,
@@ -30,7 +34,10 @@ from tests.fixtures.cluster import kube_json, wait_for
 STEPS = 60
 
 
-def training_config(max_steps: int = STEPS) -> dict:
+def training_config(max_steps: int = STEPS, held_out: bool = False) -> dict:
+    """The tiny preset's config; ``held_out``: a quarter of the rows held out, evaluated every 20 steps
+    besides the base's evaluation before the first and the adapter's after the last."""
+    evaluation = {"eval_strategy": "steps", "eval_steps": 20} if held_out else {}
     return {
         "training_config": {
             "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True},
@@ -44,16 +51,19 @@ def training_config(max_steps: int = STEPS) -> dict:
                 "max_steps": max_steps,
                 "logging_steps": 1,
                 "learning_rate": 0.001,
+                **evaluation,
             },
-            "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
+            "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 0.75 if held_out else 1},
         }
     }
 
 
-def create_config(api, namespace: str, name: str = "tiny-config", max_steps: int = STEPS) -> str:
+def create_config(
+    api, namespace: str, name: str = "tiny-config", max_steps: int = STEPS, held_out: bool = False
+) -> str:
     body = {
         "metadata": {"name": name},
-        "data": {"training_config.yaml": yaml.safe_dump(training_config(max_steps))},
+        "data": {"training_config.yaml": yaml.safe_dump(training_config(max_steps, held_out))},
     }
     kube_json(api, "POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
     return name
@@ -73,8 +83,8 @@ def create_push_secret(
     return name
 
 
-def printed_progress(api, namespace: str, name: str) -> str:
-    """The Progress column as `kubectl get workspace` shows it (the server-side Table)."""
+def printed_column(api, namespace: str, name: str, column: str) -> str:
+    """A printer column as `kubectl get workspace` shows it (the server-side Table)."""
     m, url, headers, payload, post = api.param_serialize(
         "GET",
         f"{API}/namespaces/{namespace}/workspaces/{name}",
@@ -85,7 +95,13 @@ def printed_progress(api, namespace: str, name: str) -> str:
     resp.read()
     table = json.loads(resp.data)
     names = [col["name"] for col in table["columnDefinitions"]]
-    return str(table["rows"][0]["cells"][names.index("Progress")])
+    return str(table["rows"][0]["cells"][names.index(column)])
+
+
+def kaito_tune(*args: str) -> subprocess.CompletedProcess:
+    """The CLI, as a user runs it."""
+    command = [sys.executable, "-m", "tuning_controller.cli", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
 
 
 def watch_until_done(api, namespace: str, name: str, timeout: float) -> tuple[dict, list[dict]]:
@@ -111,7 +127,7 @@ def test_tuning_workspace_end_to_end(
     make_parquet(served / "train.parquet", rows=24)
     chart_operator(progressIntervalSeconds=1, resyncSeconds=5)
     create_push_secret(kube_client, namespace, node_registry)
-    config = create_config(kube_client, namespace)
+    config = create_config(kube_client, namespace, held_out=True)
     image = node_registry.ref("adapters/e2e", "v1")
     ws = tuning_workspace(
         "e2e",
@@ -148,7 +164,20 @@ def test_tuning_workspace_end_to_end(
     last = tuning["progress"]
     assert last["step"] == last["totalSteps"] == STEPS and last["percent"] == 100
     assert last["loss"] is not None and last["updatedAt"]
-    assert printed_progress(kube_client, namespace, "e2e") == "100"
+    assert printed_column(kube_client, namespace, "e2e", "Progress") == "100"
+
+    # Did the tuning help? The trainer measured the 6 held-out rows' loss (trained tokens only) of the
+    # base model before the first step and of the adapter after the last; the controller kept it.
+    evaluation = tuning["evaluation"]
+    assert evaluation["heldOutRows"] == 6 and tuning["data"]["evalRows"] == 6
+    assert evaluation["adapterLoss"] < evaluation["baseLoss"], evaluation
+    for side in ("base", "adapter"):
+        loss = evaluation[f"{side}Loss"]
+        assert evaluation[f"{side}Perplexity"] == pytest.approx(math.exp(loss), rel=1e-3)
+    assert re.fullmatch(r"\d+(\.\d+)?->\d+(\.\d+)?", evaluation["summary"]), evaluation
+    assert printed_column(kube_client, namespace, "e2e", "Eval") == evaluation["summary"]
+    succeeded = [e for e in events(kube_client, namespace, "e2e") if e["reason"] == "Succeeded"]
+    assert succeeded and f"-> adapter {evaluation['adapterLoss']:.4g}" in succeeded[0]["message"], succeeded
 
     # The data Job ran first and the training Job after it; nothing else.
     created = {j["metadata"]["name"]: j for j in jobs(kube_client, namespace)}
@@ -196,25 +225,13 @@ def test_tuning_workspace_end_to_end(
     docker_config.write_text(json.dumps({"auths": {node_registry.host: {"auth": auth}}}))
     pulled = tmp_path / "pulled"
     ref = f"{image.rsplit(':', 1)[0]}@{digest}"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuning_controller.cli",
-            "pull",
-            ref,
-            str(pulled),
-            "--docker-config",
-            str(docker_config),
-            "--plain-http",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    access = ("--docker-config", str(docker_config), "--plain-http")
+    out = kaito_tune("pull", ref, str(pulled), *access)
     assert out.returncode == 0, out.stderr
+    # ... and says how it was judged, without the Workspace
+    out = kaito_tune("inspect", ref, *access)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tuning"]["evaluation"] == evaluation
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -256,6 +273,7 @@ def test_tuning_workspace_end_to_end(
     assert "e2e" not in {j["metadata"]["name"] for j in jobs(kube_client, namespace)}
     after = get_workspace(kube_client, namespace, "e2e")["status"]["tuning"]
     assert after["phase"] == "Succeeded" and after["adapter"]["digest"] == digest
+    assert after["evaluation"] == evaluation  # the controller's writes never drop the trainer's
 
     # The user's ConfigMap deleted after training (its content was copied when the Job started): a
     # reconcile (here from a label change) keeps the outcome instead of turning the Workspace Invalid.

@@ -30,6 +30,9 @@ def test_the_demo_trains_pushes_serves_and_stops_everything(tmp_path, capsys):
     assert result["answers"][0]["chat"] == result["answers"][0]["adapter"]
     assert "Tuning phase: Succeeded" in out and "Data check: ok, 72 rows" in out
     assert "80/80" in out  # the progress bar reached the last step
+    evaluation = result["evaluation"]  # status.tuning.evaluation: 7 of the 72 rows held out
+    assert evaluation["heldOutRows"] == 7 and evaluation["adapterLoss"] < evaluation["baseLoss"]
+    assert "Evaluation: held-out loss on 7 rows: base" in out and evaluation["summary"] in out
     assert f"{result['adapter'].split('@')[1]}" in out.split("Summary", 1)[1]
     # every process the stack started is gone: node, operator, registry, control plane
     leftovers = [p for p in os.listdir("/proc") if p.isdigit() and str(tmp_path) in _cmdline(p)]
