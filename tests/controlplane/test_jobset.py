@@ -13,19 +13,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from hack import jobset
-from hack.cluster import (
-    CONTROL_PLANE_TOOLS,
-    create_namespace,
-    kube_json,
-    missing_tools,
-    missing_tools_message,
-    start_control_plane,
-    stop_control_plane,
-)
+from hack.cluster import create_namespace, kube_json
 from hack.processes import wait_for
+from tests.controlplane.planes import admin_client, nodeless_plane
 from tuning_controller.conditions import find
 from tuning_controller.kube import KubeError
 
@@ -35,22 +27,13 @@ pytestmark = pytest.mark.own_cluster
 @pytest.fixture(scope="module")
 def jobset_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8s_client.ApiClient]:
     """A control plane without node, JobSet's manager running on it; the admin client."""
-    missing = missing_tools((*CONTROL_PLANE_TOOLS, "jobset"))
-    if missing:
-        pytest.fail(missing_tools_message(missing), pytrace=False)
-    state_dir = tmp_path_factory.mktemp("jobset-plane")
-    plane = start_control_plane(state_dir, max_seconds=1200)
-    try:
-        with jobset.running_jobset(plane, max_seconds=1200) as running:
-            ready = running.ready_seconds
-            print(f"\njobset {running.version} ready {ready:.1f}s after start ({running.log})")
-            api = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
-            try:
-                yield api
-            finally:
-                api.close()
-    finally:
-        stop_control_plane(state_dir)
+    with (
+        nodeless_plane(tmp_path_factory, "jobset-plane", ("jobset",)) as plane,
+        jobset.running_jobset(plane, max_seconds=1200) as running,
+        admin_client(plane) as api,
+    ):
+        print(f"\njobset {running.version} ready {running.ready_seconds:.1f}s after start ({running.log})")
+        yield api
 
 
 @pytest.fixture

@@ -13,19 +13,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from hack import kueue
-from hack.cluster import (
-    CONTROL_PLANE_TOOLS,
-    create_namespace,
-    kube_json,
-    missing_tools,
-    missing_tools_message,
-    start_control_plane,
-    stop_control_plane,
-)
+from hack.cluster import create_namespace, kube_json
 from hack.processes import wait_for
+from tests.controlplane.planes import admin_client, nodeless_plane
 
 pytestmark = pytest.mark.own_cluster
 
@@ -35,21 +27,13 @@ QUOTA = {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": 1}
 @pytest.fixture(scope="module")
 def kueue_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8s_client.ApiClient]:
     """A control plane without node, Kueue running on it; the admin client."""
-    missing = missing_tools((*CONTROL_PLANE_TOOLS, "kueue"))
-    if missing:
-        pytest.fail(missing_tools_message(missing), pytrace=False)
-    state_dir = tmp_path_factory.mktemp("kueue-plane")
-    plane = start_control_plane(state_dir, max_seconds=1200)
-    try:
-        with kueue.running_kueue(plane, max_seconds=1200) as running:
-            print(f"\nkueue {running.version} ready {running.ready_seconds:.1f}s after start ({running.log})")
-            api = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
-            try:
-                yield api
-            finally:
-                api.close()
-    finally:
-        stop_control_plane(state_dir)
+    with (
+        nodeless_plane(tmp_path_factory, "kueue-plane", ("kueue",)) as plane,
+        kueue.running_kueue(plane, max_seconds=1200) as running,
+        admin_client(plane) as api,
+    ):
+        print(f"\nkueue {running.version} ready {running.ready_seconds:.1f}s after start ({running.log})")
+        yield api
 
 
 def gpu_job(name: str, queue: str) -> dict[str, Any]:

@@ -17,22 +17,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from contract.workspace import parse_workspace
 from hack import jobset, kueue
-from hack.cluster import (
-    CONTROL_PLANE_TOOLS,
-    create_namespace,
-    kube_json,
-    missing_tools,
-    missing_tools_message,
-    start_control_plane,
-    stop_control_plane,
-)
+from hack.cluster import create_namespace, kube_json
 from hack.processes import wait_for
 from tests.controller.test_multi_node import two_nodes
 from tests.controller.test_tuning_reconcile import SETTINGS
+from tests.controlplane.planes import admin_client, nodeless_plane
 from tuning_controller import status as st
 from tuning_controller.kube import Kube, KubeError
 from tuning_controller.render import render_workspace_objects
@@ -51,24 +43,14 @@ JOBSETS = replace(SETTINGS, multi_node_workload="jobset")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8s_client.ApiClient]:
     """A control plane without node running JobSet's manager, then Kueue's with the jobset integration
     (Kueue sets an integration up at start only if its CRD is there); the admin client."""
-    missing = missing_tools((*CONTROL_PLANE_TOOLS, "jobset", "kueue"))
-    if missing:
-        pytest.fail(missing_tools_message(missing), pytrace=False)
-    state_dir = tmp_path_factory.mktemp("kueue-jobset-plane")
-    plane = start_control_plane(state_dir, max_seconds=1200)
-    try:
-        with (
-            jobset.running_jobset(plane, max_seconds=1200) as js,
-            kueue.running_kueue(plane, max_seconds=1200, integrations=(kueue.BATCH_JOB, kueue.JOBSET)) as kq,
-        ):
-            print(f"\njobset {js.version} ready in {js.ready_seconds:.1f}s, kueue in {kq.ready_seconds:.1f}s")
-            client = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
-            try:
-                yield client
-            finally:
-                client.close()
-    finally:
-        stop_control_plane(state_dir)
+    with (
+        nodeless_plane(tmp_path_factory, "kueue-jobset-plane", ("jobset", "kueue")) as plane,
+        jobset.running_jobset(plane, max_seconds=1200) as js,
+        kueue.running_kueue(plane, max_seconds=1200, integrations=(kueue.BATCH_JOB, kueue.JOBSET)) as kq,
+        admin_client(plane) as client,
+    ):
+        print(f"\njobset {js.version} ready in {js.ready_seconds:.1f}s, kueue in {kq.ready_seconds:.1f}s")
+        yield client
 
 
 def rendered(name: str, namespace: str, queue: str) -> tuple[dict[str, Any], dict[str, Any]]:
