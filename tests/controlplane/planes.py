@@ -6,19 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from hack import jobset
 from hack.cluster import (
     CONTROL_PLANE_TOOLS,
     ControlPlane,
+    kube_json,
     missing_tools,
     missing_tools_message,
     start_control_plane,
     stop_control_plane,
 )
+from tuning_controller.kube import KubeError
 
 
 @contextmanager
@@ -46,3 +50,19 @@ def admin_client(plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
         yield api
     finally:
         api.close()
+
+
+def path(namespace: str, kind: str, name: str = "") -> str:
+    """The REST path of the namespaced ``kind`` (plural) these tests read, or of one of them."""
+    group = {"jobsets": f"/apis/{jobset.API_VERSION}", "jobs": "/apis/batch/v1", "services": "/api/v1"}[kind]
+    return f"{group}/namespaces/{namespace}/{kind}" + (f"/{name}" if name else "")
+
+
+def get(api: k8s_client.ApiClient, where: str) -> dict[str, Any]:
+    """The object, or {} while there is none."""
+    try:
+        return kube_json(api, "GET", where)
+    except KubeError as exc:
+        if exc.not_found:
+            return {}
+        raise

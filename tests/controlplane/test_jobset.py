@@ -17,9 +17,8 @@ from kubernetes import client as k8s_client
 from hack import jobset
 from hack.cluster import create_namespace, kube_json
 from hack.processes import wait_for
-from tests.controlplane.planes import admin_client, nodeless_plane
+from tests.controlplane.planes import admin_client, get, nodeless_plane, path
 from tuning_controller.conditions import find
-from tuning_controller.kube import KubeError
 
 pytestmark = pytest.mark.own_cluster
 
@@ -59,21 +58,6 @@ def indexed_jobset(name: str, spec: dict[str, Any] | None = None, **job_spec: An
             "spec": {"replicatedJobs": [worker], **(spec or {})},
         }
     )
-
-
-def path(namespace: str, kind: str, name: str = "") -> str:
-    group = {"jobsets": f"/apis/{jobset.API_VERSION}", "jobs": "/apis/batch/v1", "services": "/api/v1"}[kind]
-    return f"{group}/namespaces/{namespace}/{kind}" + (f"/{name}" if name else "")
-
-
-def get(api: k8s_client.ApiClient, where: str) -> dict[str, Any]:
-    """The object, or {} while there is none."""
-    try:
-        return kube_json(api, "GET", where)
-    except KubeError as exc:
-        if exc.not_found:
-            return {}
-        raise
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from hack.cluster import create_namespace, kube_json
 from hack.processes import wait_for
 from tests.controller.test_multi_node import two_nodes
 from tests.controller.test_tuning_reconcile import SETTINGS
-from tests.controlplane.planes import admin_client, nodeless_plane
+from tests.controlplane.planes import admin_client, get, nodeless_plane, path
 from tuning_controller import status as st
-from tuning_controller.kube import Kube, KubeError
+from tuning_controller.kube import Kube
 from tuning_controller.render import render_workspace_objects
 from tuning_controller.render.job import WORKLOAD_API_VERSION
 from tuning_controller.render.jobset import child_job_name
@@ -74,21 +74,6 @@ def create(api: k8s_client.ApiClient, name: str, queue: str, namespace: str) -> 
     account, found = rendered(name, namespace, queue)
     Kube(api).create(account)
     return Kube(api).create(found)
-
-
-def path(namespace: str, kind: str, name: str = "") -> str:
-    group = {"jobsets": f"/apis/{jobset.API_VERSION}", "jobs": "/apis/batch/v1"}[kind]
-    return f"{group}/namespaces/{namespace}/{kind}" + (f"/{name}" if name else "")
-
-
-def get(api: k8s_client.ApiClient, where: str) -> dict[str, Any]:
-    """The object, or {} while there is none."""
-    try:
-        return kube_json(api, "GET", where)
-    except KubeError as exc:
-        if exc.not_found:
-            return {}
-        raise
 
 
 def workload(api: k8s_client.ApiClient, created: dict[str, Any]) -> dict[str, Any] | None:
