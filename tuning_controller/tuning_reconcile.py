@@ -83,7 +83,14 @@ WORKLOAD = "workload"  # Kueue's Workload of the training Job (None: none, or Ku
 PUSH_JOB = "push_job"  # the multi-node training's push Job <ws>-push
 PUSH_PODS = "push_pods"  # its pods
 # Only a successful data check of the current revision lets the training start.
-_RESET = {"data": None, "adapter": None, "progress": None, "startTime": None, "completionTime": None}
+_RESET = {
+    "data": None,
+    "adapter": None,
+    "progress": None,
+    "evaluation": None,
+    "startTime": None,
+    "completionTime": None,
+}
 
 
 @dataclass(frozen=True)

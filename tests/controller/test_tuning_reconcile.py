@@ -173,6 +173,7 @@ def test_a_changed_spec_stops_the_old_training_and_checks_the_data_again():
     assert plan.writes[0].event.reason == "JobReplaced"
     section = plan.status.section
     assert section["revision"] == t.rev and section["data"] is None and section["adapter"] is None
+    assert section["evaluation"] is None  # the old revision's base-vs-adapter figures go with it
 
 
 def test_a_failed_check_fails_the_workspace_and_releases_the_node():
