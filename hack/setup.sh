@@ -45,4 +45,5 @@ fi
 
 bash hack/build-tools.sh
 bash hack/install-olah.sh >/dev/null  # the hub stand-in the model-weights tests run (tests/fixtures/hub.py)
+bash hack/install-mlflow.sh >/dev/null  # the tracking server the MLflow tests run (tests/fixtures/mlflow.py)
 bash hack/images.sh build

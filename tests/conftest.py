@@ -1,5 +1,5 @@
-"""Shared fixtures: the local control plane, the loopback OCI registry and the hub stand-in, each a plugin
-of its own; and the markers every test gets from what it uses.
+"""Shared fixtures: the local control plane, the loopback OCI registry, the hub stand-in and the MLflow
+tracking server, each a plugin of its own; and the markers every test gets from what it uses.
 
 - ``cluster``: needs the local control plane (an API server, and for most the real node).
 - ``unit``: no server at all (no control plane, registry or hub) and not ``slow``: ``make test-unit``.
@@ -8,11 +8,24 @@ of its own; and the markers every test gets from what it uses.
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.registry", "tests.fixtures.hub"]
+pytest_plugins = [
+    "tests.fixtures.cluster",
+    "tests.fixtures.registry",
+    "tests.fixtures.hub",
+    "tests.fixtures.mlflow",
+]
 
 # Fixtures that start a server process for the test (the cluster's are found through control_plane).
 SERVER_FIXTURES = frozenset(
-    {"control_plane", "oci_registry", "open_registry", "token_registry", "tls_registry", "hub_server"}
+    {
+        "control_plane",
+        "oci_registry",
+        "open_registry",
+        "token_registry",
+        "tls_registry",
+        "hub_server",
+        "mlflow_server",
+    }
 )
 
 
