@@ -33,6 +33,11 @@ WORKSPACE_NAME_ENV = "KAITO_WORKSPACE_NAME"  # the Workspace whose status the tr
 WORKSPACE_NAMESPACE_ENV = "KAITO_WORKSPACE_NAMESPACE"
 WORKSPACE_API_VERSION_ENV = "KAITO_WORKSPACE_API_VERSION"
 PROGRESS_INTERVAL_ENV = "KAITO_PROGRESS_INTERVAL_S"  # seconds between progress patches
+# MLflow's own variables (the trainer's MlflowClient reads them as any MLflow client does): set on the
+# train container only, the credentials from the Secret the controller setting names.
+MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # tracking on when set (trainer.tracking)
+MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+MLFLOW_CREDENTIAL_ENVS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 STRENGTHS_ENV = "KAITO_ADAPTER_STRENGTHS"  # name=strength,... (format_strengths / parse_strengths)
 
 # ---- exit codes of the trainer -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ the value and what is allowed, rather than surfacing later inside a Job.
     KAITO_TUNE_MODEL_CACHE=pvc|emptyDir                         # where fetched weights are kept
     KAITO_TUNE_INFERENCE_RUNTIME=transformers|vllm              # how inference Workspaces are served
     KAITO_TUNE_MULTI_NODE_WORKLOAD=auto|job|jobset              # what runs a tuning on several nodes
+    KAITO_TUNE_MLFLOW_TRACKING_URI=http://mlflow.mlflow:5000    # trainers log runs there (empty: off)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from artifacts.errors import InvalidInputError
 from artifacts.hosts import parse_network
@@ -52,6 +54,9 @@ _SUFFIX |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 # host[:port] of a registry: a DNS name, an IPv4 address or a bracketed IPv6 address; no scheme, no path.
+# A Secret's name: a DNS subdomain.
+_SECRET_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+MLFLOW_EXPERIMENT_MAX = 500  # MLflow's limit on an experiment's name
 _REGISTRY = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:(?P<port>[0-9]{1,5}))?")
 
 
@@ -165,6 +170,17 @@ class Settings:
     """The server's container port (KAITO's); the Service maps port 80 to it."""
     inference_max_new_tokens: int = 2048
     """Largest completion one request may ask for (transformers runtime)."""
+    mlflow_tracking_uri: str = ""
+    """An MLflow tracking server (http or https) the train containers log their run to: params, metric
+    history, the held-out evaluation (``trainer.tracking``); the run id goes into status.tuning.tracking.
+    Empty: no tracking. An admin setting: the users' training configs keep refusing ``report_to``."""
+    mlflow_experiment: str = "kaito-tune"
+    """The experiment runs go to, unless a Workspace's ``kaito.sh/mlflow-experiment`` annotation names
+    another."""
+    mlflow_credentials_secret: str = ""
+    """A Secret, in each Workspace's namespace, whose MLFLOW_TRACKING_USERNAME and _PASSWORD (or
+    MLFLOW_TRACKING_TOKEN) keys reach the train container, and only it, as those variables; each key is
+    optional. Empty: the server needs no credentials."""
 
     def __post_init__(self) -> None:
         # The two lists are stored canonical (networks as CIDRs, registries in lower case).
@@ -180,6 +196,7 @@ class Settings:
                 f"{PREFIX}MODEL_REGISTRY={self.model_registry!r}: must be a registry and optional path "
                 "without scheme, tag or digest, e.g. registry.example/kaito-models"
             )
+        _check_mlflow(self)
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -211,6 +228,34 @@ class Settings:
         except InvalidInputError:
             return False
         return registry in self.insecure_registries
+
+
+def _check_mlflow(settings: Settings) -> None:
+    """The tracking server's URL, the experiment's name and the Secret's name, as MLflow and Kubernetes
+    take them."""
+    uri = settings.mlflow_tracking_uri
+    parts = urlsplit(uri)
+    if uri and (parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in uri)):
+        raise SettingsError(
+            f"{PREFIX}MLFLOW_TRACKING_URI={uri!r}: must be empty (no tracking) or the http(s) URL of an "
+            "MLflow tracking server, e.g. http://mlflow.mlflow.svc:5000"
+        )
+    if "@" in parts.netloc:  # the variable is visible in the Deployment and the Jobs
+        raise SettingsError(
+            f"{PREFIX}MLFLOW_TRACKING_URI: must hold no user or password; name a Secret in "
+            f"{PREFIX}MLFLOW_CREDENTIALS_SECRET instead"
+        )
+    if not 0 < len(settings.mlflow_experiment) <= MLFLOW_EXPERIMENT_MAX:
+        raise SettingsError(
+            f"{PREFIX}MLFLOW_EXPERIMENT={settings.mlflow_experiment!r}: must be 1..{MLFLOW_EXPERIMENT_MAX} "
+            "characters"
+        )
+    secret = settings.mlflow_credentials_secret
+    if secret and not _SECRET_NAME.fullmatch(secret):
+        raise SettingsError(
+            f"{PREFIX}MLFLOW_CREDENTIALS_SECRET={secret!r}: must be empty or a Secret's name (lower-case "
+            "letters, digits, '-' and '.', at most 253), e.g. mlflow-credentials"
+        )
 
 
 def _check_quantities(settings: Settings) -> None:

@@ -88,6 +88,7 @@ _RESET = {
     "adapter": None,
     "progress": None,
     "evaluation": None,
+    "tracking": None,  # the old revision's MLflow run stays in MLflow; status names the current one
     "startTime": None,
     "completionTime": None,
 }

@@ -467,3 +467,49 @@ def test_input_urls_reach_fetch_data_through_the_revisions_secret_not_the_argv()
         assert volumes["input-urls"]["secret"]["secretName"] == secret["metadata"]["name"]
     image_input = parsed(workspace(input={"image": "registry.example/data:v1"}))
     assert all(o["kind"] != "Secret" for o in render_workspace_objects(image_input, Settings()))
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_mlflow_tracking_reaches_the_train_container_and_no_other():
+    obj = workspace()
+    obj["metadata"]["annotations"] = {"kaito.sh/mlflow-experiment": "team-a-chat"}
+    ws, plain = parsed(obj), parsed(workspace())
+    settings = Settings(
+        mlflow_tracking_uri="http://mlflow.mlflow:5000", mlflow_credentials_secret="mlflow-auth"
+    )
+    job = render_training_job(ws, settings, rev(ws), data_sha256=SHA, gpus=1)
+    env = _env(containers(job)["train"])
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.mlflow:5000"
+    assert env["MLFLOW_EXPERIMENT_NAME"]["value"] == "team-a-chat"  # the annotation's, over the setting's
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        assert env[key]["valueFrom"] == {
+            "secretKeyRef": {"name": "mlflow-auth", "key": key, "optional": True}
+        }
+    assert "value" not in env["MLFLOW_TRACKING_TOKEN"]
+    default = render_training_job(plain, settings, rev(plain), data_sha256=SHA, gpus=1)
+    assert _env(containers(default)["train"])["MLFLOW_EXPERIMENT_NAME"]["value"] == "kaito-tune"
+    others = [c for name, c in containers(job).items() if name != "train"]
+    others += containers(render_data_job(ws, settings, rev(ws))).values()
+    assert others and not any("MLFLOW" in str(c) or "mlflow-auth" in str(c) for c in others)
+    untracked = render_training_job(ws, Settings(), rev(ws), data_sha256=SHA, gpus=1)
+    assert "MLFLOW" not in str(untracked)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"KAITO_TUNE_MLFLOW_TRACKING_URI": "mlflow:5000"}, "the http(s) URL of an MLflow tracking server"),
+        ({"KAITO_TUNE_MLFLOW_TRACKING_URI": "file:///tmp/runs"}, "the http(s) URL"),
+        ({"KAITO_TUNE_MLFLOW_TRACKING_URI": "https://bot:pw@mlflow"}, "no user or password; name a Secret"),
+        ({"KAITO_TUNE_MLFLOW_EXPERIMENT": ""}, "must be 1..500 characters"),
+        ({"KAITO_TUNE_MLFLOW_CREDENTIALS_SECRET": "MLflow_Auth"}, "must be empty or a Secret's name"),
+    ],
+)
+def test_bad_mlflow_settings_name_the_variable(env, needle):
+    with pytest.raises(SettingsError, match=next(iter(env))) as error:
+        settings_from_env(env)
+    assert needle in str(error.value) and "pw" not in str(error.value)
+    assert settings_from_env({"KAITO_TUNE_MLFLOW_TRACKING_URI": "https://mlflow.example/base"})

@@ -174,6 +174,7 @@ def test_a_changed_spec_stops_the_old_training_and_checks_the_data_again():
     section = plan.status.section
     assert section["revision"] == t.rev and section["data"] is None and section["adapter"] is None
     assert section["evaluation"] is None  # the old revision's base-vs-adapter figures go with it
+    assert section["tracking"] is None  # and its MLflow run
 
 
 def test_a_failed_check_fails_the_workspace_and_releases_the_node():

@@ -43,6 +43,9 @@ from contract.pod import (
     CONFIG_KEY,
     DATA_DIR,
     EXIT_UNUSABLE,
+    MLFLOW_CREDENTIAL_ENVS,
+    MLFLOW_EXPERIMENT_ENV,
+    MLFLOW_TRACKING_URI_ENV,
     MODEL_WEIGHTS,
     PROGRESS_INTERVAL_ENV,
     RESULTS_DIR,
@@ -76,6 +79,7 @@ from tuning_controller.settings import TORCH_DIST_PORT, Settings
 
 REVISION_ANNOTATION = f"{GROUP}/revision"
 DATA_SHA_ANNOTATION = f"{GROUP}/data-sha256"
+MLFLOW_EXPERIMENT_ANNOTATION = f"{GROUP}/mlflow-experiment"  # on the Workspace: its run's experiment
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 WORKLOAD_API_VERSION = "kueue.x-k8s.io/v1beta2"  # Kueue's Workload: why a queued Job waits
 
@@ -393,6 +397,7 @@ def _train_container(
             {"name": WORKSPACE_NAMESPACE_ENV, "value": ws.namespace},
             {"name": WORKSPACE_API_VERSION_ENV, "value": settings.workspace_api_version},
             {"name": PROGRESS_INTERVAL_ENV, "value": str(settings.progress_interval_seconds)},
+            *_tracking_env(ws, settings),
         ],
         "resources": _train_resources(settings, gpus),
         "volumeMounts": [
@@ -406,6 +411,28 @@ def _train_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
+
+
+def _tracking_env(ws: Workspace, settings: Settings) -> list[dict[str, Any]]:
+    """MLflow's own variables for the trainer's client (``trainer.tracking``), when tracking is on: the
+    server, the experiment (the Workspace's annotation, else the setting's) and the credentials from the
+    Secret the setting names, each key optional. Only the train container gets them: the pre-flight and
+    the push talk to no tracker."""
+    if not settings.mlflow_tracking_uri:
+        return []
+    annotations = ws.metadata.get("annotations") or {}
+    experiment = annotations.get(MLFLOW_EXPERIMENT_ANNOTATION) or settings.mlflow_experiment
+    env: list[dict[str, Any]] = [
+        {"name": MLFLOW_TRACKING_URI_ENV, "value": settings.mlflow_tracking_uri},
+        {"name": MLFLOW_EXPERIMENT_ENV, "value": experiment},
+    ]
+    if settings.mlflow_credentials_secret:
+        secret = settings.mlflow_credentials_secret
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key in MLFLOW_CREDENTIAL_ENVS
+        ]
+    return env
 
 
 def uses_jobset(ws: Workspace, settings: Settings) -> bool:
