@@ -1,10 +1,10 @@
-"""What the trainer reports to the controller: the pre-flight's data summary, the training progress and
-the held-out evaluation.
+"""What the trainer reports to the controller: the pre-flight's data summary, the training progress,
+the held-out evaluation and where the run is tracked.
 
 The pre-flight container writes the data summary as its termination message (the kubelet keeps 4096
 bytes of it) and the controller copies it into ``status.tuning.data``; the train container patches
-``status.tuning.progress`` and ``status.tuning.evaluation`` itself. Writer and reader live here, so the
-two sides cannot drift::
+``status.tuning.progress``, ``status.tuning.evaluation`` and ``status.tuning.tracking`` itself. Writer
+and reader live here, so the two sides cannot drift::
 
     data:     {"ok": false, "rows": 120, "usableRows": 118, "badRows": 2, "sha256": "9f...", "files": 1,
                "firstBadRows": [{"row": 7, "file": "train.parquet", "reason": "..."}], "errors": ["..."],
@@ -15,6 +15,8 @@ two sides cannot drift::
                "updatedAt": "2025-01-01T12:00:00Z"}
     evaluation: {"baseLoss": 2.31, "adapterLoss": 0.84, "basePerplexity": 10.07,
                "adapterPerplexity": 2.32, "heldOutRows": 24, "summary": "2.31->0.84"}
+    tracking: {"uri": "http://mlflow.mlflow:5000", "experiment": "kaito-tune", "runId": "4f1c...",
+               "error": null}
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
+from urllib.parse import urlsplit, urlunsplit
 
 SUMMARY_MAX_BYTES = 3800  # the kubelet keeps 4096 bytes of a termination message
 FIRST_BAD_ROWS = 5
@@ -113,6 +116,7 @@ class ProgressEvent:
     eta_s: float | None = None
     time: float = 0.0
     evaluation: EvaluationStatus | None = None  # at "start" (the base's) and "evaluated" (both)
+    tracking: TrackingStatus | None = None  # at "start" and "evaluated", when a tracking URI is set
 
 
 class ProgressStatus(TypedDict):
@@ -209,3 +213,35 @@ def evaluation_line(evaluation: Mapping[str, Any]) -> str:
     if "->" not in str(evaluation.get("summary")):  # a finished evaluation's summary is "base->adapter"
         return f"{text}, the adapter's after the last step"
     return f"{text} -> adapter {_measured(evaluation, 'adapter')}"
+
+
+# ---- experiment tracking -------------------------------------------------------------------------------
+
+
+class TrackingStatus(TypedDict):
+    """``status.tuning.tracking``: the MLflow run the trainer logs to (``trainer.tracking``). ``uri`` has no
+    user or password; ``error`` says why tracking stopped (training goes on without it), None while it
+    works. Every key is always present, so a merge patch replaces an older one whole."""
+
+    uri: str
+    experiment: str
+    runId: str | None
+    error: str | None
+
+
+def tracking_status(
+    uri: str, experiment: str, run_id: str | None = None, error: str | None = None
+) -> TrackingStatus:
+    """The status for ``uri`` with any ``user:password@`` removed: status is readable by more people
+    than the Secret."""
+    parts = urlsplit(uri)
+    if parts.username is not None or parts.password is not None:
+        uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return {"uri": uri, "experiment": experiment, "runId": run_id, "error": error}
+
+
+def tracking_line(tracking: Mapping[str, Any]) -> str:
+    """The MLflow run for people (`kaito-tune status`)."""
+    where = f"experiment {tracking.get('experiment')!r} at {tracking.get('uri')}"
+    run = f"MLflow run {tracking['runId']} in {where}" if tracking.get("runId") else f"MLflow {where}"
+    return f"{run}; stopped: {tracking['error']}" if tracking.get("error") else run

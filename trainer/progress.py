@@ -2,13 +2,14 @@
 
 One event per emission (``contract.reports.ProgressEvent``): step, total steps, epoch, loss, eval loss,
 learning rate, tokens per second and ETA; the held-out evaluation rides on "start" (the base's loss) and
-on the last event, "evaluated" (base and adapter). Local runs get JSON lines (stdout or a file) and a
-tqdm bar; in the controller's pods ``trainer.status_sink`` patches the Workspace status. A sink only
-needs ``emit(event)`` and ``close()``.
+on the last event, "evaluated" (base and adapter), and so does the MLflow run when one is tracked
+(``trainer.tracking``). Local runs get JSON lines (stdout or a file) and a tqdm bar; in the controller's
+pods ``trainer.status_sink`` patches the Workspace status. A sink only needs ``emit(event)`` and
+``close()``.
 
     {"event": "progress", "step": 40, "total_steps": 120, "epoch": 0.33, "loss": 2.31, "eval_loss": null,
      "learning_rate": 0.0002, "tokens_per_s": 2450.0, "eta_s": 95.0, "time": 1764412345.1,
-     "evaluation": null}
+     "evaluation": null, "tracking": null}
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from contract.reports import EvaluationStatus, ProgressEvent
+from contract.reports import EvaluationStatus, ProgressEvent, TrackingStatus
 
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
@@ -82,6 +83,7 @@ class ProgressCallback(TrainerCallback):
         self.eval_loss: float | None = None
         self.learning_rate: float | None = None
         self.evaluation: EvaluationStatus | None = None  # the base's, measured before training: on "start"
+        self.tracking: TrackingStatus | None = None  # the MLflow run, started before training: on "start"
 
     def _event(self, kind: str, args: TrainingArguments, state: TrainerState) -> ProgressEvent:
         now = time.monotonic()
@@ -108,11 +110,12 @@ class ProgressCallback(TrainerCallback):
         args: TrainingArguments,
         state: TrainerState,
         evaluation: EvaluationStatus | None = None,
+        tracking: TrackingStatus | None = None,
     ) -> None:
         if not state.is_world_process_zero:
             return
         self.last_emit = time.monotonic()
-        event = replace(self._event(kind, args, state), evaluation=evaluation)
+        event = replace(self._event(kind, args, state), evaluation=evaluation, tracking=tracking)
         for sink in self.sinks:
             sink.emit(event)
 
@@ -122,7 +125,7 @@ class ProgressCallback(TrainerCallback):
         self.started = time.monotonic()
         self.first_step = state.global_step
         self.first_tokens = state.num_input_tokens_seen
-        self.emit("start", args, state, self.evaluation)
+        self.emit("start", args, state, self.evaluation, self.tracking)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -1,5 +1,6 @@
-"""Live progress into the Workspace's ``status.tuning.progress`` (and the held-out evaluation into
-``status.tuning.evaluation``), patched by the train container itself.
+"""Live progress into the Workspace's ``status.tuning.progress`` (the held-out evaluation into
+``status.tuning.evaluation``, the MLflow run into ``status.tuning.tracking``), patched by the train
+container itself.
 
 In the controller's pods the environment names the Workspace (``contract.pod``: KAITO_WORKSPACE_NAME,
 _NAMESPACE, _API_VERSION) and the container mounts a token of the Workspace's own ServiceAccount, which
@@ -44,8 +45,9 @@ class WorkspaceRef:
 
 
 class WorkspaceStatusSink:
-    """Patches ``status.tuning.progress`` of one Workspace, and ``evaluation`` when an event carries one
-    (a JSON merge patch of the status subresource: the controller's own writes leave both alone)."""
+    """Patches ``status.tuning.progress`` of one Workspace, and ``evaluation`` and ``tracking`` when an
+    event carries them (a JSON merge patch of the status subresource: the controller's own writes leave
+    them alone)."""
 
     def __init__(
         self, api: client.CustomObjectsApi, workspace: WorkspaceRef, interval_s: float = 15.0
@@ -65,6 +67,8 @@ class WorkspaceStatusSink:
         tuning: dict[str, Any] = {"progress": progress_status(event, dt.datetime.now(dt.UTC))}
         if event.evaluation is not None:
             tuning["evaluation"] = event.evaluation
+        if event.tracking is not None:
+            tuning["tracking"] = event.tracking
         body = {"status": {"tuning": tuning}}
         try:
             self.api.patch_namespaced_custom_object_status(

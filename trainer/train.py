@@ -1,5 +1,5 @@
 """From checked data to a saved adapter: strategy, model, Trainer, resume, SIGTERM, held-out evaluation,
-results.
+MLflow tracking (``trainer.tracking``), results.
 
 With held-out rows (``DatasetConfig.train_test_split`` below 1) the Trainer's evaluation runs twice more:
 on the base model before the first step and on the adapter after the last. Its loss is the Trainer's
@@ -34,6 +34,7 @@ from trainer.progress import JsonLinesSink, ProgressCallback, ProgressSink, Tqdm
 from trainer.sft import sft_config
 from trainer.status_sink import status_sinks_from_env
 from trainer.strategy import choose_strategy
+from trainer.tracking import start_tracking
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -194,6 +195,10 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
     if resume:
         log.info("resuming from %s", resume)
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
+    tracker = start_tracking(checkpoints, setup, data, main=trainer.is_world_process_zero())
+    trainer.add_callback(tracker)
+    progress.tracking = tracker.status
+    outcome = "FAILED"  # unless it gets further
     try:
         base = _base_evaluation(trainer) if held_out else None
         progress.evaluation = evaluation_status(base[0] if base else None, None, held_out)
@@ -203,12 +208,17 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
                 "SIGTERM: stopped at step %d after a checkpoint; a restart resumes there",
                 trainer.state.global_step,
             )
+            outcome = "KILLED"
             return EXIT_SIGTERM
         metrics = _metrics(trainer, result, base)
         evaluation = evaluation_status(base[0] if base else None, metrics.get("eval_loss"), held_out)
         log.info("evaluation: %s", evaluation_line(evaluation))
-        progress.emit("evaluated", trainer.args, trainer.state, evaluation)
+        tracker.finish(evaluation, trainer.state.global_step)
+        outcome = "FINISHED"
+        progress.emit("evaluated", trainer.args, trainer.state, evaluation, tracker.status)
     finally:
+        if outcome != "FINISHED":
+            tracker.end(outcome)
         progress.close()
     if trainer.is_world_process_zero():
         _write(options, setup, data, trainer, metrics, evaluation)

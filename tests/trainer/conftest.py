@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,12 @@ def trainer_command(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "trainer.qlora", "--preset", "tiny-llama", *map(str, args)]
 
 
-def run_trainer(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The trainer as the pod runs it: a child process, JSON lines on stdout, logs on stderr."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_trainer(
+    *args: str | Path, timeout: float = 300, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The trainer as the pod runs it: a child process, JSON lines on stdout, logs on stderr; ``env``
+    adds to this process's environment."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         trainer_command(*args),
         cwd=ROOT,
