@@ -1,6 +1,6 @@
 """`kaito-tune status NAME [-n NS] [--watch]`: a Workspace's conditions, tuning status, a progress bar.
 
-    kaito-tune status my-tuning -n team-a            # conditions, phase, data check, evaluation, adapter
+    kaito-tune status my-tuning -n team-a            # conditions, phase, data check, evaluation, run, adapter
     kaito-tune status my-tuning -n team-a --watch    # a progress bar until it succeeds (exit 0) or fails (1)
 
 The pure part (a Workspace -> printed lines, bar fields, outcome) is separate from the thin watch loop, so the
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from contract.reports import evaluation_line
+from contract.reports import evaluation_line, tracking_line
 from tuning_controller import conditions as c
 
 API_VERSION = "kaito.sh/v1beta1"
@@ -63,6 +63,31 @@ def outcome(ws: Mapping[str, Any]) -> int | None:
     return {"True": 0, "False": 1}.get(str(found.get("status")))
 
 
+def _tuning_lines(tuning: Mapping[str, Any]) -> list[str]:
+    """``status.tuning``: phase, data check, progress, evaluation, MLflow run, adapter, message."""
+    lines = [f"Tuning phase: {tuning.get('phase', 'Unknown')}"]
+    data = tuning.get("data") or {}
+    if data:
+        verdict = "ok" if data.get("ok") else "FAILED"
+        rows = f", {data['rows']} rows" if data.get("rows") is not None else ""
+        sha = f", sha256 {data['sha256'][:12]}" if data.get("sha256") else ""
+        lines.append(f"Data check: {verdict}{rows}{sha}")
+    bar = bar_fields(tuning.get("progress"))
+    if bar:
+        lines.append(f"Progress: step {bar.step}/{bar.total} {bar.postfix}".rstrip())
+    if tuning.get("evaluation"):
+        lines.append(f"Evaluation: {evaluation_line(tuning['evaluation'])}")
+    if tuning.get("tracking"):
+        lines.append(f"Tracking: {tracking_line(tuning['tracking'])}")
+    adapter = tuning.get("adapter") or {}
+    if adapter.get("image"):
+        digest = f"@{adapter['digest']}" if adapter.get("digest") else ""
+        lines.append(f"Adapter: {adapter['image']}{digest}")
+    if tuning.get("message"):
+        lines.append(f"Message: {tuning['message']}")
+    return lines
+
+
 def status_lines(ws: Mapping[str, Any]) -> list[str]:
     """What `kaito-tune status` prints: identity, state, conditions, then ``status.tuning`` (or inference)."""
     meta, status = ws.get("metadata") or {}, ws.get("status") or {}
@@ -77,24 +102,7 @@ def status_lines(ws: Mapping[str, Any]) -> list[str]:
             lines.append(f"  {cond['type']}={cond.get('status')} ({cond.get('reason', '')}){detail}")
     tuning = status.get("tuning") or {}
     if tuning:
-        lines.append(f"Tuning phase: {tuning.get('phase', 'Unknown')}")
-        data = tuning.get("data") or {}
-        if data:
-            verdict = "ok" if data.get("ok") else "FAILED"
-            rows = f", {data['rows']} rows" if data.get("rows") is not None else ""
-            sha = f", sha256 {data['sha256'][:12]}" if data.get("sha256") else ""
-            lines.append(f"Data check: {verdict}{rows}{sha}")
-        bar = bar_fields(tuning.get("progress"))
-        if bar:
-            lines.append(f"Progress: step {bar.step}/{bar.total} {bar.postfix}".rstrip())
-        if tuning.get("evaluation"):
-            lines.append(f"Evaluation: {evaluation_line(tuning['evaluation'])}")
-        adapter = tuning.get("adapter") or {}
-        if adapter.get("image"):
-            digest = f"@{adapter['digest']}" if adapter.get("digest") else ""
-            lines.append(f"Adapter: {adapter['image']}{digest}")
-        if tuning.get("message"):
-            lines.append(f"Message: {tuning['message']}")
+        lines += _tuning_lines(tuning)
     inference = status.get("inference") or {}
     if inference.get("workload"):
         lines.append(f"Inference workload: {inference['workload']}")

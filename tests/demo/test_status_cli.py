@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from contract.reports import evaluation_status
+from contract.reports import evaluation_status, tracking_status
 from tests.controller.conftest import API, REPO_ROOT, tuning_workspace
 from tests.fixtures.cluster import kube_json, wait_for
 from tuning_controller.cli_status import bar_fields, outcome, status_lines, watch
@@ -80,6 +80,19 @@ def test_status_lines_show_the_evaluation_base_then_adapter():
         line.startswith("Evaluation: none: no held-out rows") for line in status_lines(nothing_held_out)
     )
     assert not any(line.startswith("Evaluation") for line in status_lines(workspace("Training")))
+
+
+def test_status_lines_show_the_mlflow_run_and_why_tracking_stopped():
+    run = tracking_status("http://mlflow:5000", "kaito-tune", "4f1c")
+    tracked = status_lines(workspace("Training", tracking=run))
+    assert "Tracking: MLflow run 4f1c in experiment 'kaito-tune' at http://mlflow:5000" in tracked
+    refused = workspace(
+        "Training", tracking=tracking_status("http://mlflow:5000", "x", None, "starting: 403")
+    )
+    assert "Tracking: MLflow experiment 'x' at http://mlflow:5000; stopped: starting: 403" in status_lines(
+        refused
+    )
+    assert not any(line.startswith("Tracking") for line in status_lines(workspace("Training")))
 
 
 def test_outcome_follows_workspace_succeeded():
