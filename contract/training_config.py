@@ -241,8 +241,8 @@ DTYPE_OPTIONS = {
 _TRAINING = "TrainingArguments"
 _NO_HUB = "nothing is pushed to a model hub: the adapter goes to tuning.output as an OCI artifact"
 _NO_TRACKER = (
-    "no experiment tracker is in the training image (report_to: none): progress goes to the Workspace "
-    "status and the pod's JSON lines"
+    "the trainer reports to the Workspace status and, where the operator's mlflow.trackingUri is set, to "
+    "MLflow in a run named after the Workspace: the cluster's admin turns tracking on, not a training config"
 )
 _NO_METRICS = (
     "only a compute_metrics function reads it, and a Workspace has none: evaluation reports the loss"

@@ -310,7 +310,8 @@ class WorkspaceStatus:
     )
     state: str = api_field("state", doc="state: one-word summary (v1beta1's State column).", default="")
     tuning: OpenObject | None = api_field(
-        "tuning", doc="tuning: progress, loss, held-out evaluation, adapter digest (controller-defined)."
+        "tuning",
+        doc="tuning: progress, loss, held-out evaluation, MLflow run, adapter digest (controller-defined).",
     )
     inference: OpenObject | None = api_field(
         "inference", doc="inference: serving details (controller-defined)."
