@@ -37,6 +37,7 @@ PROGRESS_INTERVAL_ENV = "KAITO_PROGRESS_INTERVAL_S"  # seconds between progress 
 # train container only, the credentials from the Secret the controller setting names.
 MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # tracking on when set (trainer.tracking)
 MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+ADAPTER_IMAGE_ENV = "KAITO_ADAPTER_IMAGE"  # where the push sends the adapter (a tag on the MLflow run)
 MLFLOW_CREDENTIAL_ENVS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 STRENGTHS_ENV = "KAITO_ADAPTER_STRENGTHS"  # name=strength,... (format_strengths / parse_strengths)
 

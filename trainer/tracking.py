@@ -18,8 +18,10 @@ held-out evaluation or a resumed pod. Here a failure to reach MLflow is logged a
 HTTP retries are bounded (``BOUNDED_REQUESTS``, unless the environment sets them) so an unreachable
 server costs seconds, not the minutes of its default backoff.
 
-The adapter's digest is not known here: the push runs after the trainer exits (see the README's
-"Experiment tracking").
+The run records where the adapter goes (tag ``kaito.sh/adapter-image``: tuning.output.image, as the
+controller passes it), not its digest: the digest exists once the push is done, and the push runs after
+the trainer exited (the next container of the pod, or the ``<ws>-push`` Job), in the tools image, which
+has no MLflow and must not see the tracker's credentials. ``status.tuning.adapter`` holds the digest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from contract.pod import (
+    ADAPTER_IMAGE_ENV,
     MLFLOW_EXPERIMENT_ENV,
     MLFLOW_TRACKING_URI_ENV,
     WORKSPACE_NAME_ENV,
@@ -53,6 +56,7 @@ log = logging.getLogger("trainer")
 DEFAULT_EXPERIMENT = "kaito-tune"
 RUN_ID_FILE = "mlflow-run-id"  # in the checkpoints directory: kept across pod restarts, gone when done
 WORKSPACE_TAG = "kaito.sh/workspace"
+ADAPTER_IMAGE_TAG = "kaito.sh/adapter-image"  # where the push will send the adapter (its tag, no digest)
 BOUNDED_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 QUIET_STDOUT = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 PARAM_MAX_CHARS = 6000  # MLflow's limit on a param's value
@@ -202,8 +206,10 @@ def _open_run(uri: str, experiment: str, saved: Path, env: Mapping[str, str]) ->
         return client, run_id
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    name = env.get(WORKSPACE_NAME_ENV)
+    name, image = env.get(WORKSPACE_NAME_ENV), env.get(ADAPTER_IMAGE_ENV)
     tags = {WORKSPACE_TAG: f"{env.get(WORKSPACE_NAMESPACE_ENV, 'default')}/{name}"} if name else {}
+    if image:
+        tags[ADAPTER_IMAGE_TAG] = image
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(run_id + "\n")

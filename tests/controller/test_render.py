@@ -484,6 +484,7 @@ def test_mlflow_tracking_reaches_the_train_container_and_no_other():
     env = _env(containers(job)["train"])
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.mlflow:5000"
     assert env["MLFLOW_EXPERIMENT_NAME"]["value"] == "team-a-chat"  # the annotation's, over the setting's
+    assert env["KAITO_ADAPTER_IMAGE"]["value"] == "registry.example.com/adapters/a:v1"  # a tag of the run
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         assert env[key]["valueFrom"] == {
             "secretKeyRef": {"name": "mlflow-auth", "key": key, "optional": True}

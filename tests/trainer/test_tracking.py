@@ -17,7 +17,14 @@ from tests.trainer.conftest import run_trainer
 from tests.trainer.synthetic import code_word_rows, kaito_config, write_jsonl
 from tests.trainer.test_status_sink import Recorder
 from trainer.status_sink import WorkspaceRef, WorkspaceStatusSink
-from trainer.tracking import RUN_ID_FILE, WORKSPACE_TAG, numeric, run_params, start_tracking
+from trainer.tracking import (
+    ADAPTER_IMAGE_TAG,
+    RUN_ID_FILE,
+    WORKSPACE_TAG,
+    numeric,
+    run_params,
+    start_tracking,
+)
 
 EXPERIMENT = "kaito-tune-tests"
 
@@ -47,6 +54,7 @@ def tracked(tmp_path_factory, mlflow_server):
         "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
         "KAITO_WORKSPACE_NAME": "tuning-phi",  # outside a cluster: no status sink, a warning
         "KAITO_WORKSPACE_NAMESPACE": "team-a",
+        "KAITO_ADAPTER_IMAGE": "registry.example/adapters/phi:v1",
     }
     result = run_trainer(
         "--config", _config(tmp, 6), "--data", tmp / "data", "--output", tmp / "out", env=env
@@ -66,6 +74,7 @@ def test_the_run_holds_params_metric_history_and_evaluation(tracked):
     run = client.get_run(tracking["runId"])
     assert run.info.run_name == "tuning-phi" and run.info.status == "FINISHED"
     assert run.data.tags[WORKSPACE_TAG] == "team-a/tuning-phi"
+    assert run.data.tags[ADAPTER_IMAGE_TAG] == "registry.example/adapters/phi:v1"
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT == tracking["experiment"]
     params = run.data.params
     assert params["preset"] == "tiny-llama" and params["method"] == metadata["method"]

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.pod import (
+    ADAPTER_IMAGE_ENV,
     CONFIG_DIR,
     CONFIG_KEY,
     DATA_DIR,
@@ -416,8 +417,8 @@ def _train_container(
 def _tracking_env(ws: Workspace, settings: Settings) -> list[dict[str, Any]]:
     """MLflow's own variables for the trainer's client (``trainer.tracking``), when tracking is on: the
     server, the experiment (the Workspace's annotation, else the setting's) and the credentials from the
-    Secret the setting names, each key optional. Only the train container gets them: the pre-flight and
-    the push talk to no tracker."""
+    Secret the setting names, each key optional; and the image the adapter will be pushed to, which the
+    run records. Only the train container gets them: the pre-flight and the push talk to no tracker."""
     if not settings.mlflow_tracking_uri:
         return []
     annotations = ws.metadata.get("annotations") or {}
@@ -426,6 +427,8 @@ def _tracking_env(ws: Workspace, settings: Settings) -> list[dict[str, Any]]:
         {"name": MLFLOW_TRACKING_URI_ENV, "value": settings.mlflow_tracking_uri},
         {"name": MLFLOW_EXPERIMENT_ENV, "value": experiment},
     ]
+    if _tuning(ws).output.image:
+        env.append({"name": ADAPTER_IMAGE_ENV, "value": _tuning(ws).output.image})
     if settings.mlflow_credentials_secret:
         secret = settings.mlflow_credentials_secret
         env += [
