@@ -44,8 +44,14 @@ def dry_run(kube_client, namespace: str, objects: list[dict]) -> list[dict]:
 
 
 def test_rendered_objects_pass_server_side_dry_run(kube_client, namespace, nodeclaim_crd, tmp_path):
-    """KAITO's tuning example as a user applies it (its placeholder output image replaced)."""
-    objects = rendered(write_seed(tmp_path), KAITO_TUNE_AUTO_PROVISIONING="true")
+    """KAITO's tuning example as a user applies it (its placeholder output image replaced), tracked in
+    MLflow with credentials (the train container's secretKeyRef variables)."""
+    objects = rendered(
+        write_seed(tmp_path),
+        KAITO_TUNE_AUTO_PROVISIONING="true",
+        KAITO_TUNE_MLFLOW_TRACKING_URI="http://mlflow.mlflow:5000",
+        KAITO_TUNE_MLFLOW_CREDENTIALS_SECRET="mlflow-auth",
+    )
     kinds = [o["kind"] for o in objects]
     assert kinds == [
         "ConfigMap",
