@@ -383,6 +383,7 @@ SECTION_SAMPLES: dict[str, dict[str, Any]] = {
         "skip_bad_rows": True,
     },
     "DataCollator": {"completion_only_loss": False, "assistant_only_loss": False},
+    "EvaluationConfig": {"min_improvement": 0.05},
 }
 # Accepted and documented as doing nothing: KAITO's templates set it, and causal LMs have no masked-LM mode.
 ACCEPTED_FOR_KAITO = {("DataCollator", "mlm")}
@@ -499,6 +500,17 @@ def test_dataset_and_collator_keys_reach_the_preflight_options(section, key):
     config = parse(doc, "qlora")
     options = config.dataset if section == "DatasetConfig" else config.collator
     assert getattr(options, key) == value
+
+
+def test_evaluation_keys_reach_the_trainers_gate():
+    """min_improvement becomes the trainer's gate (its verdict in metadata.json: test_training.py)."""
+    from trainer.config import parse
+
+    doc = default_training_config("qlora")
+    doc["training_config"]["DatasetConfig"]["train_test_split"] = 0.9
+    doc["training_config"]["EvaluationConfig"] = dict(SECTION_SAMPLES["EvaluationConfig"])
+    assert parse(doc, "qlora").min_improvement == 0.05
+    assert parse(default_training_config("qlora"), "qlora").min_improvement is None
 
 
 @pytest.mark.parametrize(
