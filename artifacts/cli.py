@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from artifacts import mediatypes
-from artifacts.errors import ArtifactError, InvalidInputError
+from artifacts.errors import ArtifactError, InvalidInputError, NotBetterError
 from artifacts.fetch import FetchOptions, fetch_urls
 from artifacts.fetch_model import fetch_model
 from artifacts.hosts import parse_network
@@ -24,7 +24,7 @@ from artifacts.models import push_model
 from artifacts.pull import inspect, pull
 from artifacts.push import push
 from artifacts.registry import GIB, MIB, ClientOptions
-from contract.pod import urls_sha256
+from contract.pod import EXIT_NOT_BETTER, urls_sha256
 
 
 def _default_docker_config() -> str | None:
@@ -81,7 +81,8 @@ def _client_options(args: argparse.Namespace) -> ClientOptions:
 
 
 def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turns an error into one line on stderr (and the termination log) and exit status 1."""
+    """Turns an error into one line on stderr (and the termination log) and exit status 1, or
+    EXIT_NOT_BETTER for an adapter the gate refused (the training Job's failure policy fails at once)."""
 
     def wrapper(args: argparse.Namespace) -> int:
         try:
@@ -96,7 +97,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
                     Path(args.termination_log).write_text(reason + "\n")
                 except OSError as log_error:
                     print(f"error: cannot write {args.termination_log}: {log_error}", file=sys.stderr)
-            return 1
+            return EXIT_NOT_BETTER if isinstance(exc, NotBetterError) else 1
 
     return wrapper
 
@@ -130,6 +131,7 @@ def _push(args: argparse.Namespace) -> int:
         options=_client_options(args),
         overrides=overrides,
         annotations=_annotations(args.annotation),
+        ignore_gate=args.ignore_gate,
     )
     if args.digest_file:
         Path(args.digest_file).write_text(result.digest + "\n")
@@ -272,6 +274,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         facts.add_argument(flag)
     parser.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--digest-file", metavar="PATH", help="also write the manifest digest here")
+    parser.add_argument(
+        "--ignore-gate",
+        action="store_true",
+        help=f"push even when metadata.json says the adapter failed EvaluationConfig.min_improvement "
+        f"(refused otherwise, exit status {EXIT_NOT_BETTER})",
+    )
     _add_common(parser)
     parser.set_defaults(func=_guarded(_push))
 

@@ -11,6 +11,7 @@
     ├── UnsafeContentError        a path that would land outside the destination (traversal, escaping links)
     ├── SizeLimitError            content larger than the configured cap
     ├── InvalidInputError         a bad reference, directory, docker config or flag value
+    ├── NotBetterError            an adapter whose metadata.json says it failed the trainer's gate
     └── FetchError                a URL input that could not be downloaded
         └── BlockedHostError      a URL whose host is loopback, private, link-local or a metadata service
 """
@@ -52,6 +53,11 @@ class SizeLimitError(ArtifactError):
 
 class InvalidInputError(ArtifactError):
     """A reference, directory, docker config or option the caller passed is unusable."""
+
+
+class NotBetterError(ArtifactError):
+    """The adapter did not beat the base model by EvaluationConfig.min_improvement (metadata.json's
+    ``gate``): pushing it is refused, and retrying cannot change that."""
 
 
 class FetchError(ArtifactError):

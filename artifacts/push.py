@@ -19,7 +19,7 @@ from typing import Any
 
 from artifacts import layout
 from artifacts import mediatypes as mt
-from artifacts.errors import InvalidInputError
+from artifacts.errors import InvalidInputError, NotBetterError
 from artifacts.reference import Reference
 from artifacts.registry import ClientOptions, RegistryClient, file_digest, sha256_digest
 from artifacts.tarlayer import write_data_layer
@@ -71,6 +71,17 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     return _read_json_object(directory / layout.METADATA_FILE)
 
 
+def refuse_failed_gate(directory: Path) -> None:
+    """NotBetterError when the trainer's verdict in metadata.json (``contract.reports.improvement_gate``)
+    says the adapter failed EvaluationConfig.min_improvement; the directory is left as it is."""
+    gate = read_metadata(directory).get("gate")
+    if isinstance(gate, dict) and gate.get("passed") is False:
+        raise NotBetterError(
+            f"not pushed: {gate.get('message')}; the adapter stays in {directory} "
+            "(to ship it anyway: kaito-tune push --ignore-gate)"
+        )
+
+
 def read_facts(directory: Path, overrides: dict[str, Any]) -> layout.TuningFacts:
     """The tuning facts; PEFT's ``adapter_config.json`` is read only when no preset is named."""
     metadata = read_metadata(directory)
@@ -88,8 +99,10 @@ def push(
     overrides: dict[str, Any] | None = None,
     annotations: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    ignore_gate: bool = False,
 ) -> PushResult:
-    """Push ``directory`` to ``reference`` (which needs a tag); returns the manifest digest."""
+    """Push ``directory`` to ``reference`` (which needs a tag); returns the manifest digest. An adapter
+    that failed the trainer's gate is refused (NotBetterError) unless ``ignore_gate``."""
     if fmt not in mt.FORMATS:
         raise InvalidInputError(f"format {fmt!r} is not one of {', '.join(mt.FORMATS)}")
     ref = Reference.parse(reference)
@@ -98,6 +111,8 @@ def push(
             f"push needs a tag, not a digest: write {ref.registry}/{ref.repository}:<tag>"
         )
     files = list_files(directory)
+    if not ignore_gate:
+        refuse_failed_gate(directory)
     facts = read_facts(directory, overrides or {})
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     client = RegistryClient(ref, options or ClientOptions(), push=True)

@@ -46,6 +46,9 @@ EXIT_OK = 0  # trained (or the results already held a complete adapter)
 EXIT_UNUSABLE = 1  # config, preset or data cannot be used: retrying cannot help
 EXIT_SIGTERM = 143  # 128 + SIGTERM: stopped after a checkpoint, resumable
 
+# ---- exit code of the push step (kaito-tune push) besides 0 and 1 -------------------------------------
+EXIT_NOT_BETTER = 3  # the adapter failed EvaluationConfig.min_improvement: not pushed, a retry cannot help
+
 # ---- adapter strengths ---------------------------------------------------------------------------------
 DEFAULT_STRENGTH = 1.0
 _STRENGTH = re.compile(r"^[0-9]*\.?[0-9]+$")

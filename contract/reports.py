@@ -14,9 +14,13 @@ and reader live here, so the two sides cannot drift::
                "tokensPerSecond": 2450.0, "etaSeconds": 95.0, "event": "progress",
                "updatedAt": "2025-01-01T12:00:00Z"}
     evaluation: {"baseLoss": 2.31, "adapterLoss": 0.84, "basePerplexity": 10.07,
-               "adapterPerplexity": 2.32, "heldOutRows": 24, "summary": "2.31->0.84"}
+               "adapterPerplexity": 2.32, "heldOutRows": 24, "summary": "2.31->0.84",
+               "checks": {"passed": 20, "total": 24, "basePassed": 3}}
     tracking: {"uri": "http://mlflow.mlflow:5000", "experiment": "kaito-tune", "runId": "4f1c...",
                "error": null}
+
+With ``EvaluationConfig.min_improvement`` the trainer also writes the gate's verdict into metadata.json
+(``improvement_gate``); the push step reads it there and refuses an adapter that failed it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
+
+from contract.checks import ChecksScore, checks_line
 
 SUMMARY_MAX_BYTES = 3800  # the kubelet keeps 4096 bytes of a termination message
 FIRST_BAD_ROWS = 5
@@ -154,8 +160,9 @@ def progress_status(event: ProgressEvent, now: dt.datetime) -> ProgressStatus:
 class EvaluationStatus(TypedDict):
     """``status.tuning.evaluation``, and the artifact's ``sh.kaito.tuning.evaluation+json``: the held-out
     loss on trained tokens of the base model before the first step and of the adapter after the last,
-    perplexity = exp(loss). ``summary`` is the EVAL printer column. Every key is always present (None
-    when not measured), so a merge patch replaces an older evaluation whole."""
+    perplexity = exp(loss). ``summary`` is the EVAL printer column. ``checks``: the task checks' score
+    (``contract.checks``), None without checks. Every key is always present (None when not measured), so
+    a merge patch replaces an older evaluation whole."""
 
     baseLoss: float | None
     adapterLoss: float | None
@@ -163,6 +170,7 @@ class EvaluationStatus(TypedDict):
     adapterPerplexity: float | None
     heldOutRows: int
     summary: str
+    checks: ChecksScore | None
 
 
 NOT_EVALUATED = "no held-out rows"
@@ -180,9 +188,13 @@ def _perplexity(loss: float | None) -> float | None:
 
 
 def evaluation_status(
-    base_loss: float | None, adapter_loss: float | None, held_out_rows: int
+    base_loss: float | None,
+    adapter_loss: float | None,
+    held_out_rows: int,
+    checks: ChecksScore | None = None,
 ) -> EvaluationStatus:
-    """The evaluation so far: the base's loss once measured, the adapter's after the last step."""
+    """The evaluation so far: the base's loss (and checks) once measured, the adapter's after the last
+    step."""
     if not held_out_rows:
         summary = NOT_EVALUATED
     elif adapter_loss is None:
@@ -196,6 +208,7 @@ def evaluation_status(
         "adapterPerplexity": _perplexity(adapter_loss),
         "heldOutRows": held_out_rows,
         "summary": summary,
+        "checks": checks,
     }
 
 
@@ -206,6 +219,12 @@ def _measured(evaluation: Mapping[str, Any], side: str) -> str:
 
 def evaluation_line(evaluation: Mapping[str, Any]) -> str:
     """The evaluation for people: `kaito-tune status`, the Succeeded Event, the demo."""
+    checks = evaluation.get("checks")
+    losses = _losses_line(evaluation)
+    return f"{losses}; {checks_line(checks)}" if checks else losses
+
+
+def _losses_line(evaluation: Mapping[str, Any]) -> str:
     rows = evaluation.get("heldOutRows") or 0
     if not rows:
         return "none: no held-out rows (set DatasetConfig.train_test_split below 1 to hold some out)"
@@ -213,6 +232,41 @@ def evaluation_line(evaluation: Mapping[str, Any]) -> str:
     if "->" not in str(evaluation.get("summary")):  # a finished evaluation's summary is "base->adapter"
         return f"{text}, the adapter's after the last step"
     return f"{text} -> adapter {_measured(evaluation, 'adapter')}"
+
+
+class GateVerdict(TypedDict):
+    """metadata.json's ``gate``: whether the adapter's held-out loss is at least ``minImprovement`` (a
+    fraction) below the base's. Decided once by the trainer and kept with the adapter, so the push step
+    of any later pod (a retry, the multi-node push Job, a person) reads the same verdict without
+    measuring again. ``improvement`` is (base - adapter) / base, None when either was not measured."""
+
+    minImprovement: float
+    improvement: float | None
+    passed: bool
+    message: str
+
+
+def _change(improvement: float) -> str:
+    return f"{abs(improvement):.1%} {'lower' if improvement >= 0 else 'higher'}"
+
+
+def improvement_gate(evaluation: Mapping[str, Any], min_improvement: float) -> GateVerdict:
+    """The verdict on ``evaluation`` (``EvaluationStatus``): passed when the adapter's held-out loss is at
+    least ``min_improvement`` of the base's below it; failed when it is not, or was not measured."""
+    base, adapter = evaluation.get("baseLoss"), evaluation.get("adapterLoss")
+    asked = f"EvaluationConfig.min_improvement asks for at least {min_improvement:.1%} lower"
+    if base is None or adapter is None or base <= 0:
+        message = f"the held-out loss was not measured (base {base}, adapter {adapter}); {asked}"
+        return {"minImprovement": min_improvement, "improvement": None, "passed": False, "message": message}
+    improvement = round((base - adapter) / base, 4)
+    passed = improvement >= min_improvement
+    message = f"held-out loss: base {base:.4g} -> adapter {adapter:.4g}, {_change(improvement)}; {asked}"
+    return {
+        "minImprovement": min_improvement,
+        "improvement": improvement,
+        "passed": passed,
+        "message": message,
+    }
 
 
 # ---- experiment tracking -------------------------------------------------------------------------------

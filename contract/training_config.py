@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from contract import training_options
+from contract.checks import MAX_CHECKS, MAX_NEW_TOKENS, check_problems
 from contract.problems import Problem
 from contract.suggest import did_you_mean
 
@@ -31,6 +32,7 @@ SECTIONS = (
     "TrainingArguments",
     "DatasetConfig",
     "DataCollator",
+    "EvaluationConfig",
 )
 
 
@@ -113,6 +115,23 @@ DATA_COLLATOR_OPTIONS: dict[str, dict[str, Any]] = {
     "completion_only_loss": _opt(["bool"], True, "loss on completions only (prompt/completion data)"),
     "assistant_only_loss": _opt(["bool"], True, "loss on assistant turns only (conversational data)"),
 }
+EVALUATION_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
+    "min_improvement": _opt(
+        ["float", "null"],
+        None,
+        "push the adapter only when its held-out loss is at least this fraction below the base model's "
+        "(0.05: 5% lower; 0: no higher); otherwise the push is skipped, the Workspace fails with both "
+        "losses and the adapter stays on the results claim. Needs DatasetConfig.train_test_split below 1",
+    ),
+    "checks": _opt(
+        ["list", "null"],
+        None,
+        f"task checks, at most {MAX_CHECKS}: each {{prompt, and one of exact, contains, regex}}; after "
+        "training the base and the adapter answer every prompt (greedy decoding) and "
+        "status.tuning.evaluation.checks counts who passed (contract/checks.py)",
+    ),
+    "check_max_new_tokens": _opt(["int"], 32, "tokens each answer to a check may have"),
+}
 
 # KAITO's lora-params-template / qlora-params-template, plus TRL's packing (KAITO trains one unpacked
 # example per step: with packing, a step is one row of up to max_length tokens of whole examples).
@@ -185,6 +204,7 @@ def option_sets() -> dict[str, dict[str, dict[str, Any]]]:
         "TrainingArguments": _training_arguments(),
         "DatasetConfig": DATASET_CONFIG_OPTIONS,
         "DataCollator": DATA_COLLATOR_OPTIONS,
+        "EvaluationConfig": EVALUATION_CONFIG_OPTIONS,
     }
 
 
@@ -228,6 +248,14 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         "a fraction in (0, 1]: 1 trains on every row",
     ),
     ("DatasetConfig", "shuffle_seed"): (_non_negative, "an integer >= 0"),
+    ("EvaluationConfig", "check_max_new_tokens"): (
+        lambda v: 1 <= v <= MAX_NEW_TOKENS,
+        f"an integer from 1 to {MAX_NEW_TOKENS}: a check wants a short answer",
+    ),
+    ("EvaluationConfig", "min_improvement"): (
+        lambda v: 0 <= v < 1,
+        "a fraction in [0, 1): 0.05 asks for a held-out loss 5% below the base's, 0 for one no higher",
+    ),
     ("DatasetConfig", "max_length"): (_positive, "a positive integer (tokens) or null"),
 }
 # String options whose values name a torch dtype.
@@ -574,28 +602,40 @@ def _initialisation_rules(sections: Mapping[str, Any], path: str) -> list[Proble
 
 
 def _evaluation_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
-    """Evaluation needs held-out rows, which only DatasetConfig.train_test_split below 1 sets aside."""
-    args, dataset = sections.get("TrainingArguments"), sections.get("DatasetConfig") or {}
-    if not isinstance(args, Mapping) or not isinstance(dataset, Mapping):
+    """Evaluation needs held-out rows, which only DatasetConfig.train_test_split below 1 sets aside; the
+    gate (EvaluationConfig.min_improvement) compares the base's and the adapter's loss on them."""
+    dataset = sections.get("DatasetConfig") or {}
+    if not isinstance(dataset, Mapping):
         return []
     split = dataset.get("train_test_split", 1)
     if not isinstance(split, int | float) or split < 1:
         return []
-    asks = {
-        "eval_strategy": args.get("eval_strategy") not in (None, "no"),
-        "eval_on_start": args.get("eval_on_start") is True,
-        "load_best_model_at_end": args.get("load_best_model_at_end") is True,
-    }
+    args, evaluation = sections.get("TrainingArguments") or {}, sections.get("EvaluationConfig") or {}
+    asks: dict[tuple[str, str], bool] = {}
+    if isinstance(args, Mapping):
+        asks["TrainingArguments", "eval_strategy"] = args.get("eval_strategy") not in (None, "no")
+        asks["TrainingArguments", "eval_on_start"] = args.get("eval_on_start") is True
+        asks["TrainingArguments", "load_best_model_at_end"] = args.get("load_best_model_at_end") is True
+    if isinstance(evaluation, Mapping):
+        asks["EvaluationConfig", "min_improvement"] = evaluation.get("min_improvement") is not None
     return [
         Problem(
-            f"{path}.TrainingArguments.{key}",
+            f"{path}.{section}.{key}",
             "evaluates, but DatasetConfig.train_test_split holds no rows out",
-            args[key],
+            sections[section][key],
             "set DatasetConfig.train_test_split below 1 (e.g. 0.9), or unset it",
         )
-        for key, asked in asks.items()
+        for (section, key), asked in asks.items()
         if asked
     ]
+
+
+def _check_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
+    """Each of EvaluationConfig.checks, at its index and field (``contract.checks``)."""
+    evaluation = sections.get("EvaluationConfig")
+    if not isinstance(evaluation, Mapping):
+        return []
+    return check_problems(evaluation.get("checks"), f"{path}.EvaluationConfig.checks")
 
 
 # The same setting reachable from two sections: both are accepted, but they must agree.
@@ -679,6 +719,7 @@ def validate_training_config(
     problems += _kaito_rules(sections, method, path)
     problems += _initialisation_rules(sections, path)
     problems += _evaluation_rules(sections, path)
+    problems += _check_rules(sections, path)
     problems += _conflicts(sections, path)
     return problems
 

@@ -37,6 +37,7 @@ SECTION_MEANING = {
     "TrainingArguments": "TRL `SFTConfig` (transformers `TrainingArguments` plus SFT options)",
     "DatasetConfig": "which columns hold the examples, shuffling, the train/eval split, bad-row policy",
     "DataCollator": "how batches are built and which tokens count in the loss",
+    "EvaluationConfig": "this project's: how the adapter is judged against the base before it is pushed",
 }
 
 
@@ -51,7 +52,7 @@ def training_config_reference() -> str:
         "# training_config.yaml reference",
         "",
         "A tuning Workspace's `tuning.config` names a ConfigMap whose key `training_config.yaml` holds",
-        "one map, `training_config`, with the six sections below (any other section is an error).",
+        "one map, `training_config`, with the seven sections below (any other section is an error).",
         "Every key is checked when the Workspace is applied (and by `kaito-tune validate`): unknown keys",
         "get the nearest known name, values their type and range. Without `tuning.config` the method's",
         "template is used (`charts/kaito-tune/files/{lora,qlora}-params-template.yaml`).",

@@ -1,6 +1,6 @@
 """KAITO's ``training_config.yaml`` as typed settings, and the translators to the libraries' objects.
 
-The six sections and what they become:
+The seven sections and what they become:
 
     ModelConfig          -> ``from_pretrained`` kwargs (+ ``chat_template``)
     QuantizationConfig   -> ``transformers.BitsAndBytesConfig`` (None for plain LoRA)
@@ -8,6 +8,7 @@ The six sections and what they become:
     TrainingArguments    -> ``trl.SFTConfig`` kwargs (the trainer overrides the keys it owns)
     DatasetConfig        -> ``DatasetOptions``
     DataCollator         -> ``CollatorOptions``
+    EvaluationConfig     -> ``min_improvement`` (the gate on the push), ``checks`` (this project's)
 
 Keys, types and KAITO's rules are checked by ``contract.training_config`` (one implementation,
 shared with the controller, which runs it when a Workspace is applied), so a typo fails before a model
@@ -27,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from contract.problems import InvalidSpec, Problem, errors
-from contract.training_config import MODEL_CONFIG_OPTIONS, Method, validate_training_config
+from contract.training_config import (
+    EVALUATION_CONFIG_OPTIONS,
+    MODEL_CONFIG_OPTIONS,
+    Method,
+    validate_training_config,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +99,23 @@ class TrainingConfig:
     def sha256(self) -> str:
         canonical = json.dumps(self.sections, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def min_improvement(self) -> float | None:
+        """EvaluationConfig.min_improvement: how much lower than the base's the adapter's held-out loss
+        must be for the push to run (``contract.reports.improvement_gate``); None: no gate."""
+        value = self.section("EvaluationConfig").get("min_improvement")
+        return None if value is None else float(value)
+
+    @property
+    def checks(self) -> list[dict[str, str]]:
+        """EvaluationConfig.checks (``contract.checks``): [] without any."""
+        return list(self.section("EvaluationConfig").get("checks") or [])
+
+    @property
+    def check_max_new_tokens(self) -> int:
+        given = self.section("EvaluationConfig").get("check_max_new_tokens")
+        return int(given or EVALUATION_CONFIG_OPTIONS["check_max_new_tokens"]["default"])
 
     @property
     def max_length(self) -> int:

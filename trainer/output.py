@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
-    from contract.reports import EvaluationStatus
+    from contract.reports import EvaluationStatus, GateVerdict
     from presets.resolve import ResolvedPreset
     from trainer.config import TrainingConfig
     from trainer.data import DataFile
@@ -84,6 +84,7 @@ def build_metadata(
     report: dict[str, Any],
     metrics: dict[str, Any],
     evaluation: EvaluationStatus,
+    gate: GateVerdict | None,
     warnings: list[str],
 ) -> dict[str, Any]:
     """metadata.json: what was trained from what and how it was judged, for the artifact's annotations
@@ -103,6 +104,7 @@ def build_metadata(
         "data": {k: report[k] for k in ("rows", "usable_rows", "skipped_rows", "train_rows", "eval_rows")},
         "metrics": metrics,
         "evaluation": evaluation,
+        "gate": gate,  # EvaluationConfig.min_improvement's verdict (None: no gate); the push step reads it
         "warnings": warnings,
         "versions": {
             "torch": torch.__version__,

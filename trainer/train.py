@@ -6,6 +6,9 @@ on the base model before the first step and on the adapter after the last. Its l
 ``eval_loss`` over the pre-flight's labels, so only the tokens trained on count (assistant turns, or
 completions, as TRL's options say): each eval batch's mean token loss, averaged over the batches
 weighted by their rows.
+
+With ``EvaluationConfig.checks`` rank 0 has the model answer them (``trainer.checks``) at the same two
+moments, so the base's score is the initialised model's, as its loss is.
 """
 
 from __future__ import annotations
@@ -15,16 +18,20 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from contract.checks import ChecksScore
 from contract.pod import EXIT_OK, EXIT_SIGTERM
-from contract.reports import EvaluationStatus, evaluation_line, evaluation_status
+from contract.reports import EvaluationStatus, evaluation_line, evaluation_status, improvement_gate
 from presets.resolve import ResolvedPreset
+from trainer import checks as trainer_checks
 from trainer.checkpoint import CheckpointCallback, newest_complete, stop_on_sigterm
+from trainer.config import TrainingConfig
 from trainer.inputs import CheckedData, Setup
 from trainer.model import load_model, vllm_warnings
 from trainer.options import TrainerOptions
@@ -104,6 +111,27 @@ def _base_evaluation(trainer: SFTTrainer) -> tuple[float, float]:
     with as_base(trainer.model):
         out = trainer.evaluate(metric_key_prefix="base")
     return out["base_loss"], out["base_runtime"]
+
+
+def _checks(
+    trainer: SFTTrainer, data: CheckedData, config: TrainingConfig, base: int | None = None
+) -> tuple[ChecksScore, float]:
+    """The task checks' score (rank 0): the base's before ``train()`` (``base`` None), then the adapter's
+    with the base's count carried over; and the seconds it took."""
+    from peft import PeftModel
+
+    model = trainer.model
+    assert isinstance(model, PeftModel)
+    checks, started = config.checks, time.monotonic()
+    context = as_base(model) if base is None else nullcontext()
+    with context:
+        count = trainer_checks.passed(model, data.tokenizer, checks, config.check_max_new_tokens)
+    score: ChecksScore = {
+        "passed": None if base is None else count,
+        "total": len(checks),
+        "basePassed": count if base is None else base,
+    }
+    return score, time.monotonic() - started
 
 
 def _metrics(trainer: SFTTrainer, result: TrainOutput, base: tuple[float, float] | None) -> dict[str, Any]:
@@ -199,9 +227,13 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
     trainer.add_callback(tracker)
     progress.tracking = tracker.status
     outcome = "FAILED"  # unless it gets further
+    checking = bool(setup.config.checks) and trainer.is_world_process_zero()
     try:
         base = _base_evaluation(trainer) if held_out else None
-        progress.evaluation = evaluation_status(base[0] if base else None, None, held_out)
+        base_checks = _checks(trainer, data, setup.config) if checking else None
+        progress.evaluation = evaluation_status(
+            base[0] if base else None, None, held_out, base_checks[0] if base_checks else None
+        )
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if stop.is_set():
             log.warning(
@@ -211,7 +243,11 @@ def train(options: TrainerOptions, setup: Setup, data: CheckedData) -> int:
             outcome = "KILLED"
             return EXIT_SIGTERM
         metrics = _metrics(trainer, result, base)
-        evaluation = evaluation_status(base[0] if base else None, metrics.get("eval_loss"), held_out)
+        checks = None
+        if base_checks:
+            checks, seconds = _checks(trainer, data, setup.config, base_checks[0]["basePassed"])
+            metrics["checks_s"] = round(base_checks[1] + seconds, 3)
+        evaluation = evaluation_status(base[0] if base else None, metrics.get("eval_loss"), held_out, checks)
         log.info("evaluation: %s", evaluation_line(evaluation))
         tracker.finish(evaluation, trainer.state.global_step)
         outcome = "FINISHED"
@@ -234,7 +270,9 @@ def _write(
     metrics: dict[str, Any],
     evaluation: EvaluationStatus,
 ) -> None:
-    """The adapter, metadata.json and the completion marker (rank 0 only)."""
+    """The adapter, metadata.json (with the gate's verdict) and the completion marker (rank 0 only). A
+    failed gate still writes all three: the adapter is complete, so a retried pod does not train again,
+    and it stays on the results claim for a person to look at; the push step refuses it."""
     from peft import PeftModel
 
     assert isinstance(trainer.model, PeftModel)  # what build_trainer gave it, unwrapped
@@ -242,6 +280,14 @@ def _write(
     warnings = vllm_warnings(config.section("LoraConfig"))
     for warning in warnings:
         log.warning("%s", warning)
+    gate = None if config.min_improvement is None else improvement_gate(evaluation, config.min_improvement)
+    if gate is not None:
+        log.log(
+            logging.INFO if gate["passed"] else logging.WARNING,
+            "gate %s: %s",
+            "passed" if gate["passed"] else "failed (the push step will refuse)",
+            gate["message"],
+        )
     metadata = build_metadata(
         preset=setup.preset,
         method=setup.method,
@@ -251,6 +297,7 @@ def _write(
         report=data.prepared.report,
         metrics=metrics,
         evaluation=evaluation,
+        gate=gate,
         warnings=warnings,
     )
     save_tokenizer = bool(config.section("ModelConfig").get("chat_template"))

@@ -487,12 +487,25 @@ def _in_queue(
 def _finished(
     t: Target, seen: Mapping[str, Any], trained: st.JobOutcome
 ) -> tuple[list[Write], st.JobOutcome]:
-    """The GPU nodes released once the training Job ended; a multi-node adapter's push follows."""
+    """The GPU nodes released once the training Job ended; a multi-node adapter's push follows. A
+    failed push (one node: the pod's last container) says where the adapter stays."""
     writes = release_writes(t.ws, t.settings)
+    if trained.phase == st.FAILED and trained.failure.startswith(f"{PUSH} "):
+        return writes, replace(trained, message=c.clip(f"{trained.message}; {_kept(t)}"))
     if trained.phase != st.SUCCEEDED or not needs_push_job(t.ws):
         return writes, trained
     pushing, outcome = _push(t, seen, trained)
     return [*writes, *pushing], outcome
+
+
+def _kept(t: Target) -> str:
+    """Where the adapter of a failed push stays (a scratch volume goes with the pod)."""
+    if uses_results_claim(t.ws, t.settings):
+        return f"the adapter stays on claim {results_claim_name(t.ws)}, revision-{t.rev}"
+    return (
+        "the adapter was on the pod's scratch volume and is gone with it "
+        "(KAITO_TUNE_RESULTS_VOLUME=pvc keeps it)"
+    )
 
 
 def _push(t: Target, seen: Mapping[str, Any], trained: st.JobOutcome) -> tuple[list[Write], st.JobOutcome]:
@@ -513,10 +526,7 @@ def _push(t: Target, seen: Mapping[str, Any], trained: st.JobOutcome) -> tuple[l
     pushed = replace(pushed, start_time=trained.start_time)
     name = push_job_name(t.ws)
     if pushed.phase == st.FAILED:
-        message = (
-            f"push Job {name} failed: {pushed.message}; the adapter stays on claim "
-            f"{results_claim_name(t.ws)}, revision-{t.rev}"
-        )
+        message = f"push Job {name} failed: {pushed.message}; {_kept(t)}"
         return writes, replace(pushed, message=c.clip(message))
     if pushed.phase != st.SUCCEEDED:
         message = f"training completed; pushing the adapter in Job {name}: {pushed.message}"

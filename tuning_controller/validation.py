@@ -174,7 +174,28 @@ def _tuning_problems(
             else choose_training_config(tuning, training_config)
         )
         problems += _training_config_problems(method, preset, sku, config)
+        problems += _gate_problems(tuning, config)
     return problems
+
+
+def _gate_problems(tuning: TuningSpec, config: TrainingConfig | None) -> list[Problem]:
+    """EvaluationConfig.min_improvement holds the push back; a volume output has no push to hold."""
+    sections = config.doc.get(ROOT) if config is not None else None
+    evaluation = sections.get("EvaluationConfig") if isinstance(sections, Mapping) else None
+    value = evaluation.get("min_improvement") if isinstance(evaluation, Mapping) else None
+    if config is None or value is None or tuning.output is None or tuning.output.volume_source is None:
+        return []
+    where = f"{config.source}[{CONFIG_KEY}]" if config.from_user else config.source
+    return [
+        Problem(
+            f"{where}.{ROOT}.EvaluationConfig.min_improvement",
+            "gates the push, and tuning.output.volumeSource has none: the adapter is written into the "
+            "volume whatever its held-out loss",
+            value,
+            "use tuning.output.image, or unset min_improvement (status.tuning.evaluation shows both "
+            "losses either way)",
+        )
+    ]
 
 
 def _method_problems(value: str) -> tuple[Method | None, list[Problem]]:

@@ -626,6 +626,81 @@ CONFIG_CASES = [
     ),
     cfg_case("section-not-mapping", "qlora", [(f"{T}.LoraConfig", [8, 8])], f"{T}.LoraConfig", "mapping"),
     cfg_case(
+        "gate-without-held-out-rows",
+        "qlora",
+        [(f"{T}.EvaluationConfig", {"min_improvement": 0.05})],
+        f"{T}.EvaluationConfig.min_improvement",
+        "holds no rows out",
+    ),
+    cfg_case(
+        "gate-above-one",
+        "qlora",
+        [(f"{T}.DatasetConfig.train_test_split", 0.9), (f"{T}.EvaluationConfig", {"min_improvement": 5})],
+        f"{T}.EvaluationConfig.min_improvement",
+        "a fraction in [0, 1)",
+    ),
+    cfg_case(
+        "gate-negative",
+        "qlora",
+        [(f"{T}.DatasetConfig.train_test_split", 0.9), (f"{T}.EvaluationConfig", {"min_improvement": -0.1})],
+        f"{T}.EvaluationConfig.min_improvement",
+        "a fraction in [0, 1)",
+    ),
+    cfg_case(
+        "gate-percent-string",
+        "qlora",
+        [(f"{T}.DatasetConfig.train_test_split", 0.9), (f"{T}.EvaluationConfig", {"min_improvement": "5%"})],
+        f"{T}.EvaluationConfig.min_improvement",
+        "must be a number or null",
+    ),
+    *(
+        cfg_case(
+            f"check-{name}",
+            "qlora",
+            [(f"{T}.EvaluationConfig", {"checks": [{"prompt": "Hi?", "exact": "Hello"}, item]})],
+            f"{T}.EvaluationConfig.checks[1]{field}",
+            says,
+        )
+        for name, item, field, says in (
+            ("not-a-mapping", "What is 2+2? 4", "", "must be a mapping {prompt"),
+            ("no-prompt", {"exact": "4"}, ".prompt", "must be a non-empty string"),
+            ("blank-prompt", {"prompt": "  ", "exact": "4"}, ".prompt", "must be a non-empty string"),
+            ("no-answer", {"prompt": "2+2?"}, "", "exactly one of exact, contains or regex (has none)"),
+            ("two-answers", {"prompt": "2+2?", "exact": "4", "contains": "4"}, "", "(has exact, contains)"),
+            ("answer-not-text", {"prompt": "2+2?", "exact": 4}, ".exact", "must be a non-empty string"),
+            ("bad-regex", {"prompt": "2+2?", "regex": "4("}, ".regex", "is not a regular expression"),
+            ("field-typo", {"prompt": "2+2?", "exacts": "4"}, ".exacts", "did you mean 'exact'"),
+        )
+    ),
+    cfg_case(
+        "too-many-checks",
+        "qlora",
+        [(f"{T}.EvaluationConfig", {"checks": [{"prompt": f"q{i}", "exact": "a"} for i in range(101)]})],
+        f"{T}.EvaluationConfig.checks",
+        "holds 101 checks, more than 100",
+    ),
+    cfg_case(
+        "check-tokens-too-many",
+        "qlora",
+        [(f"{T}.EvaluationConfig", {"check_max_new_tokens": 65})],
+        f"{T}.EvaluationConfig.check_max_new_tokens",
+        "from 1 to 64",
+    ),
+    cfg_case(
+        "checks-not-a-list",
+        "qlora",
+        [(f"{T}.EvaluationConfig", {"checks": {"prompt": "2+2?", "exact": "4"}})],
+        f"{T}.EvaluationConfig.checks",
+        "must be a list or null",
+    ),
+    cfg_case(
+        "gate-option-typo",
+        "qlora",
+        [(f"{T}.EvaluationConfig", {"min_improvment": 0.05})],
+        f"{T}.EvaluationConfig.min_improvment",
+        "did you mean 'min_improvement'",
+    ),
+    cfg_case(
         "target-module-not-in-phi3",
         "qlora",
         [(f"{T}.LoraConfig.target_modules", ["q_proj", "o_proj"])],
@@ -699,3 +774,33 @@ def test_kaito_parity_warnings_and_accepted_annotations(adapters_ws: dict[str, A
     for family in ("ubuntu", "AzureLinux"):
         ws = edit(adapters_ws, "metadata.annotations", {"kaito.sh/node-image-family": family})
         assert not [p for p in validate_workspace(ws) if "node-image-family" in p.path]
+
+
+def test_a_gate_on_a_volume_output_is_refused(tuning_ws: dict[str, Any]) -> None:
+    """EvaluationConfig.min_improvement holds the push back; an output volume has no push to hold."""
+    doc = default_training_config("qlora")
+    doc["training_config"]["DatasetConfig"]["train_test_split"] = 0.9
+    doc["training_config"]["EvaluationConfig"] = {"min_improvement": 0.05}
+    ws = edit(edit(tuning_ws, "tuning.config", "my-config"), "tuning.method", "qlora")
+    assert errors(validate_workspace(ws, training_config=doc)) == []
+    volume = edit(ws, "tuning.output", {"volumeSource": {"emptyDir": {}}})
+    (problem,) = errors(validate_workspace(volume, training_config=doc))
+    assert (
+        problem.path
+        == "configmap/my-config[training_config.yaml].training_config.EvaluationConfig.min_improvement"
+    )
+    assert "tuning.output.volumeSource has none" in problem.message and "tuning.output.image" in problem.hint
+
+
+def test_a_bad_check_in_a_workspace_names_the_configmap_key_index_field_and_value(
+    tuning_ws: dict[str, Any],
+) -> None:
+    doc = default_training_config("qlora")
+    doc["training_config"]["EvaluationConfig"] = {"checks": [{"prompt": "Order?", "regex": "ORD-(\\d+"}]}
+    ws = edit(edit(tuning_ws, "tuning.config", "my-config"), "tuning.method", "qlora")
+    (problem,) = errors(validate_workspace(ws, training_config=doc))
+    assert str(problem).startswith(
+        "error: configmap/my-config[training_config.yaml].training_config.EvaluationConfig.checks[0].regex: "
+        "is not a regular expression (missing ), unterminated subpattern at position 4) (got 'ORD-(\\\\d+'); "
+        "Python's re syntax"
+    )

@@ -15,7 +15,7 @@ from artifacts.errors import InvalidInputError
 from artifacts.push import read_facts
 from contract.reports import evaluation_status
 
-EVALUATION = evaluation_status(6.6918, 0.0412, 7)
+EVALUATION = evaluation_status(6.6918, 0.0412, 7, {"passed": 24, "total": 24, "basePassed": 0})
 
 
 def adapter_dir(tmp_path: Path, **metadata) -> Path:
@@ -34,6 +34,7 @@ def test_the_evaluation_is_an_annotation_that_inspect_decodes(tmp_path):
     tuning = layout.tuning_from_annotations(annotations)
     assert tuning == facts.as_json()
     assert tuning["evaluation"]["baseLoss"] == 6.6918 and tuning["evaluation"]["adapterLoss"] == 0.0412
+    assert tuning["evaluation"]["checks"] == {"passed": 24, "total": 24, "basePassed": 0}  # the task checks
 
 
 def test_an_adapter_without_an_evaluation_has_no_such_annotation(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+from contract.checks import passes
 from contract.reports import (
     NOT_EVALUATED,
     ProgressEvent,
@@ -72,6 +73,7 @@ def test_evaluation_status_is_the_status_shape_with_perplexity_and_summary():
         "adapterPerplexity": round(math.exp(0.84), 4),
         "heldOutRows": 24,
         "summary": "2.31->0.84",
+        "checks": None,
     }
     assert evaluation_line(evaluation) == (
         "held-out loss on 24 rows: base 2.312 (perplexity 10.1) -> adapter 0.84 (perplexity 2.316)"
@@ -93,3 +95,14 @@ def test_evaluation_without_held_out_rows_says_so_and_never_writes_nan():
     assert diverged["summary"] == "nan->800"
     json.dumps(diverged, allow_nan=False)
     assert evaluation_line(diverged) == "held-out loss on 3 rows: base n/a -> adapter n/a"
+
+
+def test_checks_match_exactly_by_substring_or_by_regex_and_their_score_joins_the_line():
+    assert passes({"prompt": "p", "exact": "River"}, " River\n") and not passes({"exact": "River"}, "River!")
+    assert passes({"contains": "red"}, "a red apple") and not passes({"contains": "Red"}, "a red apple")
+    assert passes({"regex": r"^ORD-\d{3}$"}, "ORD-123") and not passes({"regex": r"^ORD-\d{3}$"}, "ORD-12")
+    during = evaluation_status(2.3125, None, 24, {"passed": None, "total": 24, "basePassed": 3})
+    assert evaluation_line(during).endswith("; checks: adapter not yet answered, base 3/24")
+    done = evaluation_status(None, None, 0, {"passed": 20, "total": 24, "basePassed": 3})
+    assert evaluation_line(done).endswith("to hold some out); checks: adapter 20/24, base 3/24")
+    assert done["summary"] == NOT_EVALUATED and done["checks"] == {"passed": 20, "total": 24, "basePassed": 3}

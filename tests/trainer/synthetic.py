@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from contract.training_config import default_training_config
+from contract.training_config import SECTIONS, default_training_config
 from presets.tiny_task import CITIES, TEMPLATES, code_words, row
 
 
@@ -28,8 +28,8 @@ def kaito_config(path: Path, **training_arguments: Any) -> Path:
     """KAITO's qlora-params-template, with overrides to TrainingArguments (and other sections by name)."""
     sections = default_training_config("qlora")["training_config"]
     for name in list(training_arguments):
-        if name in sections:
-            sections[name].update(training_arguments.pop(name))
+        if name in SECTIONS:
+            sections.setdefault(name, {}).update(training_arguments.pop(name))
     sections["TrainingArguments"].update(training_arguments)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"training_config": sections}, sort_keys=False))

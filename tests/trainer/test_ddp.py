@@ -44,6 +44,8 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
         logging_steps=1,
         ModelConfig={"chat_template": TEMPLATE},
         DatasetConfig={"train_test_split": 0.75},
+        # rank 0 alone answers them, before the first step and after the last, while rank 1 waits
+        EvaluationConfig={"checks": [{"prompt": "Code word for Paris?", "regex": "(?s).*"}] * 3},
     )
     rows, files = read_rows(tmp_path / "data")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer.qlora"]
@@ -69,6 +71,7 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
     evaluation = metadata["evaluation"]
     assert evaluation == events[-1]["evaluation"] and evaluation["heldOutRows"] == len(prepared.eval) == 24
     assert evaluation["adapterLoss"] < evaluation["baseLoss"], evaluation
+    assert evaluation["checks"] == {"passed": 3, "total": 3, "basePassed": 3}
     assert (tmp_path / "out" / ".kaito-complete").is_file()
     assert not list((tmp_path / "out").glob(".results-*"))
     assert (tmp_path / "out" / "chat_template.jinja").read_text() == TEMPLATE

@@ -383,6 +383,11 @@ SECTION_SAMPLES: dict[str, dict[str, Any]] = {
         "skip_bad_rows": True,
     },
     "DataCollator": {"completion_only_loss": False, "assistant_only_loss": False},
+    "EvaluationConfig": {
+        "min_improvement": 0.05,
+        "checks": [{"prompt": "Code word for Paris?", "exact": "River"}],
+        "check_max_new_tokens": 8,
+    },
 }
 # Accepted and documented as doing nothing: KAITO's templates set it, and causal LMs have no masked-LM mode.
 ACCEPTED_FOR_KAITO = {("DataCollator", "mlm")}
@@ -499,6 +504,22 @@ def test_dataset_and_collator_keys_reach_the_preflight_options(section, key):
     config = parse(doc, "qlora")
     options = config.dataset if section == "DatasetConfig" else config.collator
     assert getattr(options, key) == value
+
+
+def test_evaluation_keys_reach_the_trainers_gate_and_checks():
+    """min_improvement becomes the trainer's gate, checks and check_max_new_tokens its task checks (what
+    they do with them: test_training.py, test_checks.py)."""
+    from trainer.config import parse
+
+    doc = default_training_config("qlora")
+    doc["training_config"]["DatasetConfig"]["train_test_split"] = 0.9
+    sample = SECTION_SAMPLES["EvaluationConfig"]
+    doc["training_config"]["EvaluationConfig"] = dict(sample)
+    config = parse(doc, "qlora")
+    assert config.min_improvement == sample["min_improvement"] and config.checks == sample["checks"]
+    assert config.check_max_new_tokens == sample["check_max_new_tokens"]
+    unset = parse(default_training_config("qlora"), "qlora")
+    assert (unset.min_improvement, unset.checks, unset.check_max_new_tokens) == (None, [], 32)
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,24 @@ pytestmark = pytest.mark.slow
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def held_out_checks() -> list[dict[str, str]]:
+    """The 24 held-out rows as task checks: the prompt, and the code word as the exact answer."""
+    from trainer.config import DatasetOptions
+    from trainer.preflight import _split
+
+    rows = code_word_rows()
+    # the same shuffle and split the trainer uses: these prompts are never trained on
+    _, held_out = _split(list(range(len(rows))), DatasetOptions(train_test_split=0.75))
+    return [
+        {"prompt": rows[i]["messages"][0]["content"], "exact": rows[i]["messages"][1]["content"]}
+        for i in held_out
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One QLoRA run on the code-word task with a held-out quarter (KAITO's template plus a few knobs)."""
+    """One QLoRA run on the code-word task with a held-out quarter (KAITO's template plus a few knobs), the
+    held-out prompts as task checks and a gate it passes."""
     tmp = tmp_path_factory.mktemp("quality")
     write_jsonl(tmp / "data" / "train.jsonl", code_word_rows())
     config = kaito_config(
@@ -32,6 +47,7 @@ def trained(tmp_path_factory):
         eval_on_start=True,
         DatasetConfig={"train_test_split": 0.75},
         LoraConfig={"r": 16, "lora_alpha": 32, "target_modules": ALL_LINEAR},
+        EvaluationConfig={"min_improvement": 0.5, "checks": held_out_checks(), "check_max_new_tokens": 4},
     )
     result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,6 +73,12 @@ def test_eval_loss_falls_below_half_and_held_out_prompts_are_answered(trained, t
     assert evaluation["adapterPerplexity"] == pytest.approx(math.exp(evaluation["adapterLoss"]), rel=1e-3)
     assert re.fullmatch(r"\d+(\.\d+)?->\d+(\.\d+)?", evaluation["summary"]), evaluation  # e.g. 6.69->0.84
     assert 0 < metrics["evaluation_s"] < metrics["train_runtime_s"] / 10  # two passes over 24 rows
+    # EvaluationConfig.min_improvement 0.5: the adapter's loss is below half the base's, the push may run
+    assert metadata["gate"]["passed"] and metadata["gate"]["improvement"] > 0.5, metadata["gate"]
+    # the task checks: the held-out prompts, answered greedily by the base (before) and the adapter (after)
+    checks = evaluation["checks"]
+    assert checks["total"] == 24 and checks["passed"] > 12 and checks["passed"] > checks["basePassed"], checks
+    assert 0 < metrics["checks_s"] < 48 * 2  # 48 answers of at most 4 tokens: well under 2 s each on a CPU
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_preset)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_preset), tmp / "out").eval()
@@ -104,6 +126,8 @@ def test_progress_is_json_lines_with_loss_rate_and_eta(trained):
     # the base's loss rides on the first event, both losses on the last
     assert events[0]["evaluation"]["summary"].startswith("base ")
     assert events[-1]["event"] == "evaluated" and events[-1]["evaluation"]["adapterLoss"] is not None
+    assert events[0]["evaluation"]["checks"]["passed"] is None  # the base's count only, at the start
+    assert events[-1]["evaluation"]["checks"]["passed"] is not None
 
 
 def test_a_rerun_after_completion_does_nothing(trained):
@@ -113,3 +137,39 @@ def test_a_rerun_after_completion_does_nothing(trained):
     result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out")
     assert result.returncode == 0 and "already holds a complete adapter" in result.stderr
     assert (tmp / "out" / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_an_adapter_below_the_gate_is_kept_complete_and_its_push_refused(tmp_path, capsys):
+    """Two steps cannot lower the loss by 99%: the trainer still writes the adapter and the marker (exit 0,
+    so torchrun's pods are not retried), the push step refuses it from metadata.json before reaching the
+    registry, and a retried pod's train step finds the adapter complete and trains nothing."""
+    from contract.pod import EXIT_NOT_BETTER
+    from tuning_controller.cli import main
+
+    write_jsonl(tmp_path / "data" / "train.jsonl", code_word_rows())
+    config = kaito_config(
+        tmp_path / "config.yaml",
+        max_steps=2,
+        max_length=128,
+        DatasetConfig={"train_test_split": 0.75},
+        EvaluationConfig={"min_improvement": 0.99},
+    )
+    out = tmp_path / "out"
+    args = ("--config", config, "--data", tmp_path / "data", "--output", out)
+    result = run_trainer(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gate failed (the push step will refuse)" in result.stderr
+    gate = json.loads((out / "metadata.json").read_text())["gate"]
+    assert gate["passed"] is False and gate["minImprovement"] == 0.99 and gate["improvement"] < 0.99
+    assert (out / ".kaito-complete").is_file() and (out / "adapter_model.safetensors").is_file()
+
+    log = tmp_path / "termination-log"
+    refused = main(["push", str(out), "127.0.0.1:9/adapters/worse:v1", "--termination-log", str(log)])
+    assert refused == EXIT_NOT_BETTER  # port 9 (discard) was never dialled: the refusal comes first
+    assert (
+        log.read_text().startswith("not pushed: held-out loss: base ")
+        and "at least 99.0% lower" in log.read_text()
+    )
+
+    again = run_trainer(*args)
+    assert again.returncode == 0 and "already holds a complete adapter" in again.stderr

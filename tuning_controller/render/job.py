@@ -43,6 +43,7 @@ from contract.pod import (
     CONFIG_DIR,
     CONFIG_KEY,
     DATA_DIR,
+    EXIT_NOT_BETTER,
     EXIT_UNUSABLE,
     MLFLOW_CREDENTIAL_ENVS,
     MLFLOW_EXPERIMENT_ENV,
@@ -572,7 +573,9 @@ def render_training_job(
         backoff_limit=settings.backoff_limit * node_count(ws),  # a lost pod fails the N of its group
         deadline=settings.active_deadline_seconds,
         settings=settings,
-        failure_rules=_training_failure_rules(train),
+        failure_rules=_training_failure_rules(
+            train, pushes=bool(tuning.output.image) and node_count(ws) == 1
+        ),
         extra_annotations={DATA_SHA_ANNOTATION: data_sha256},
         pods=node_count(ws),
     )
@@ -586,14 +589,20 @@ def render_training_job(
 IGNORE_DISRUPTION = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
 
 
-def _training_failure_rules(train: dict[str, Any]) -> list[dict[str, Any]]:
+# The push step's refusal of an adapter that failed EvaluationConfig.min_improvement: the verdict is in
+# metadata.json next to the adapter, so a retry would refuse again (after fetching everything anew).
+FAIL_ON_NOT_BETTER = _fail_job_on_exit(PUSH, EXIT_NOT_BETTER)
+
+
+def _training_failure_rules(train: dict[str, Any], *, pushes: bool) -> list[dict[str, Any]]:
     """The trainer's "unusable" exit fails the Job at once, but only when the trainer is the container's
     process. torchrun exits 1 for any failure, a SIGTERM included (a deleted or lost pod, which must be
     retried and resume): under it only backoffLimit bounds the retries (the CPU pre-flight has checked the
-    data and config before)."""
-    if train["command"][0] == "torchrun":
-        return [IGNORE_DISRUPTION]
-    return [IGNORE_DISRUPTION, _fail_job_on_exit(TRAIN, EXIT_UNUSABLE)]
+    data and config before). A pod that ``pushes`` fails the Job when the push refuses a worse adapter."""
+    rules = [IGNORE_DISRUPTION]
+    if train["command"][0] != "torchrun":
+        rules.append(_fail_job_on_exit(TRAIN, EXIT_UNUSABLE))
+    return [*rules, FAIL_ON_NOT_BETTER] if pushes else rules
 
 
 def render_rendezvous_service(ws: Workspace) -> dict[str, Any]:
@@ -634,5 +643,5 @@ def render_push_job(ws: Workspace, settings: Settings, rev: str) -> dict[str, An
         backoff_limit=2,  # a registry blip; the adapter stays on the claim whatever happens
         deadline=settings.active_deadline_seconds,
         settings=settings,
-        failure_rules=[],
+        failure_rules=[FAIL_ON_NOT_BETTER],
     )
