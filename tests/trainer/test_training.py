@@ -49,7 +49,8 @@ def trained(tmp_path_factory):
         LoraConfig={"r": 16, "lora_alpha": 32, "target_modules": ALL_LINEAR},
         EvaluationConfig={"min_improvement": 0.5, "checks": held_out_checks(), "check_max_new_tokens": 4},
     )
-    result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out")
+    # 20-40 s alone; two CPU-bound jobs beside it on 2 cores (OpenMP threads spinning) made it pass 300 s
+    result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, result
 
