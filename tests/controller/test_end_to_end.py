@@ -231,7 +231,9 @@ def test_tuning_workspace_end_to_end(
     # ... and says how it was judged, without the Workspace
     out = kaito_tune("inspect", ref, *access)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["tuning"]["evaluation"] == evaluation
+    judged = json.loads(out.stdout)["tuning"]["evaluation"]
+    # a null in the trainer's merge patch (no task checks) removes the key from status; the artifact keeps it
+    assert {k: v for k, v in judged.items() if v is not None} == evaluation
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
