@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -53,3 +54,38 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeo
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def start_server(
+    command: list[str],
+    cwd: Path,
+    log: Path,
+    max_seconds: int,
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float,
+    interval: float = 0.2,
+) -> subprocess.Popen:
+    """``command`` as a test server: under coreutils' ``timeout`` (a lifetime cap), in a session of its own,
+    dying with its parent, its output appended to ``log``; returns once ``ready()``. It exiting first
+    raises StackError with the log's tail; on any failure it is stopped by its PID."""
+    process = subprocess.Popen(
+        ["timeout", "--kill-after=10", str(max_seconds), *command],
+        cwd=cwd,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise StackError(f"{what} exited ({process.returncode}): {log.read_text()[-2000:]}")
+        return ready()
+
+    try:
+        wait_for(up, timeout, what, interval=interval)
+    except BaseException:
+        stop_process(process, timeout=10)
+        raise
+    return process
