@@ -17,7 +17,7 @@ and reader live here, so the two sides cannot drift::
                "adapterPerplexity": 2.32, "heldOutRows": 24, "summary": "2.31->0.84",
                "checks": {"passed": 20, "total": 24, "basePassed": 3}}
     tracking: {"uri": "http://mlflow.mlflow:5000", "experiment": "kaito-tune", "runId": "4f1c...",
-               "error": null}
+               "error": null, "adapter": "registry.example/adapters/phi@sha256:..."}
 
 With ``EvaluationConfig.min_improvement`` the trainer also writes the gate's verdict into metadata.json
 (``improvement_gate``); the push step reads it there and refuses an adapter that failed it.
@@ -30,7 +30,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from contract.checks import ChecksScore, checks_line
@@ -275,12 +275,15 @@ def improvement_gate(evaluation: Mapping[str, Any], min_improvement: float) -> G
 class TrackingStatus(TypedDict):
     """``status.tuning.tracking``: the MLflow run the trainer logs to (``trainer.tracking``). ``uri`` has no
     user or password; ``error`` says why tracking stopped (training goes on without it), None while it
-    works. Every key is always present, so a merge patch replaces an older one whole."""
+    works. Every key the trainer writes is always present, so its merge patch replaces an older one
+    whole. ``adapter``: the pushed image@digest, once the controller has tagged the run with it
+    (``tuning_controller.run_tags``)."""
 
     uri: str
     experiment: str
     runId: str | None
     error: str | None
+    adapter: NotRequired[str]
 
 
 def tracking_status(
@@ -298,4 +301,6 @@ def tracking_line(tracking: Mapping[str, Any]) -> str:
     """The MLflow run for people (`kaito-tune status`)."""
     where = f"experiment {tracking.get('experiment')!r} at {tracking.get('uri')}"
     run = f"MLflow run {tracking['runId']} in {where}" if tracking.get("runId") else f"MLflow {where}"
+    if tracking.get("adapter"):
+        run = f"{run}; tagged with the adapter {tracking['adapter']}"
     return f"{run}; stopped: {tracking['error']}" if tracking.get("error") else run

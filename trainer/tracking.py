@@ -21,8 +21,8 @@ server costs seconds, not the minutes of its default backoff.
 The run records where the adapter goes (tag ``kaito.sh/adapter-image``: tuning.output.image, as the
 controller passes it), not its digest: the digest exists once the push is done, and the push runs after
 the trainer exited (the next container of the pod, or the ``<ws>-push`` Job), in the tools image, which
-has no MLflow and must not see the tracker's credentials. ``status.tuning.adapter`` holds the digest.
-"""
+has no MLflow and must not see the tracker's credentials. The controller adds the digest to the run
+(``tuning_controller.run_tags``)."""
 
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ class Settings:
     mlflow_credentials_secret: str = ""
     """A Secret, in each Workspace's namespace, whose MLFLOW_TRACKING_USERNAME and _PASSWORD (or
     MLFLOW_TRACKING_TOKEN) keys reach the train container, and only it, as those variables; each key is
-    optional. Empty: the server needs no credentials."""
+    optional. The chart maps the same-named Secret of its own namespace into the controller, which tags
+    each run with the pushed adapter's digest (``run_tags``). Empty: the server needs no credentials."""
 
     def __post_init__(self) -> None:
         # The two lists are stored canonical (networks as CIDRs, registries in lower case).

@@ -1,20 +1,30 @@
-"""End to end on the local cluster and the real node: the training config's EvaluationConfig. Task checks
-answered by the base and the adapter in the real train container, their score in the status, `kaito-tune
-status`, the Succeeded Event and the pushed artifact; and the gate, which fails a Workspace whose adapter
-does not beat the base by min_improvement without pushing it, retrying or training again."""
+"""End to end on the local cluster and the real node: did the tuning help? A tiny-llama tuning of the
+code-word task (presets/tiny_task.py) with a quarter held out and its 24 held-out prompts as task checks,
+tracked in a real MLflow server: the base's and the adapter's held-out loss and check scores reach the
+status, `kaito-tune status`, the Succeeded Event and the pushed artifact (`kaito-tune inspect`), and the run
+holds the params, the loss history, the evaluation and the pushed adapter's digest. And the gate, which
+fails a Workspace whose adapter does not beat the base by min_improvement without pushing it, retrying or
+training again."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 
+import pytest
 import yaml
+from mlflow import MlflowClient
 
+from contract.pod import MLFLOW_CREDENTIAL_ENVS
+from hack.operators import RELEASE
+from presets.tiny_task import write_parquet
 from tests.controller.conftest import (
     apply,
     condition,
     dump,
     events,
+    get_workspace,
     jobs,
     make_parquet,
     tuning_workspace,
@@ -26,14 +36,12 @@ from tests.controller.test_end_to_end import (
     training_config,
     watch_until_done,
 )
-from tests.fixtures.cluster import kube_json
+from tests.fixtures.cluster import kube_json, wait_for
+from tests.fixtures.mlflow import MlflowServer, start_mlflow
+from tests.trainer.synthetic import code_word_rows, held_out_checks
+from tuning_controller.run_tags import ADAPTER_TAG
 
-# make_parquet's rows are "what is i plus i?" -> "i plus i is 2i.": checks of the answer's form, which the
-# tiny base (random weights) cannot produce; the end-to-end test's few steps do not teach it either.
-CHECKS = [
-    *({"prompt": f"what is {i} plus {i}?", "regex": rf"^{i} plus {i} is"} for i in range(12)),
-    *({"prompt": f"what is {i} plus {i}?", "contains": "plus"} for i in range(12, 24)),
-]
+TRAIN_STEPS = 80  # batches of 8 of the 72 training rows: the demo's test answers 24/24 after 80 (QLoRA)
 
 
 def create_evaluation_config(api, namespace: str, name: str, evaluation: dict, max_steps: int = STEPS) -> str:
@@ -45,7 +53,68 @@ def create_evaluation_config(api, namespace: str, name: str, evaluation: dict, m
     return name
 
 
-def test_task_checks_end_to_end(
+def code_word_config(api, namespace: str, name: str, checks: list[dict]) -> str:
+    """The demo's LoRA settings (examples/tuning/tiny-llama-demo.yaml) for TRAIN_STEPS, a quarter held out
+    and evaluated before and after only, and ``checks``."""
+    args = {
+        "output_dir": "/mnt/results",
+        "save_strategy": "no",
+        "per_device_train_batch_size": 8,
+        "max_steps": TRAIN_STEPS,
+        "learning_rate": 0.003,
+        "max_length": 128,
+        "logging_steps": 5,
+        "eval_strategy": "no",
+    }
+    all_linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    doc = {
+        "training_config": {
+            "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True},
+            "QuantizationConfig": {"load_in_4bit": False},
+            "LoraConfig": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": all_linear},
+            "TrainingArguments": args,
+            "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 0.75},
+            "EvaluationConfig": {"checks": checks, "check_max_new_tokens": 4, "min_improvement": 0.5},
+        }
+    }
+    body = {"metadata": {"name": name}, "data": {"training_config.yaml": yaml.safe_dump(doc)}}
+    kube_json(api, "POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
+    return name
+
+
+@pytest.fixture
+def node_mlflow(tmp_path, node) -> Iterator[MlflowServer]:
+    """The tracking server on the node's address, so that pods (trainer and controller) reach it."""
+    server = start_mlflow(tmp_path / "mlflow", bind=node.ip)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def create_credentials(api, namespace: str, name: str = "mlflow-auth") -> str:
+    """MLflow credentials (the server takes none: the test checks where they reach, not auth)."""
+    values = {"MLFLOW_TRACKING_USERNAME": "tuner", "MLFLOW_TRACKING_PASSWORD": "loopback-only"}
+    body = {
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
+    kube_json(api, "POST", f"/api/v1/namespaces/{namespace}/secrets", body)
+    return name
+
+
+def inspect(image: str, digest: str, registry, tmp_path) -> dict:
+    """`kaito-tune inspect` of the pushed adapter, as a user runs it."""
+    docker_config = tmp_path / "docker.json"
+    auth = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+    ref = f"{image.rsplit(':', 1)[0]}@{digest}"
+    out = kaito_tune("inspect", ref, "--docker-config", str(docker_config), "--plain-http")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_adapter_beats_the_base_in_status_artifact_and_mlflow(
     kube_client,
     namespace,
     control_plane,
@@ -54,40 +123,87 @@ def test_task_checks_end_to_end(
     chart_operator,
     data_server,
     tiny_model,
+    node_mlflow,
     tmp_path,
 ):
     base_url, served = data_server
-    make_parquet(served / "train.parquet", rows=24)
-    chart_operator(progressIntervalSeconds=1, resyncSeconds=5)
+    rows = code_word_rows()  # 96: every phrasing of 24 cities; the pre-flight holds 24 out
+    write_parquet(served / "code-words.parquet", rows)
+    secret = create_credentials(kube_client, namespace)
+    release = f"{namespace}-operator"  # the controller reads the same-named Secret in its own namespace
+    kube_json(kube_client, "POST", "/api/v1/namespaces", {"metadata": {"name": release}})
+    create_credentials(kube_client, release, secret)
+    mlflow = {"trackingUri": node_mlflow.uri, "experiment": "kaito-tune", "credentialsSecret": secret}
+    chart_operator(progressIntervalSeconds=1, resyncSeconds=5, mlflow=mlflow)
     create_push_secret(kube_client, namespace, node_registry)
-    evaluation = {"checks": CHECKS, "check_max_new_tokens": 8, "min_improvement": 0.0}
-    config = create_evaluation_config(kube_client, namespace, "checks-config", evaluation)
+    checks = held_out_checks(rows)
+    config = code_word_config(kube_client, namespace, "checks-config", checks)
     image = node_registry.ref("adapters/checks", "v1")
     output = {"image": image, "imagePushSecret": "push-secret"}
-    urls = [f"{base_url}/train.parquet"]
-    apply(kube_client, tuning_workspace("checks", namespace, urls=urls, output=output, config=config))
-    final, _ = watch_until_done(kube_client, namespace, "checks", timeout=480)
+    urls = [f"{base_url}/code-words.parquet"]
+    ws = tuning_workspace("checks", namespace, urls=urls, output=output, config=config)
+    ws["metadata"]["annotations"] = {"kaito.sh/mlflow-experiment": "node-tests"}
+    apply(kube_client, ws)
+    final, _ = watch_until_done(kube_client, namespace, "checks", timeout=600)
 
     assert condition(final, "WorkspaceSucceeded")["status"] == "True", dump(kube_client, namespace, "checks")
     tuning = final["status"]["tuning"]
-    checks = tuning["evaluation"]["checks"]
-    # The real container answered and scored all 24. That the adapter beats the base is shown where the
-    # training is long enough to learn answers (tests/trainer/test_training.py: the held-out code-word
-    # prompts); these few steps on the sums (seen: 0/24 for both) test the plumbing.
-    assert checks["total"] == 24 and 0 <= checks["basePassed"] <= 24 and 0 <= checks["passed"] <= 24, checks
-    line = f"checks: adapter {checks['passed']}/24, base {checks['basePassed']}/24"
+    evaluation, checks_score = tuning["evaluation"], tuning["evaluation"]["checks"]
+    # did it help? On 24 rows it never saw, and on their 24 prompts answered greedily
+    assert evaluation["heldOutRows"] == 24 and evaluation["adapterLoss"] < evaluation["baseLoss"], evaluation
+    assert checks_score["total"] == 24 and checks_score["passed"] > checks_score["basePassed"], checks_score
+    line = f"checks: adapter {checks_score['passed']}/24, base {checks_score['basePassed']}/24"
     succeeded = [e for e in events(kube_client, namespace, "checks") if e["reason"] == "Succeeded"]
     assert succeeded and line in succeeded[0]["message"], succeeded
-    status = kaito_tune("status", "checks", "-n", namespace, "--kubeconfig", str(control_plane.kubeconfig))
-    assert line in status.stdout, status.stdout + status.stderr
+    # the same numbers travel with the adapter
+    adapter = tuning["adapter"]
+    pushed = inspect(image, adapter["digest"], node_registry, tmp_path)["tuning"]["evaluation"]
+    assert {k: pushed[k] for k in evaluation} == evaluation, (pushed, evaluation)
 
-    docker_config = tmp_path / "docker.json"
-    auth = base64.b64encode(f"{node_registry.username}:{node_registry.password}".encode()).decode()
-    docker_config.write_text(json.dumps({"auths": {node_registry.host: {"auth": auth}}}))
-    ref = f"{image.rsplit(':', 1)[0]}@{tuning['adapter']['digest']}"
-    out = kaito_tune("inspect", ref, "--docker-config", str(docker_config), "--plain-http")
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["tuning"]["evaluation"]["checks"] == checks
+    # the run in MLflow: params, the loss history, the evaluation, and the pushed adapter's digest, which
+    # the controller tags once the push is done
+    tracking = tuning["tracking"]
+    assert tracking["uri"] == node_mlflow.uri and tracking["experiment"] == "node-tests", tracking
+    reference = f"{image.rsplit(':', 1)[0]}@{adapter['digest']}"
+
+    def tracking_done() -> dict | None:
+        now = get_workspace(kube_client, namespace, "checks")["status"]["tuning"]["tracking"]
+        return now if now.get("adapter") or now.get("error") else None
+
+    tagged = wait_for(tracking_done, 30, "status.tuning.tracking.adapter")
+    assert tagged.get("error") is None and tagged["adapter"] == reference, tagged
+    status = kaito_tune("status", "checks", "-n", namespace, "--kubeconfig", str(control_plane.kubeconfig))
+    shown = f"{line}\nTracking: MLflow run {tracking['runId']}"
+    assert shown in status.stdout and f"tagged with the adapter {reference}" in status.stdout, status.stdout
+    client = MlflowClient(node_mlflow.uri)
+    run = client.get_run(tracking["runId"])
+    assert run.info.run_name == "checks" and run.info.status == "FINISHED"
+    assert run.data.tags["kaito.sh/workspace"] == f"{namespace}/checks"
+    assert run.data.tags[ADAPTER_TAG] == reference
+    assert run.data.params["preset"] == "tiny-llama" and run.data.params["method"] == "lora"
+    assert run.data.params["data_sha256"] == tuning["data"]["sha256"]
+    assert run.data.params["TrainingArguments.max_steps"] == str(TRAIN_STEPS)
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(5, TRAIN_STEPS + 1, 5)), [m.step for m in history]
+    assert history[-1].value < history[0].value
+    for key in ("baseLoss", "adapterLoss", "basePerplexity", "adapterPerplexity", "heldOutRows"):
+        assert run.data.metrics[f"evaluation.{key}"] == evaluation[key], key
+
+    # the controller's copy comes from the Secret of its own namespace, and the Workspace's reached the
+    # train container, and no other container of either Job
+    deployment = kube_json(kube_client, "GET", f"/apis/apps/v1/namespaces/{release}/deployments/{RELEASE}")
+    (controller,) = deployment["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in controller["env"] if "valueFrom" in e}
+    assert refs == {k: {"name": secret, "key": k, "optional": True} for k in MLFLOW_CREDENTIAL_ENVS}, refs
+    for job in jobs(kube_client, namespace):
+        spec = job["spec"]["template"]["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            names = {e["name"] for e in container.get("env", [])}
+            expected = set(MLFLOW_CREDENTIAL_ENVS) if container["name"] == "train" else set()
+            assert names & set(MLFLOW_CREDENTIAL_ENVS) == expected, (
+                job["metadata"]["name"],
+                container["name"],
+            )
 
 
 def test_the_gate_fails_a_workspace_whose_adapter_is_not_better_enough(

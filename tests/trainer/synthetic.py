@@ -34,3 +34,16 @@ def kaito_config(path: Path, **training_arguments: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"training_config": sections}, sort_keys=False))
     return path
+
+
+def held_out_checks(rows: list[dict[str, Any]], train_test_split: float = 0.75) -> list[dict[str, str]]:
+    """Task checks of the rows the trainer holds out of ``rows`` (the pre-flight's own shuffle and split,
+    so these prompts are never trained on): the user turn, and the assistant's answer exactly."""
+    from trainer.config import DatasetOptions
+    from trainer.preflight import _split
+
+    _, held_out = _split(list(range(len(rows))), DatasetOptions(train_test_split=train_test_split))
+    return [
+        {"prompt": rows[i]["messages"][0]["content"], "exact": rows[i]["messages"][1]["content"]}
+        for i in held_out
+    ]

@@ -10,25 +10,11 @@ import re
 import pytest
 
 from tests.trainer.conftest import run_trainer
-from tests.trainer.synthetic import code_word_rows, code_words, kaito_config, write_jsonl
+from tests.trainer.synthetic import code_word_rows, code_words, held_out_checks, kaito_config, write_jsonl
 
 pytestmark = pytest.mark.slow
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def held_out_checks() -> list[dict[str, str]]:
-    """The 24 held-out rows as task checks: the prompt, and the code word as the exact answer."""
-    from trainer.config import DatasetOptions
-    from trainer.preflight import _split
-
-    rows = code_word_rows()
-    # the same shuffle and split the trainer uses: these prompts are never trained on
-    _, held_out = _split(list(range(len(rows))), DatasetOptions(train_test_split=0.75))
-    return [
-        {"prompt": rows[i]["messages"][0]["content"], "exact": rows[i]["messages"][1]["content"]}
-        for i in held_out
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,11 @@ def trained(tmp_path_factory):
         eval_on_start=True,
         DatasetConfig={"train_test_split": 0.75},
         LoraConfig={"r": 16, "lora_alpha": 32, "target_modules": ALL_LINEAR},
-        EvaluationConfig={"min_improvement": 0.5, "checks": held_out_checks(), "check_max_new_tokens": 4},
+        EvaluationConfig={
+            "min_improvement": 0.5,
+            "checks": held_out_checks(code_word_rows()),
+            "check_max_new_tokens": 4,
+        },
     )
     # 20-40 s alone; two CPU-bound jobs beside it on 2 cores (OpenMP threads spinning) made it pass 300 s
     result = run_trainer("--config", config, "--data", tmp / "data", "--output", tmp / "out", timeout=900)

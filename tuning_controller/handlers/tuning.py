@@ -60,6 +60,7 @@ from tuning_controller.render.job import (
 )
 from tuning_controller.render.jobset import JOBSET_API_VERSION, JOBSET_UID_LABEL
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_names
+from tuning_controller.run_tags import adapter_tag_due, set_adapter_tag, tracking_patch
 from tuning_controller.settings import Settings
 from tuning_controller.tuning_reconcile import (
     DATA_JOB,
@@ -263,7 +264,8 @@ def _schedule(key: str, phase: str | None, settings: Settings, *, blocked: bool 
 def workspace_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any) -> None:
     """Every event of a tuning Workspace: the listing at start and a new or changed essence reconcile;
     any other change (its status) restarts its resync wait, as kopf's idle timers did. No kopf state
-    is stored on the Workspace: its own status says what happened."""
+    is stored on the Workspace: its own status says what happened. A tracked revision whose adapter
+    was pushed gets its digest into the MLflow run."""
     key = key_of(body)
     if type == "DELETED":
         if settings().auto_provisioning:
@@ -273,10 +275,39 @@ def workspace_event(body: kopf.Body, type: str | None, logger: Logger, **_: Any)
         if _handled.forget(body):
             _resync.cancel(key)
             metrics.set_state(KIND, key, None)
-    elif type is None or _handled.changed(body):
-        _reconcile_workspace(body, logger)
     else:
-        _schedule(key, _stored_phase(body), settings(), blocked=st.name_taken(body))
+        if type is None or _handled.changed(body):
+            _reconcile_workspace(body, logger)
+        else:
+            _schedule(key, _stored_phase(body), settings(), blocked=st.name_taken(body))
+        _tag_adapter(body, logger)
+
+
+def _tag_adapter(body: Mapping[str, Any], logger: Logger) -> None:
+    """A tracked revision's adapter was pushed (the status write that said so is this event): put its
+    image@digest into the MLflow run (``tuning_controller.run_tags``), once, and record the outcome."""
+    tag = adapter_tag_due((body.get("status") or {}).get("tuning") or {})
+    if tag is None:
+        return
+    error = None
+    try:
+        set_adapter_tag(tag)
+    except RuntimeError as err:
+        error = str(err)
+        logger.warning("MLflow run %s: the adapter's digest was not logged: %s", tag.run_id, error)
+    meta = body["metadata"]
+    try:
+        controller().kube.merge_patch(
+            settings().workspace_api_version,
+            "Workspace",
+            meta["namespace"],
+            meta["name"],
+            tracking_patch(body, tag, error),
+            subresource="status",
+        )
+    except KubeError as err:
+        if not err.conflict:  # a conflict: a newer Workspace event decides again
+            raise
 
 
 def _live_tuning(ws: Mapping[str, Any]) -> bool:

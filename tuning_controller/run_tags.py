@@ -1,0 +1,89 @@
+"""The pushed adapter's reference (image@digest) in the Workspace's MLflow run.
+
+The trainer logs the run, but the digest exists only after the push, which runs after the trainer
+exited, in the tools image, without MLflow or the tracker's credentials. The controller sees the digest
+first (the push container's termination message, ``status.tuning.adapter``), so it tags the run: one
+``runs/set-tag`` call of MLflow's REST API, by ``requests`` (the controller image has no MLflow client:
+mlflow-skinny would bring some thirty packages for one POST). Credentials come from the controller's own
+environment under MLflow's names (MLFLOW_TRACKING_TOKEN, or _USERNAME and _PASSWORD: the chart maps the
+``settings.mlflow.credentialsSecret`` of the release's namespace), never from the Workspaces' Secrets,
+which the controller may not read.
+
+One attempt per pushed adapter, bounded by ``TIMEOUT_S``: the tag is recorded in
+``status.tuning.tracking.adapter``; a failure goes into ``status.tuning.tracking.error`` and is not
+retried (as a tracking failure in the trainer: a tracker never holds a Workspace up).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+ADAPTER_TAG = "kaito.sh/adapter"  # the pushed adapter, image@sha256:...
+TIMEOUT_S = 10.0
+ERROR_PREFIX = "the adapter's digest was not logged to the run"
+
+
+@dataclass(frozen=True)
+class AdapterTag:
+    """A run to tag with the pushed adapter's reference."""
+
+    uri: str
+    run_id: str
+    reference: str
+
+
+def adapter_tag_due(tuning: Mapping[str, Any]) -> AdapterTag | None:
+    """The tag to set once a tracked revision's adapter is pushed: not yet done (``tracking.adapter``)
+    nor tried (``tracking.error``, which also stands when the trainer's tracking stopped)."""
+    tracking, adapter = tuning.get("tracking") or {}, tuning.get("adapter") or {}
+    if tuning.get("phase") != "Succeeded" or not adapter.get("digest") or not adapter.get("image"):
+        return None
+    if (
+        not tracking.get("runId")
+        or not tracking.get("uri")
+        or tracking.get("adapter")
+        or tracking.get("error")
+    ):
+        return None
+    repository = adapter["image"].rsplit("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:  # the tag goes: the digest names the content
+        repository = repository.rsplit(":", 1)[0]
+    return AdapterTag(tracking["uri"], tracking["runId"], f"{repository}@{adapter['digest']}")
+
+
+def auth_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """MLflow's client rules: a token is a bearer token; else a user and password are basic auth."""
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"}
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
+def set_adapter_tag(tag: AdapterTag, env: Mapping[str, str] = os.environ) -> None:
+    """Tag the run; raises RuntimeError saying what MLflow answered."""
+    url = f"{tag.uri.rstrip('/')}/api/2.0/mlflow/runs/set-tag"
+    body = {"run_id": tag.run_id, "key": ADAPTER_TAG, "value": tag.reference}
+    try:
+        answer = requests.post(url, json=body, headers=auth_headers(env), timeout=TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+    if answer.status_code != 200:
+        raise RuntimeError(f"{url} answered {answer.status_code}: {answer.text[:300]}")
+
+
+def tracking_patch(ws_obj: Mapping[str, Any], tag: AdapterTag, error: str | None) -> dict[str, Any]:
+    """The status patch that records the attempt, conditional on the Workspace's resourceVersion (a new
+    revision meanwhile resets tracking, and this record must not land on it)."""
+    record = {"error": f"{ERROR_PREFIX}: {error}"[:500]} if error else {"adapter": tag.reference}
+    return {
+        "metadata": {"resourceVersion": ws_obj["metadata"]["resourceVersion"]},
+        "status": {"tuning": {"tracking": record}},
+    }
