@@ -879,3 +879,29 @@ def test_eval_files_hold_rows_out_for_evaluation(asks: dict[str, dict[str, Any]]
     assert validate_training_config(doc, "qlora") == []
     doc[T]["DatasetConfig"]["eval_files"] = []  # an empty list holds nothing out
     assert errors(validate_training_config(doc, "qlora")) == refused
+
+
+def test_eval_files_must_match_a_file_the_input_urls_are_saved_as(tuning_ws: dict[str, Any]) -> None:
+    """With tuning.input.urls the controller knows the data's file names when the Workspace is applied (the
+    name fetch-data saves each URL under): a pattern matching none of them is refused there, not after
+    the download."""
+    urls = [
+        "https://data.example.com/sets/train.jsonl",
+        "https://data.example.com/sets/eval%20set.jsonl?download=true",
+        "https://mirror.example.com/other/train.jsonl",  # a second train.jsonl is saved as 2-train.jsonl
+    ]
+    ws = edit(edit(tuning_ws, "tuning.config", "my-config"), "tuning.input.urls", urls)
+    doc = default_training_config("qlora")
+    doc[T]["DatasetConfig"]["eval_files"] = ["eval_set.jsonl", "2-*.jsonl"]
+    assert errors(validate_workspace(ws, training_config=doc)) == []
+    doc[T]["DatasetConfig"]["eval_files"] = ["eval_set.jsonl", "eval*.parquet", "valid.jsonl"]
+    problems = errors(validate_workspace(ws, training_config=doc))
+    assert [str(p) for p in problems] == [
+        f"error: configmap/my-config[training_config.yaml].{T}.DatasetConfig.eval_files[{index}]: matches "
+        "none of the files tuning.input.urls are saved as (train.jsonl, eval_set.jsonl, 2-train.jsonl) "
+        f"(got {pattern!r}); name one of them (a URL is saved under its last path segment), or a glob that "
+        "matches one"
+        for index, pattern in ((1, "eval*.parquet"), (2, "valid.jsonl"))
+    ]
+    volume = edit(ws, "tuning.input", {"volumeSource": {"persistentVolumeClaim": {"claimName": "data"}}})
+    assert errors(validate_workspace(volume, training_config=doc)) == []  # the pre-flight checks those
