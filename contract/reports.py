@@ -8,8 +8,8 @@ and reader live here, so the two sides cannot drift::
 
     data:     {"ok": false, "rows": 120, "usableRows": 118, "badRows": 2, "sha256": "9f...", "files": 1,
                "firstBadRows": [{"row": 7, "file": "train.parquet", "reason": "..."}], "errors": ["..."],
-               "trainRows": 0, "evalRows": 0, "tokens": {"min": 12, "p50": 80, "max": 300,
-               "truncatedRows": 0}, "packing": "bfd"}
+               "trainRows": 0, "evalRows": 0, "evalFiles": [], "tokens": {"min": 12, "p50": 80,
+               "max": 300, "truncatedRows": 0}, "packing": "bfd"}
     progress: {"step": 40, "totalSteps": 120, "percent": 33, "loss": 2.31, "evalLoss": null,
                "tokensPerSecond": 2450.0, "etaSeconds": 95.0, "event": "progress",
                "updatedAt": "2025-01-01T12:00:00Z"}
@@ -37,6 +37,7 @@ from contract.checks import ChecksScore, checks_line
 
 SUMMARY_MAX_BYTES = 3800  # the kubelet keeps 4096 bytes of a termination message
 FIRST_BAD_ROWS = 5
+EVAL_FILES_SHOWN = 10  # of DatasetConfig.eval_files' matches (a glob may match many); the log has all
 MAX_ERRORS = 5
 
 
@@ -59,6 +60,8 @@ def data_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "errors": [str(e)[:600] for e in report.get("errors") or []][:MAX_ERRORS],
         "trainRows": report.get("train_rows", 0),
         "evalRows": report.get("eval_rows", 0),
+        # the files the held-out rows are (DatasetConfig.eval_files); [] where train_test_split drew them
+        "evalFiles": [str(name)[:200] for name in (report.get("eval_files") or [])[:EVAL_FILES_SHOWN]],
         "tokens": {
             "min": tokens.get("min"),
             "p50": tokens.get("p50"),
@@ -79,12 +82,14 @@ def _compact(summary: Mapping[str, Any]) -> str:
 
 
 def write_data_summary(summary: Mapping[str, Any], limit: int = SUMMARY_MAX_BYTES) -> str:
-    """JSON under ``limit`` bytes: drop bad-row details, then shorten error texts, until it fits."""
+    """JSON under ``limit`` bytes: drop bad-row details and eval file names, then shorten error texts,
+    until it fits."""
     fitted: dict[str, Any] = json.loads(json.dumps(summary))
     text = _compact(fitted)
-    while len(text.encode()) > limit and fitted.get("firstBadRows"):
-        fitted["firstBadRows"].pop()
-        text = _compact(fitted)
+    for listed in ("firstBadRows", "evalFiles"):
+        while len(text.encode()) > limit and fitted.get(listed):
+            fitted[listed].pop()
+            text = _compact(fitted)
     while len(text.encode()) > limit and fitted.get("errors"):
         fitted["errors"] = [e[: max(40, len(e) // 2)] for e in fitted["errors"]]
         text = _compact(fitted)
@@ -227,7 +232,10 @@ def evaluation_line(evaluation: Mapping[str, Any]) -> str:
 def _losses_line(evaluation: Mapping[str, Any]) -> str:
     rows = evaluation.get("heldOutRows") or 0
     if not rows:
-        return "none: no held-out rows (set DatasetConfig.train_test_split below 1 to hold some out)"
+        return (
+            "none: no held-out rows (set DatasetConfig.train_test_split below 1, or name evaluation files "
+            "in DatasetConfig.eval_files, to hold some out)"
+        )
     text = f"held-out loss on {rows} rows: base {_measured(evaluation, 'base')}"
     if "->" not in str(evaluation.get("summary")):  # a finished evaluation's summary is "base->adapter"
         return f"{text}, the adapter's after the last step"

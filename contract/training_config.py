@@ -21,6 +21,7 @@ from typing import Any
 
 from contract import training_options
 from contract.checks import MAX_CHECKS, MAX_NEW_TOKENS, check_problems
+from contract.eval_files import MAX_EVAL_FILES, eval_file_problems
 from contract.problems import Problem
 from contract.suggest import did_you_mean
 
@@ -107,6 +108,13 @@ DATASET_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     "shuffle_dataset": _opt(["bool"], True, "shuffle rows before splitting"),
     "shuffle_seed": _opt(["int"], 42, "seed of the shuffle"),
     "train_test_split": _opt(["float"], 1.0, "fraction of rows used for training, in (0, 1]"),
+    "eval_files": _opt(
+        ["list", "null"],
+        None,
+        f"the held-out set instead of a random split, at most {MAX_EVAL_FILES}: data files (paths inside "
+        "the input, fnmatch globs such as eval*.parquet) whose rows are all held out, in file order; every "
+        "other file trains. Not with train_test_split below 1",
+    ),
     "max_length": _opt(["int", "null"], None, "tokens per row (default: TrainingArguments.max_length)"),
     "skip_bad_rows": _opt(["bool"], False, "drop malformed rows (counted) instead of failing"),
 }
@@ -121,7 +129,8 @@ EVALUATION_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         None,
         "push the adapter only when its held-out loss is at least this fraction below the base model's "
         "(0.05: 5% lower; 0: no higher); otherwise the push is skipped, the Workspace fails with both "
-        "losses and the adapter stays on the results claim. Needs DatasetConfig.train_test_split below 1",
+        "losses and the adapter stays on the results claim. Needs held-out rows: "
+        "DatasetConfig.train_test_split below 1 or DatasetConfig.eval_files",
     ),
     "checks": _opt(
         ["list", "null"],
@@ -299,7 +308,7 @@ FORBIDDEN = {
     ),
     **{
         (_TRAINING, key): "the Trainer does not read it (a flag for scripts): evaluation runs when "
-        "DatasetConfig.train_test_split holds rows out"
+        "DatasetConfig holds rows out (train_test_split below 1, or eval_files)"
         for key in ("do_train", "do_eval", "do_predict")
     },
     (_TRAINING, "local_rank"): "torchrun sets each process's rank",
@@ -601,14 +610,46 @@ def _initialisation_rules(sections: Mapping[str, Any], path: str) -> list[Proble
     ]
 
 
+def _split_below_one(dataset: Mapping[str, Any]) -> bool:
+    split = dataset.get("train_test_split", 1)
+    return isinstance(split, int | float) and not isinstance(split, bool) and split < 1
+
+
+def _names_eval_files(dataset: Mapping[str, Any]) -> bool:
+    files = dataset.get("eval_files")
+    return isinstance(files, list) and bool(files)
+
+
+def _dataset_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
+    """DatasetConfig.eval_files' entries, and the one way of holding rows out: eval_files or the split."""
+    dataset = sections.get("DatasetConfig")
+    if not isinstance(dataset, Mapping):
+        return []
+    where = f"{path}.DatasetConfig.eval_files"
+    problems = eval_file_problems(dataset.get("eval_files"), where)
+    if _names_eval_files(dataset) and _split_below_one(dataset):
+        problems.append(
+            Problem(
+                where,
+                "cannot be used with DatasetConfig.train_test_split below 1 "
+                f"({dataset['train_test_split']}): both choose the held-out rows; choose one",
+                dataset["eval_files"],
+                "keep eval_files for a fixed evaluation set (and unset train_test_split), or remove "
+                "eval_files for a random share",
+            )
+        )
+    return problems
+
+
 def _evaluation_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
-    """Evaluation needs held-out rows, which only DatasetConfig.train_test_split below 1 sets aside; the
-    gate (EvaluationConfig.min_improvement) compares the base's and the adapter's loss on them."""
+    """Evaluation needs held-out rows: DatasetConfig.train_test_split below 1 or DatasetConfig.eval_files
+    sets them aside; the gate (EvaluationConfig.min_improvement) compares the base's and the adapter's
+    loss on them."""
     dataset = sections.get("DatasetConfig") or {}
     if not isinstance(dataset, Mapping):
         return []
     split = dataset.get("train_test_split", 1)
-    if not isinstance(split, int | float) or split < 1:
+    if not isinstance(split, int | float) or _split_below_one(dataset) or _names_eval_files(dataset):
         return []
     args, evaluation = sections.get("TrainingArguments") or {}, sections.get("EvaluationConfig") or {}
     asks: dict[tuple[str, str], bool] = {}
@@ -621,9 +662,10 @@ def _evaluation_rules(sections: Mapping[str, Any], path: str) -> list[Problem]:
     return [
         Problem(
             f"{path}.{section}.{key}",
-            "evaluates, but DatasetConfig.train_test_split holds no rows out",
+            "evaluates, but DatasetConfig holds no rows out (train_test_split is 1, eval_files names none)",
             sections[section][key],
-            "set DatasetConfig.train_test_split below 1 (e.g. 0.9), or unset it",
+            "set DatasetConfig.train_test_split below 1 (e.g. 0.9) for a random share, or name a fixed "
+            "evaluation set in DatasetConfig.eval_files; or unset it",
         )
         for (section, key), asked in asks.items()
         if asked
@@ -718,6 +760,7 @@ def validate_training_config(
         method = None
     problems += _kaito_rules(sections, method, path)
     problems += _initialisation_rules(sections, path)
+    problems += _dataset_rules(sections, path)
     problems += _evaluation_rules(sections, path)
     problems += _check_rules(sections, path)
     problems += _conflicts(sections, path)

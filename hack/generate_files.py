@@ -35,7 +35,10 @@ SECTION_MEANING = {
     "QuantizationConfig": "transformers `BitsAndBytesConfig` (qlora: 4-bit NF4; lora: no quantisation)",
     "LoraConfig": "peft `LoraConfig` (target modules default to the preset's)",
     "TrainingArguments": "TRL `SFTConfig` (transformers `TrainingArguments` plus SFT options)",
-    "DatasetConfig": "which columns hold the examples, shuffling, the train/eval split, bad-row policy",
+    "DatasetConfig": (
+        "which columns hold the examples, shuffling, the held-out rows (a random split or eval files), "
+        "bad-row policy"
+    ),
     "DataCollator": "how batches are built and which tokens count in the loss",
     "EvaluationConfig": "this project's: how the adapter is judged against the base before it is pushed",
 }

@@ -66,6 +66,7 @@ class DatasetOptions:
     shuffle_dataset: bool = True
     shuffle_seed: int = 42
     train_test_split: float = 1.0  # share of rows used for training; the rest is the eval set
+    eval_files: tuple[str, ...] | None = None  # or: the files (paths, globs) whose rows are the eval set
     max_length: int | None = None  # falls back to TrainingArguments.max_length, then 1024
     skip_bad_rows: bool = False  # False: refuse to train when a row is unusable; True: skip and count
 
@@ -157,7 +158,9 @@ def parse(doc: dict[str, Any], method: str | None = None) -> TrainingConfig:
     losses = {k: args[k] for k in ("completion_only_loss", "assistant_only_loss") if args.get(k) is not None}
     text = {"text_column": args["dataset_text_field"]} if args.get("dataset_text_field") is not None else {}
     try:
-        dataset = DatasetOptions(**{**text, **_set(sections.get("DatasetConfig", {}))})
+        given = _set(sections.get("DatasetConfig", {}))
+        eval_files = {"eval_files": tuple(given["eval_files"])} if "eval_files" in given else {}
+        dataset = DatasetOptions(**{**text, **given, **eval_files})
         collator = CollatorOptions(**{**losses, **_set(sections.get("DataCollator", {}))})
     except TypeError as exc:  # pragma: no cover - keys were checked above
         raise ConfigError([Problem("training_config", str(exc))]) from exc

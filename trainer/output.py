@@ -101,7 +101,10 @@ def build_metadata(
         "config_sha256": config.sha256(),
         "training_config": config.sections,
         "data_sha256": {"files": {f.relpath: f.sha256 for f in files}, "combined": combined_sha256},
-        "data": {k: report[k] for k in ("rows", "usable_rows", "skipped_rows", "train_rows", "eval_rows")},
+        "data": {
+            k: report[k]
+            for k in ("rows", "usable_rows", "skipped_rows", "train_rows", "eval_rows", "eval_files")
+        },
         "metrics": metrics,
         "evaluation": evaluation,
         "gate": gate,  # EvaluationConfig.min_improvement's verdict (None: no gate); the push step reads it

@@ -17,6 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from contract.eval_files import held_out_names, names_listing, unmatched_patterns
 from trainer.config import CollatorOptions, DatasetOptions
 from trainer.data import BadRow, DataFile, Example, column_mapping, combined_sha256, to_example
 
@@ -171,7 +172,18 @@ def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
     }
 
 
-def _split(encoded: list[Encoded], options: DatasetOptions) -> tuple[list[Encoded], list[Encoded]]:
+def _split(
+    encoded: list[Encoded], options: DatasetOptions, held_out: list[DataFile]
+) -> tuple[list[Encoded], list[Encoded]]:
+    """Training and held-out rows: the rows of the ``held_out`` files whole and in file order where
+    DatasetConfig.eval_files names some (a fixed set, comparable across runs), else a shuffled share."""
+    if held_out:
+        spans = [range(f.first_row, f.first_row + f.rows) for f in held_out]
+        held = [e for e in encoded if any(e.index in span for span in spans)]
+        train = [e for e in encoded if not any(e.index in span for span in spans)]
+        if options.shuffle_dataset:
+            random.Random(options.shuffle_seed).shuffle(train)
+        return train, held
     rows = list(encoded)
     if options.shuffle_dataset:
         random.Random(options.shuffle_seed).shuffle(rows)
@@ -179,6 +191,21 @@ def _split(encoded: list[Encoded], options: DatasetOptions) -> tuple[list[Encode
         return rows, []
     n_train = min(len(rows) - 1, max(1, round(len(rows) * float(options.train_test_split))))
     return rows[:n_train], rows[n_train:]
+
+
+def _eval_file_errors(names: list[str], patterns: tuple[str, ...], held_out: list[str]) -> list[str]:
+    """Why DatasetConfig.eval_files cannot hold these files out: a pattern matches none (a typo, or a file
+    this data version lacks), or nothing is left to train on."""
+    unmatched = [
+        f"DatasetConfig.eval_files: {pattern!r} matches no data file (the files: {names_listing(names)})"
+        for pattern in unmatched_patterns(patterns, names)
+    ]
+    if unmatched or len(held_out) < len(names):
+        return unmatched
+    return [
+        f"DatasetConfig.eval_files holds out every data file ({names_listing(names)}): nothing is left to "
+        "train on; keep at least one file out of it"
+    ]
 
 
 def prepare(
@@ -216,7 +243,10 @@ def prepare(
         f"every row is longer than max_length {max_length}; raise DatasetConfig.max_length "
         "(or TrainingArguments.max_length) or shorten the data"
     )
-    errors = []
+    names = [f.relpath for f in files]
+    patterns = options.eval_files or ()
+    held_names = held_out_names(patterns, names)
+    errors = _eval_file_errors(names, patterns, held_names)
     if not encoded and bad and too_long == len(bad):
         errors.append(every_row_too_long)
     elif not encoded:
@@ -229,7 +259,16 @@ def prepare(
         )
     elif truncation is not None and stats["truncated_rows"] == len(encoded):
         errors.append(f"{every_row_too_long} (shortest has {stats['min']} tokens)")
-    train, evaluation = _split(encoded, options) if not errors else ([], [])
+    held_out = [f for f in files if f.relpath in held_names]
+    train, evaluation = _split(encoded, options, held_out) if not errors else ([], [])
+    if held_out and not errors and not (train and evaluation):  # their files' rows were all unusable
+        errors.append(
+            f"no usable rows in the eval files ({names_listing(held_names)}): nothing to evaluate on"
+            if not evaluation
+            else f"no usable rows outside DatasetConfig.eval_files ({names_listing(held_names)}): nothing "
+            "to train on"
+        )
+        train, evaluation = [], []
     report = {
         "ok": not errors,
         "errors": errors,
@@ -239,6 +278,7 @@ def prepare(
         "bad_rows": bad,
         "train_rows": len(train),
         "eval_rows": len(evaluation),
+        "eval_files": held_names,  # where the held-out rows come from; [] for a split by train_test_split
         "trained_tokens": sum(sum(1 for x in e.labels if x != IGNORE) for e in encoded),
         "max_length": max_length,
         "truncation": truncation or "none: packing splits longer rows",

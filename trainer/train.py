@@ -1,11 +1,11 @@
 """From checked data to a saved adapter: strategy, model, Trainer, resume, SIGTERM, held-out evaluation,
 MLflow tracking (``trainer.tracking``), results.
 
-With held-out rows (``DatasetConfig.train_test_split`` below 1) the Trainer's evaluation runs twice more:
-on the base model before the first step and on the adapter after the last. Its loss is the Trainer's
-``eval_loss`` over the pre-flight's labels, so only the tokens trained on count (assistant turns, or
-completions, as TRL's options say): each eval batch's mean token loss, averaged over the batches
-weighted by their rows.
+With held-out rows (``DatasetConfig.train_test_split`` below 1, or ``DatasetConfig.eval_files``) the
+Trainer's evaluation runs twice more: on the base model before the first step and on the adapter after
+the last. Its loss is the Trainer's ``eval_loss`` over the pre-flight's labels, so only the tokens
+trained on count (assistant turns, or completions, as TRL's options say): each eval batch's mean token
+loss, averaged over the batches weighted by their rows.
 
 With ``EvaluationConfig.checks`` rank 0 has the model answer them (``trainer.checks``) at the same two
 moments, so the base's score is the initialised model's, as its loss is.

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from artifacts.fetch import file_name
+from contract.eval_files import names_listing, unmatched_patterns
 from contract.pod import CONFIG_KEY, StrengthError, parse_strength
 from contract.problems import Problem, Severity
 from contract.training_config import ROOT, Method, validate_training_config
@@ -175,7 +177,15 @@ def _tuning_problems(
         )
         problems += _training_config_problems(method, preset, sku, config)
         problems += _gate_problems(tuning, config)
+        problems += _eval_file_url_problems(tuning, config)
     return problems
+
+
+def _config_root(config: TrainingConfig) -> str:
+    """Where the training config's root sits, as problems name it: the user's ConfigMap key, or the
+    template the controller chose."""
+    where = f"{config.source}[{CONFIG_KEY}]" if config.from_user else config.source
+    return f"{where}.{ROOT}"
 
 
 def _gate_problems(tuning: TuningSpec, config: TrainingConfig | None) -> list[Problem]:
@@ -185,16 +195,39 @@ def _gate_problems(tuning: TuningSpec, config: TrainingConfig | None) -> list[Pr
     value = evaluation.get("min_improvement") if isinstance(evaluation, Mapping) else None
     if config is None or value is None or tuning.output is None or tuning.output.volume_source is None:
         return []
-    where = f"{config.source}[{CONFIG_KEY}]" if config.from_user else config.source
     return [
         Problem(
-            f"{where}.{ROOT}.EvaluationConfig.min_improvement",
+            f"{_config_root(config)}.EvaluationConfig.min_improvement",
             "gates the push, and tuning.output.volumeSource has none: the adapter is written into the "
             "volume whatever its held-out loss",
             value,
             "use tuning.output.image, or unset min_improvement (status.tuning.evaluation shows both "
             "losses either way)",
         )
+    ]
+
+
+def _eval_file_url_problems(tuning: TuningSpec, config: TrainingConfig | None) -> list[Problem]:
+    """Each DatasetConfig.eval_files pattern must match a file tuning.input.urls is saved under (the names
+    fetch-data gives them), or the pre-flight refuses the data after the download. An image's or a
+    volume's files are known only there: the pre-flight checks those."""
+    sections = config.doc.get(ROOT) if config is not None else None
+    dataset = sections.get("DatasetConfig") if isinstance(sections, Mapping) else None
+    patterns = dataset.get("eval_files") if isinstance(dataset, Mapping) else None
+    if config is None or tuning.input is None or not tuning.input.urls or not isinstance(patterns, list):
+        return []
+    taken: set[str] = set()
+    names = [file_name(url, index, taken) for index, url in enumerate(tuning.input.urls)]
+    unmatched = set(unmatched_patterns([p for p in patterns if isinstance(p, str)], names))
+    return [
+        Problem(
+            f"{_config_root(config)}.DatasetConfig.eval_files[{index}]",
+            f"matches none of the files tuning.input.urls are saved as ({names_listing(names)})",
+            pattern,
+            "name one of them (a URL is saved under its last path segment), or a glob that matches one",
+        )
+        for index, pattern in enumerate(patterns)
+        if isinstance(pattern, str) and pattern in unmatched
     ]
 
 
@@ -245,8 +278,7 @@ def _training_config_problems(
     """The chosen training config (the user's ConfigMap, else KAITO's template), when the caller has it."""
     problems: list[Problem] = []
     if config is not None:
-        where = f"{config.source}[{CONFIG_KEY}]" if config.from_user else config.source
-        path = f"{where}.{ROOT}"
+        path = _config_root(config)
         problems += validate_training_config(config.doc, method, path=path)
         problems += target_problems(config.doc, sku=sku, preset=preset, path=path)
     if preset is not None and sku is not None:

@@ -633,6 +633,47 @@ CONFIG_CASES = [
         "holds no rows out",
     ),
     cfg_case(
+        "eval-files-and-split",
+        "qlora",
+        [(f"{T}.DatasetConfig.train_test_split", 0.9), (f"{T}.DatasetConfig.eval_files", ["eval.jsonl"])],
+        f"{T}.DatasetConfig.eval_files",
+        "cannot be used with DatasetConfig.train_test_split below 1 (0.9): both choose the held-out rows; "
+        "choose one",
+    ),
+    *(
+        cfg_case(
+            f"eval-files-{name}",
+            "qlora",
+            [(f"{T}.DatasetConfig.eval_files", ["eval.jsonl", entry])],
+            f"{T}.DatasetConfig.eval_files[1]",
+            says,
+        )
+        for name, entry, says in (
+            ("parent", "../secret.jsonl", "must stay inside the input data (no .. segment) (got '../secret"),
+            ("parent-inside", "a/../../x.jsonl", "no .. segment"),
+            ("absolute", "/mnt/data/eval.jsonl", "must be relative to the input data (no leading /)"),
+            ("empty", "", "must be a non-empty string: a data file's path inside the input, or a glob"),
+            ("blank", "  ", "must be a non-empty string"),
+            ("not-a-string", 3, "must be a non-empty string: a data file's path inside the input"),
+            ("dot-segment", "./eval.jsonl", "never matches: the pre-flight names files without . or empty"),
+            ("empty-segment", "held//eval.jsonl", "write 'held/eval.jsonl'"),
+        )
+    ),
+    cfg_case(
+        "eval-files-too-many",
+        "qlora",
+        [(f"{T}.DatasetConfig.eval_files", [f"eval-{i}.jsonl" for i in range(101)])],
+        f"{T}.DatasetConfig.eval_files",
+        "holds 101 entries, more than 100",
+    ),
+    cfg_case(
+        "eval-files-not-a-list",
+        "qlora",
+        [(f"{T}.DatasetConfig.eval_files", "eval.jsonl")],
+        f"{T}.DatasetConfig.eval_files",
+        "must be a list or null",
+    ),
+    cfg_case(
         "gate-above-one",
         "qlora",
         [(f"{T}.DatasetConfig.train_test_split", 0.9), (f"{T}.EvaluationConfig", {"min_improvement": 5})],
@@ -804,3 +845,63 @@ def test_a_bad_check_in_a_workspace_names_the_configmap_key_index_field_and_valu
         "is not a regular expression (missing ), unterminated subpattern at position 4) (got 'ORD-(\\\\d+'); "
         "Python's re syntax"
     )
+
+
+@pytest.mark.parametrize(
+    "asks",
+    [
+        {"EvaluationConfig": {"min_improvement": 0.05}},
+        {"TrainingArguments": {"eval_strategy": "steps", "eval_steps": 5}},
+        {"TrainingArguments": {"eval_on_start": True}},
+        {
+            "TrainingArguments": {
+                "load_best_model_at_end": True,
+                "eval_strategy": "epoch",
+                "save_strategy": "epoch",
+            }
+        },
+    ],
+    ids=["min_improvement", "eval_strategy", "eval_on_start", "load_best_model_at_end"],
+)
+def test_eval_files_hold_rows_out_for_evaluation(asks: dict[str, dict[str, Any]]) -> None:
+    """Evaluating needs held-out rows: DatasetConfig.eval_files holds them out as train_test_split does."""
+    doc = default_training_config("qlora")
+    for section, values in asks.items():
+        doc[T].setdefault(section, {}).update(values)
+    refused = errors(validate_training_config(doc, "qlora"))
+    assert refused and {(p.message, "DatasetConfig.eval_files" in p.hint) for p in refused} == {
+        (
+            "evaluates, but DatasetConfig holds no rows out (train_test_split is 1, eval_files names none)",
+            True,
+        )
+    }
+    doc[T]["DatasetConfig"]["eval_files"] = ["eval*.parquet"]
+    assert validate_training_config(doc, "qlora") == []
+    doc[T]["DatasetConfig"]["eval_files"] = []  # an empty list holds nothing out
+    assert errors(validate_training_config(doc, "qlora")) == refused
+
+
+def test_eval_files_must_match_a_file_the_input_urls_are_saved_as(tuning_ws: dict[str, Any]) -> None:
+    """With tuning.input.urls the controller knows the data's file names when the Workspace is applied (the
+    name fetch-data saves each URL under): a pattern matching none of them is refused there, not after
+    the download."""
+    urls = [
+        "https://data.example.com/sets/train.jsonl",
+        "https://data.example.com/sets/eval%20set.jsonl?download=true",
+        "https://mirror.example.com/other/train.jsonl",  # a second train.jsonl is saved as 2-train.jsonl
+    ]
+    ws = edit(edit(tuning_ws, "tuning.config", "my-config"), "tuning.input.urls", urls)
+    doc = default_training_config("qlora")
+    doc[T]["DatasetConfig"]["eval_files"] = ["eval_set.jsonl", "2-*.jsonl"]
+    assert errors(validate_workspace(ws, training_config=doc)) == []
+    doc[T]["DatasetConfig"]["eval_files"] = ["eval_set.jsonl", "eval*.parquet", "valid.jsonl"]
+    problems = errors(validate_workspace(ws, training_config=doc))
+    assert [str(p) for p in problems] == [
+        f"error: configmap/my-config[training_config.yaml].{T}.DatasetConfig.eval_files[{index}]: matches "
+        "none of the files tuning.input.urls are saved as (train.jsonl, eval_set.jsonl, 2-train.jsonl) "
+        f"(got {pattern!r}); name one of them (a URL is saved under its last path segment), or a glob that "
+        "matches one"
+        for index, pattern in ((1, "eval*.parquet"), (2, "valid.jsonl"))
+    ]
+    volume = edit(ws, "tuning.input", {"volumeSource": {"persistentVolumeClaim": {"claimName": "data"}}})
+    assert errors(validate_workspace(volume, training_config=doc)) == []  # the pre-flight checks those

@@ -379,6 +379,7 @@ SECTION_SAMPLES: dict[str, dict[str, Any]] = {
         "shuffle_dataset": False,
         "shuffle_seed": 7,
         "train_test_split": 0.9,
+        "eval_files": ["eval-*.jsonl"],
         "max_length": 64,
         "skip_bad_rows": True,
     },
@@ -503,7 +504,37 @@ def test_dataset_and_collator_keys_reach_the_preflight_options(section, key):
     doc["training_config"].setdefault(section, {})[key] = value
     config = parse(doc, "qlora")
     options = config.dataset if section == "DatasetConfig" else config.collator
-    assert getattr(options, key) == value
+    assert getattr(options, key) == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_eval_files_choose_the_preflights_held_out_rows(tmp_path, tiny_preset):
+    """DatasetConfig.eval_files, from the YAML to the pre-flight: the matching files' rows are held out."""
+    import json
+
+    import yaml
+
+    from trainer.inputs import check_data, load_setup
+    from trainer.options import TrainerOptions
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, rows in (("train.jsonl", ROWS["prompt"]), ("eval-1.jsonl", ROWS["messages"][:2])):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def held_out(dataset: dict[str, Any]) -> tuple[list[int], list[str]]:
+        doc = default_training_config("qlora")
+        doc["training_config"]["DatasetConfig"].update(dataset)
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        options = TrainerOptions(preset="tiny-llama", config=config, data=folder, output=tmp_path / "out")
+        prepared = check_data(options, load_setup(options)).prepared
+        return [e.index for e in prepared.eval], prepared.report["eval_files"]
+
+    assert held_out({}) == ([], [])
+    assert held_out({"eval_files": SECTION_SAMPLES["DatasetConfig"]["eval_files"]}) == (
+        [0, 1],
+        ["eval-1.jsonl"],
+    )
 
 
 def test_evaluation_keys_reach_the_trainers_gate_and_checks():
