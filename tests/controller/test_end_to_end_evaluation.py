@@ -4,7 +4,7 @@ tracked in a real MLflow server: the base's and the adapter's held-out loss and 
 status, `kaito-tune status`, the Succeeded Event and the pushed artifact (`kaito-tune inspect`), and the run
 holds the params, the loss history, the evaluation and the pushed adapter's digest. And the gate, which
 fails a Workspace whose adapter does not beat the base by min_improvement without pushing it, retrying or
-training again."""
+training again (its held-out rows a fixed file, DatasetConfig.eval_files)."""
 
 from __future__ import annotations
 
@@ -44,10 +44,15 @@ from tuning_controller.run_tags import ADAPTER_TAG
 TRAIN_STEPS = 80  # batches of 8 of the 72 training rows: the demo's test answers 24/24 after 80 (QLoRA)
 
 
-def create_evaluation_config(api, namespace: str, name: str, evaluation: dict, max_steps: int = STEPS) -> str:
-    """The end-to-end config with a quarter held out and ``evaluation`` as its EvaluationConfig."""
+def create_evaluation_config(
+    api, namespace: str, name: str, evaluation: dict, max_steps: int = STEPS, dataset: dict | None = None
+) -> str:
+    """The end-to-end config with a quarter held out (or ``dataset`` as its DatasetConfig) and
+    ``evaluation`` as its EvaluationConfig."""
     doc = training_config(max_steps, held_out=True)
     doc["training_config"]["EvaluationConfig"] = evaluation
+    if dataset is not None:
+        doc["training_config"]["DatasetConfig"] = dataset
     body = {"metadata": {"name": name}, "data": {"training_config.yaml": yaml.safe_dump(doc)}}
     kube_json(api, "POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
     return name
@@ -211,14 +216,27 @@ def test_the_gate_fails_a_workspace_whose_adapter_is_not_better_enough(
 ):
     base_url, served = data_server
     make_parquet(served / "train.parquet", rows=24)
+    sums = [
+        {
+            "messages": [
+                {"role": "user", "content": f"what is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+            ]
+        }
+        for i in range(24, 30)
+    ]
+    write_parquet(served / "eval-sums.parquet", sums)  # a fixed held-out file: DatasetConfig.eval_files
     chart_operator(progressIntervalSeconds=1, resyncSeconds=5)
     create_push_secret(kube_client, namespace, node_registry)
     # 4 steps lower the held-out loss, but nowhere near 99%
     gate = {"min_improvement": 0.99}
-    config = create_evaluation_config(kube_client, namespace, "gate-config", gate, max_steps=4)
+    dataset = {"shuffle_dataset": True, "eval_files": ["eval-*.parquet"]}
+    config = create_evaluation_config(
+        kube_client, namespace, "gate-config", gate, max_steps=4, dataset=dataset
+    )
     image = node_registry.ref("adapters/gated", "v1")
     output = {"image": image, "imagePushSecret": "push-secret"}
-    urls = [f"{base_url}/train.parquet"]
+    urls = [f"{base_url}/train.parquet", f"{base_url}/eval-sums.parquet"]
     apply(kube_client, tuning_workspace("gated", namespace, urls=urls, output=output, config=config))
     final, _ = watch_until_done(kube_client, namespace, "gated", timeout=480)
 
@@ -227,6 +245,9 @@ def test_the_gate_fails_a_workspace_whose_adapter_is_not_better_enough(
     assert tuning["phase"] == "Failed" and final["status"]["state"] == "Failed"
     evaluation = tuning["evaluation"]  # the trainer measured both before the push refused
     assert evaluation["baseLoss"] is not None and evaluation["adapterLoss"] is not None
+    # on the eval file's rows, and trained on the other file's
+    assert tuning["data"]["evalFiles"] == ["eval-sums.parquet"] and evaluation["heldOutRows"] == 6, tuning
+    assert tuning["data"]["trainRows"] == 24, tuning["data"]
     message = tuning["message"]
     assert message.startswith("push exited 3: not pushed: held-out loss: base "), message
     assert f"-> adapter {evaluation['adapterLoss']:.4g}" in message and "at least 99.0% lower" in message
