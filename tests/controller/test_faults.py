@@ -145,7 +145,22 @@ def test_deleting_a_workspace_releases_its_nodeclaim(
     run_operator(KAITO_TUNE_AUTO_PROVISIONING="true")
     ws = tuning_workspace("short-lived", namespace, urls=[f"{base_url}/train.parquet"], instance_type=SKU)
     apply(kube_client, ws)
-    wait_for(lambda: nodeclaims_of(kube_client, nodeclaim_crd, namespace, "short-lived"), 180, "a NodeClaim")
+    (claim,) = wait_for(
+        lambda: nodeclaims_of(kube_client, nodeclaim_crd, namespace, "short-lived"), 180, "a NodeClaim"
+    )
+    # one more of its claims, as a count of 2 before an edit to 1 would have left: found by label, released
+    meta = claim["metadata"]
+    extra = {
+        "apiVersion": claim["apiVersion"],
+        "kind": "NodeClaim",
+        "metadata": {
+            "name": f"{meta['name']}-1",
+            "labels": meta["labels"],
+            "annotations": meta["annotations"],
+        },
+        "spec": claim["spec"],
+    }
+    kube_json(kube_client, "POST", nodeclaim_crd, extra)
     path = f"/apis/kaito.sh/v1beta1/namespaces/{namespace}/workspaces/short-lived"
     kube_json(kube_client, "DELETE", path)
 

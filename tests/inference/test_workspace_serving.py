@@ -291,3 +291,49 @@ def test_an_inference_workspace_deleted_mid_reconcile_leaves_no_nodeclaim(
     # A reconcile that read the Workspace before the deletion and comes only now writes nothing.
     assert inference_handlers.reconcile(ctl, body) is None
     assert nodeclaims_of(kube_client, nodeclaim_crd, namespace, "brief") == []
+
+
+def test_a_smaller_count_and_the_delete_release_every_nodeclaim_beyond_it(
+    kube_client, namespace, control_plane, workspace_crd, nodeclaim_crd, monkeypatch
+):
+    """Each pod of a multi-node server has its NodeClaim; a count made smaller no longer names the last
+    ones, so they are found by label and released (a GPU node each), and the delete handler releases
+    whatever the Workspace still holds. A claim labelled for the Workspace but owned by another uid (a
+    deleted namesake's) is left alone. The handlers run in this process against the real API server."""
+    ws = inference_workspace("shrinks", namespace, "127.0.0.1:9/a:v1", "1.0")
+    ws["resource"].update(instanceType="Standard_NC24ads_A100_v4", count=3)
+    body = kube_json(kube_client, "POST", f"{API}/namespaces/{namespace}/workspaces", ws)
+    kube = Kube.from_environment(str(control_plane.kubeconfig))
+    settings = Settings(auto_provisioning=True, model_registry="registry.example/kaito-models")
+    ctl = runtime.Controller(kube, settings, lambda *a: None)
+    monkeypatch.setattr(runtime, "_controller", ctl)  # what the delete handler's controller() returns
+
+    def claims() -> list[str]:
+        return sorted(
+            c["metadata"]["name"] for c in nodeclaims_of(kube_client, nodeclaim_crd, namespace, "shrinks")
+        )
+
+    inference_handlers.reconcile(ctl, body, prune=True)
+    three = claims()
+    assert len(three) == 3, three
+    foreign = json.loads(json.dumps(kube.get("karpenter.sh/v1", "NodeClaim", None, three[0])))
+    foreign["metadata"] = {
+        "name": f"{three[0]}-9",
+        "labels": foreign["metadata"]["labels"],
+        "annotations": {"kaito.sh/workspace-uid": "someone-else"},
+    }
+    kube.create(foreign)
+
+    path = f"{API}/namespaces/{namespace}/workspaces/shrinks"
+    smaller = kube_json(
+        kube_client, "PATCH", path, {"resource": {"count": 1}}, content_type="application/merge-patch+json"
+    )
+    plan = inference_handlers.reconcile(ctl, smaller, prune=True)
+    assert claims() == sorted([three[0], f"{three[0]}-9"])  # index 0 kept, 1 and 2 released
+    released = [
+        w.obj["metadata"]["name"] for w in plan.writes if w.verb == "delete" and w.obj["kind"] == "NodeClaim"
+    ]
+    assert released == three[1:], released
+
+    inference_handlers.inference_workspace_delete(smaller)
+    assert claims() == [f"{three[0]}-9"]  # the namesake's claim is not ours to release

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -43,6 +44,7 @@ from tuning_controller.handlers.runtime import (
     reconcile_current,
     reconciling,
     resync_with_operator,
+    surplus_claim_deletes,
     write_status,
 )
 from tuning_controller.inference_reconcile import (
@@ -96,19 +98,22 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], prune: bool, stamp: c
     if invalid:
         return invalid
     ws, _ = parse_workspace(ws_obj)
+    # a smaller resource.count leaves NodeClaims its names no longer reach: release them first
+    surplus = surplus_claim_deletes(ctl, ws_obj, ws) if prune else ()
+    carry_out(ctl, ws_obj, surplus, {}, set())
     seen: dict[str, Any] = {}
     while isinstance(nodes := node_readiness(ws, settings, seen, stamp), Read):
         seen[nodes.what] = _observe(ctl, ws_obj, ws, nodes.what)
     if isinstance(nodes, Plan):
         carry_out(ctl, ws_obj, nodes.writes, seen, set())
-        return nodes
+        return replace(nodes, writes=(*surplus, *nodes.writes))
     node_writes, gpus, resource = nodes
-    writes = (*node_writes, *serving_writes(ws, settings, gpus, prune=prune))
-    carry_out(ctl, ws_obj, writes, seen, set())
+    serving = (*node_writes, *serving_writes(ws, settings, gpus, prune=prune))
+    carry_out(ctl, ws_obj, serving, seen, set())
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(ws).items())
     pods = ctl.kube.list("v1", "Pod", ws.namespace, selector)
     update = serving_update(ws, seen.get(WORKLOAD), pods, resource, stamp)
-    return Plan(update.section["phase"], writes, update)
+    return Plan(update.section["phase"], (*surplus, *serving), update)
 
 
 def _observe(ctl: Controller, ws_obj: Mapping[str, Any], ws: Workspace, what: str) -> Any:
@@ -222,6 +227,7 @@ def inference_workspace_delete(body: kopf.Body, **_: Any) -> None:
         Write(Verb.DELETE, named(NODECLAIM_API_VERSION, "NodeClaim", name)) for name in nodeclaim_names(ws)
     )
     with deleting(body):
+        claims += surplus_claim_deletes(ctl, body, ws)
         carry_out(ctl, body, claims, {}, set())
     _resync.cancel(key_of(body))
 

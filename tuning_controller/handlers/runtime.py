@@ -24,11 +24,19 @@ from typing import Any, cast
 
 import kopf
 
+from contract.workspace import Workspace
 from tuning_controller import status as st
 from tuning_controller.kube import Kube, KubeError, retry_on_conflict
-from tuning_controller.plan import StatusUpdate, Taken, Verb, Write
+from tuning_controller.plan import Event, StatusUpdate, Taken, Verb, Write, named
 from tuning_controller.render.meta import WORKSPACE_LABEL
-from tuning_controller.render.nodeclaim import NAMESPACE_LABEL, OWNER_ANNOTATION, claimed_by
+from tuning_controller.render.nodeclaim import (
+    NAMESPACE_LABEL,
+    NODECLAIM_API_VERSION,
+    OWNER_ANNOTATION,
+    claimed_by,
+    nodeclaim_selector,
+    surplus_nodeclaims,
+)
 from tuning_controller.resync import Resync
 from tuning_controller.settings import Settings
 
@@ -374,6 +382,29 @@ def _write(
 def _identity(write: Write) -> tuple[str, str, str | None, str]:
     meta = write.obj["metadata"]
     return write.verb, write.obj["kind"], meta.get("namespace"), meta["name"]
+
+
+def surplus_claim_deletes(ctl: Controller, ws_obj: Mapping[str, Any], ws: Workspace) -> tuple[Write, ...]:
+    """Deletes of the Workspace's NodeClaims beyond its resource.count (``surplus_nodeclaims``): read by
+    label, since a count made smaller no longer names them. None without auto-provisioning (the
+    controller made no claims) or without Karpenter's CRD."""
+    if not ctl.settings.auto_provisioning:
+        return ()
+    try:
+        found = ctl.kube.list(NODECLAIM_API_VERSION, "NodeClaim", None, nodeclaim_selector(ws))
+    except KubeError as err:
+        if err.not_found:
+            return ()
+        raise
+    count = ws.resource.count if ws.resource else 1
+    return tuple(
+        Write(
+            Verb.DELETE,
+            named(NODECLAIM_API_VERSION, "NodeClaim", name),
+            Event("Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: resource.count is {count} now"),
+        )
+        for name in surplus_nodeclaims(ws, ws_obj["metadata"].get("uid", ""), found)
+    )
 
 
 def carry_out(

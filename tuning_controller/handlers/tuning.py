@@ -47,6 +47,7 @@ from tuning_controller.handlers.runtime import (
     reconciling,
     resync_with_operator,
     settings,
+    surplus_claim_deletes,
     write_status,
 )
 from tuning_controller.kube import KubeError
@@ -111,6 +112,8 @@ def _reconcile(ctl: Controller, ws_obj: Mapping[str, Any], old: Mapping[str, Any
         if target.status:
             write_status(ctl, ws_obj, target.status)
         return target
+    if old is not None:  # a smaller resource.count leaves NodeClaims its names no longer reach
+        carry_out(ctl, ws_obj, surplus_claim_deletes(ctl, ws_obj, target.ws), {}, set())
     try:
         step = _carry(ctl, target)
     except NameTaken as taken:
@@ -372,7 +375,8 @@ def workspace_delete(body: kopf.Body, **_: Any) -> None:
     ws = parse_workspace(body)[0]
     ctl = controller()
     with deleting(body):  # after any reconcile in flight, and before any queued one (which then stops)
-        carry_out(ctl, body, tuple(release_writes(ws, ctl.settings)), {}, set())
+        releases = (*release_writes(ws, ctl.settings), *surplus_claim_deletes(ctl, body, ws))
+        carry_out(ctl, body, releases, {}, set())
     _resync.cancel(key_of(body))
 
 

@@ -11,7 +11,7 @@ deleted (``claimed_by``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from contract.workspace import GROUP, Workspace
@@ -38,6 +38,22 @@ def nodeclaim_names(ws: Workspace) -> list[str]:
     """Every NodeClaim name of a Workspace: one per node of resource.count (a multi-node training's pods,
     or an inference StatefulSet's)."""
     return [nodeclaim_name(ws, i) for i in range(node_count(ws))]
+
+
+def nodeclaim_selector(ws: Workspace) -> str:
+    """The labels every NodeClaim of the Workspace carries, as a list's label selector."""
+    return f"{WORKSPACE_LABEL}={ws.name},{NAMESPACE_LABEL}={ws.namespace}"
+
+
+def surplus_nodeclaims(ws: Workspace, uid: str, found: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The Workspace's NodeClaims among ``found`` (listed by ``nodeclaim_selector``) beyond its
+    resource.count: what a larger count requested, each a GPU node billing for nothing."""
+    wanted = set(nodeclaim_names(ws))
+    return sorted(
+        claim["metadata"]["name"]
+        for claim in found
+        if claim["metadata"]["name"] not in wanted and claimed_by(claim, ws.namespace, ws.name, uid)
+    )
 
 
 def provisions_node(ws: Workspace, settings: Settings) -> bool:
