@@ -71,7 +71,7 @@ def _tuning_lines(tuning: Mapping[str, Any]) -> list[str]:
         verdict = "ok" if data.get("ok") else "FAILED"
         rows = f", {data['rows']} rows" if data.get("rows") is not None else ""
         sha = f", sha256 {data['sha256'][:12]}" if data.get("sha256") else ""
-        lines.append(f"Data check: {verdict}{rows}{sha}")
+        lines.append(f"Data check: {verdict}{rows}{_held_out(data)}{sha}")
     bar = bar_fields(tuning.get("progress"))
     if bar:
         lines.append(f"Progress: step {bar.step}/{bar.total} {bar.postfix}".rstrip())
@@ -86,6 +86,14 @@ def _tuning_lines(tuning: Mapping[str, Any]) -> list[str]:
     if tuning.get("message"):
         lines.append(f"Message: {tuning['message']}")
     return lines
+
+
+def _held_out(data: Mapping[str, Any]) -> str:
+    """Where the held-out rows come from: DatasetConfig.eval_files, or the split of train_test_split."""
+    if not data.get("evalRows"):
+        return ""
+    files = data.get("evalFiles") or []
+    return f", {data['evalRows']} held out" + (f" ({', '.join(files)})" if files else "")
 
 
 def status_lines(ws: Mapping[str, Any]) -> list[str]:

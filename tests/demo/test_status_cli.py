@@ -64,6 +64,10 @@ def test_status_lines_name_every_part():
     assert "  WorkspaceSucceeded=True (Busy) - train" in lines
     assert "Tuning phase: Succeeded" in lines
     assert "Data check: ok, 96 rows, sha256 abababababab" in lines
+    split = workspace("Training", data={"ok": True, "rows": 96, "evalRows": 24, "evalFiles": []})
+    assert "Data check: ok, 96 rows, 24 held out" in status_lines(split)
+    files = workspace("Training", data={"ok": True, "rows": 30, "evalRows": 6, "evalFiles": ["eval.parquet"]})
+    assert "Data check: ok, 30 rows, 6 held out (eval.parquet)" in status_lines(files)
     assert f"Adapter: 127.0.0.1:5000/adapters/demo:v1@sha256:{'c' * 64}" in lines
     assert "Progress: step 40/120 loss=1.235 eval_loss=1.5 tok/s=812 ETA 1:02:05" in lines
     assert lines[-1] == "Message: pushed"
