@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +174,7 @@ def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
 
 
 def _split(
-    encoded: list[Encoded], options: DatasetOptions, held_out: list[DataFile]
+    encoded: list[Encoded], options: DatasetOptions, held_out: Sequence[DataFile] = ()
 ) -> tuple[list[Encoded], list[Encoded]]:
     """Training and held-out rows: the rows of the ``held_out`` files whole and in file order where
     DatasetConfig.eval_files names some (a fixed set, comparable across runs), else a shuffled share."""
