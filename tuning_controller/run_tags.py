@@ -24,6 +24,8 @@ from typing import Any
 
 import requests
 
+from artifacts.reference import Reference
+
 ADAPTER_TAG = "kaito.sh/adapter"  # the pushed adapter, image@sha256:...
 TIMEOUT_S = 10.0
 ERROR_PREFIX = "the adapter's digest was not logged to the run"
@@ -51,10 +53,9 @@ def adapter_tag_due(tuning: Mapping[str, Any]) -> AdapterTag | None:
         or tracking.get("error")
     ):
         return None
-    repository = adapter["image"].rsplit("@", 1)[0]
-    if ":" in repository.rsplit("/", 1)[-1]:  # the tag goes: the digest names the content
-        repository = repository.rsplit(":", 1)[0]
-    return AdapterTag(tracking["uri"], tracking["runId"], f"{repository}@{adapter['digest']}")
+    # the tag goes: the digest names the content
+    reference = Reference.parse(adapter["image"]).with_digest(adapter["digest"])
+    return AdapterTag(tracking["uri"], tracking["runId"], str(reference))
 
 
 def auth_headers(env: Mapping[str, str]) -> dict[str, str]:

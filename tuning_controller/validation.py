@@ -188,11 +188,17 @@ def _config_root(config: TrainingConfig) -> str:
     return f"{where}.{ROOT}"
 
 
+def _config_option(config: TrainingConfig | None, section: str, key: str) -> Any:
+    """``training_config.<section>.<key>`` of the chosen config; None where it is unset or where a level
+    is not a mapping (validate_training_config reports that)."""
+    sections = config.doc.get(ROOT) if config is not None else None
+    options = sections.get(section) if isinstance(sections, Mapping) else None
+    return options.get(key) if isinstance(options, Mapping) else None
+
+
 def _gate_problems(tuning: TuningSpec, config: TrainingConfig | None) -> list[Problem]:
     """EvaluationConfig.min_improvement holds the push back; a volume output has no push to hold."""
-    sections = config.doc.get(ROOT) if config is not None else None
-    evaluation = sections.get("EvaluationConfig") if isinstance(sections, Mapping) else None
-    value = evaluation.get("min_improvement") if isinstance(evaluation, Mapping) else None
+    value = _config_option(config, "EvaluationConfig", "min_improvement")
     if config is None or value is None or tuning.output is None or tuning.output.volume_source is None:
         return []
     return [
@@ -211,9 +217,7 @@ def _eval_file_url_problems(tuning: TuningSpec, config: TrainingConfig | None) -
     """Each DatasetConfig.eval_files pattern must match a file tuning.input.urls is saved under (the names
     fetch-data gives them), or the pre-flight refuses the data after the download. An image's or a
     volume's files are known only there: the pre-flight checks those."""
-    sections = config.doc.get(ROOT) if config is not None else None
-    dataset = sections.get("DatasetConfig") if isinstance(sections, Mapping) else None
-    patterns = dataset.get("eval_files") if isinstance(dataset, Mapping) else None
+    patterns = _config_option(config, "DatasetConfig", "eval_files")
     if config is None or tuning.input is None or not tuning.input.urls or not isinstance(patterns, list):
         return []
     taken: set[str] = set()

@@ -16,6 +16,7 @@ import time
 import pytest
 import yaml
 
+from hack.servers import docker_config_json, write_docker_config
 from tests.controller.conftest import (
     API,
     REPO_ROOT,
@@ -72,8 +73,7 @@ def create_config(
 def create_push_secret(
     api, namespace: str, registry, password: str | None = None, name: str = "push-secret"
 ) -> str:
-    auth = base64.b64encode(f"{registry.username}:{password or registry.password}".encode()).decode()
-    config = json.dumps({"auths": {registry.host: {"auth": auth}}})
+    config = docker_config_json(registry.host, registry.username, password or registry.password)
     body = {
         "metadata": {"name": name},
         "type": "kubernetes.io/dockerconfigjson",
@@ -220,9 +220,9 @@ def test_tuning_workspace_end_to_end(
     assert not allowed("get", "secrets", "push-secret")
 
     # The pushed adapter, pulled by digest, loads with PEFT on the tiny base model.
-    docker_config = tmp_path / "docker.json"
-    auth = base64.b64encode(f"{node_registry.username}:{node_registry.password}".encode()).decode()
-    docker_config.write_text(json.dumps({"auths": {node_registry.host: {"auth": auth}}}))
+    docker_config = write_docker_config(
+        tmp_path / "docker.json", node_registry.host, node_registry.username, node_registry.password
+    )
     pulled = tmp_path / "pulled"
     ref = f"{image.rsplit(':', 1)[0]}@{digest}"
     access = ("--docker-config", str(docker_config), "--plain-http")

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from contract.pod import MLFLOW_CREDENTIAL_ENVS
 from hack.operators import RELEASE
+from hack.servers import write_docker_config
 from presets.tiny_task import write_parquet
 from tests.controller.conftest import (
     apply,
@@ -110,9 +111,9 @@ def create_credentials(api, namespace: str, name: str = "mlflow-auth") -> str:
 
 def inspect(image: str, digest: str, registry, tmp_path) -> dict:
     """`kaito-tune inspect` of the pushed adapter, as a user runs it."""
-    docker_config = tmp_path / "docker.json"
-    auth = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
-    docker_config.write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+    docker_config = write_docker_config(
+        tmp_path / "docker.json", registry.host, registry.username, registry.password
+    )
     ref = f"{image.rsplit(':', 1)[0]}@{digest}"
     out = kaito_tune("inspect", ref, "--docker-config", str(docker_config), "--plain-http")
     assert out.returncode == 0, out.stderr
@@ -260,8 +261,8 @@ def test_the_gate_fails_a_workspace_whose_adapter_is_not_better_enough(
     (job,) = [j for j in jobs(kube_client, namespace) if j["metadata"]["name"] == "gated"]
     assert job["status"].get("failed") == 1 and not job["status"].get("succeeded"), job["status"]
     # and the registry never got the tag
-    docker_config = tmp_path / "docker.json"
-    auth = base64.b64encode(f"{node_registry.username}:{node_registry.password}".encode()).decode()
-    docker_config.write_text(json.dumps({"auths": {node_registry.host: {"auth": auth}}}))
+    docker_config = write_docker_config(
+        tmp_path / "docker.json", node_registry.host, node_registry.username, node_registry.password
+    )
     out = kaito_tune("inspect", image, "--docker-config", str(docker_config), "--plain-http")
     assert out.returncode != 0 and "not found" in out.stderr.lower(), out.stdout + out.stderr
