@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -65,13 +65,16 @@ def start_server(
     what: str,
     timeout: float,
     interval: float = 0.2,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """``command`` as a test server: under coreutils' ``timeout`` (a lifetime cap), in a session of its own,
     dying with its parent, its output appended to ``log``; returns once ``ready()``. It exiting first
-    raises StackError with the log's tail; on any failure it is stopped by its PID."""
+    raises StackError with the log's tail; on any failure it is stopped by its PID. ``env``: its whole
+    environment (default: this process's)."""
     process = subprocess.Popen(
         ["timeout", "--kill-after=10", str(max_seconds), *command],
         cwd=cwd,
+        env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -9,9 +9,11 @@ environment under MLflow's names (MLFLOW_TRACKING_TOKEN, or _USERNAME and _PASSW
 ``settings.mlflow.credentialsSecret`` of the release's namespace), never from the Workspaces' Secrets,
 which the controller may not read.
 
-One attempt per pushed adapter, bounded by ``TIMEOUT_S``: the tag is recorded in
-``status.tuning.tracking.adapter``; a failure goes into ``status.tuning.tracking.error`` and is not
-retried (as a tracking failure in the trainer: a tracker never holds a Workspace up).
+One call per pushed adapter, bounded: up to ``ATTEMPTS`` tries of ``TIMEOUT_S`` each, on a refused or
+dropped connection or an answer that says "try again" (429, 502-504), backing off 0, 2 and 4 s (setting
+the same tag twice is harmless, so the POST may be retried). The tag is recorded in
+``status.tuning.tracking.adapter``; a failure goes into ``status.tuning.tracking.error`` and is not tried
+again later (as a tracking failure in the trainer: a tracker never holds a Workspace up).
 """
 
 from __future__ import annotations
@@ -23,11 +25,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from artifacts.reference import Reference
 
 ADAPTER_TAG = "kaito.sh/adapter"  # the pushed adapter, image@sha256:...
 TIMEOUT_S = 10.0
+ATTEMPTS = 4
+RETRY = Retry(
+    total=ATTEMPTS - 1,
+    backoff_factor=1.0,  # urllib3: no wait before the first retry, then 2 s, 4 s
+    status_forcelist=(429, 502, 503, 504),
+    allowed_methods=None,  # POST too: set-tag is idempotent
+    raise_on_status=False,  # the last answer is reported as it came
+)
 ERROR_PREFIX = "the adapter's digest was not logged to the run"
 
 
@@ -72,10 +84,12 @@ def set_adapter_tag(tag: AdapterTag, env: Mapping[str, str] = os.environ) -> Non
     """Tag the run; raises RuntimeError saying what MLflow answered."""
     url = f"{tag.uri.rstrip('/')}/api/2.0/mlflow/runs/set-tag"
     body = {"run_id": tag.run_id, "key": ADAPTER_TAG, "value": tag.reference}
-    try:
-        answer = requests.post(url, json=body, headers=auth_headers(env), timeout=TIMEOUT_S)
-    except requests.RequestException as exc:
-        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+    with requests.Session() as session:
+        session.mount(tag.uri, HTTPAdapter(max_retries=RETRY))
+        try:
+            answer = session.post(url, json=body, headers=auth_headers(env), timeout=TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
     if answer.status_code != 200:
         raise RuntimeError(f"{url} answered {answer.status_code}: {answer.text[:300]}")
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import requests
 import yaml
 from mlflow import MlflowClient
 
@@ -90,17 +91,17 @@ def code_word_config(api, namespace: str, name: str, checks: list[dict]) -> str:
 
 @pytest.fixture
 def node_mlflow(tmp_path, node) -> Iterator[MlflowServer]:
-    """The tracking server on the node's address, so that pods (trainer and controller) reach it."""
-    server = start_mlflow(tmp_path / "mlflow", bind=node.ip)
+    """The tracking server on the node's address, so that pods (trainer and controller) reach it; it
+    refuses every request without its one user's credentials."""
+    server = start_mlflow(tmp_path / "mlflow", bind=node.ip, credentials=("tuner", "loopback-only"))
     try:
         yield server
     finally:
         server.stop()
 
 
-def create_credentials(api, namespace: str, name: str = "mlflow-auth") -> str:
-    """MLflow credentials (the server takes none: the test checks where they reach, not auth)."""
-    values = {"MLFLOW_TRACKING_USERNAME": "tuner", "MLFLOW_TRACKING_PASSWORD": "loopback-only"}
+def create_credentials(api, namespace: str, values: dict[str, str], name: str = "mlflow-auth") -> str:
+    """A Secret of MLflow credentials, under MLflow's variable names."""
     body = {
         "metadata": {"name": name},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
@@ -131,14 +132,15 @@ def test_the_adapter_beats_the_base_in_status_artifact_and_mlflow(
     tiny_model,
     node_mlflow,
     tmp_path,
+    monkeypatch,
 ):
     base_url, served = data_server
     rows = code_word_rows()  # 96: every phrasing of 24 cities; the pre-flight holds 24 out
     write_parquet(served / "code-words.parquet", rows)
-    secret = create_credentials(kube_client, namespace)
+    secret = create_credentials(kube_client, namespace, node_mlflow.env())
     release = f"{namespace}-operator"  # the controller reads the same-named Secret in its own namespace
     kube_json(kube_client, "POST", "/api/v1/namespaces", {"metadata": {"name": release}})
-    create_credentials(kube_client, release, secret)
+    create_credentials(kube_client, release, node_mlflow.env(), secret)
     mlflow = {"trackingUri": node_mlflow.uri, "experiment": "kaito-tune", "credentialsSecret": secret}
     chart_operator(progressIntervalSeconds=1, resyncSeconds=5, mlflow=mlflow)
     create_push_secret(kube_client, namespace, node_registry)
@@ -181,6 +183,13 @@ def test_the_adapter_beats_the_base_in_status_artifact_and_mlflow(
     status = kaito_tune("status", "checks", "-n", namespace, "--kubeconfig", str(control_plane.kubeconfig))
     shown = f"{line}\nTracking: MLflow run {tracking['runId']}"
     assert shown in status.stdout and f"tagged with the adapter {reference}" in status.stdout, status.stdout
+    # the server refuses a caller without credentials: the run proves the trainer's reached it, the tag the
+    # controller's
+    runs_get = f"{node_mlflow.uri}/api/2.0/mlflow/runs/get"
+    anonymous = requests.get(runs_get, params={"run_id": tracking["runId"]}, timeout=10)
+    assert anonymous.status_code == 401, anonymous.text
+    for key, value in node_mlflow.env().items():
+        monkeypatch.setenv(key, value)
     client = MlflowClient(node_mlflow.uri)
     run = client.get_run(tracking["runId"])
     assert run.info.run_name == "checks" and run.info.status == "FINISHED"
