@@ -180,8 +180,10 @@ def _split(
     DatasetConfig.eval_files names some (a fixed set, comparable across runs), else a shuffled share."""
     if held_out:
         spans = [range(f.first_row, f.first_row + f.rows) for f in held_out]
-        held = [e for e in encoded if any(e.index in span for span in spans)]
-        train = [e for e in encoded if not any(e.index in span for span in spans)]
+        train: list[Encoded] = []
+        held: list[Encoded] = []
+        for e in encoded:
+            (held if any(e.index in span for span in spans) else train).append(e)
         if options.shuffle_dataset:
             random.Random(options.shuffle_seed).shuffle(train)
         return train, held

@@ -11,12 +11,14 @@ Auto-provisioning: the NodeClaim's ``Ready`` condition decides; its GPU count is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from contract.workspace import LabelSelector
 from presets.catalog import skus
+from tuning_controller.plan import Event, Verb, Write, named
+from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION
 from tuning_controller.render.pod import GPU_RESOURCE
 
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
@@ -194,3 +196,16 @@ def nodeclaims_state(claims: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
     if waiting:
         return False, f"{len(states) - len(waiting)} of {len(states)} NodeClaims ready; {waiting[0]}"
     return True, f"all {len(states)} NodeClaims are ready"
+
+
+def release_nodeclaims(names: Iterable[str], reason: str | None) -> tuple[Write, ...]:
+    """Deletes of these NodeClaims, each with a NodeClaimReleased Event giving ``reason`` (None: no Event,
+    for a Workspace being deleted)."""
+    return tuple(
+        Write(
+            Verb.DELETE,
+            named(NODECLAIM_API_VERSION, "NodeClaim", name),
+            Event("Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: {reason}") if reason else None,
+        )
+        for name in names
+    )

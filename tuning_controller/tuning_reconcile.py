@@ -30,8 +30,8 @@ from contract.workspace import PresetSpec, Workspace, parse_workspace
 from tuning_controller import conditions as c
 from tuning_controller import status as st
 from tuning_controller.gpu_fit import training_shape
-from tuning_controller.nodes import choose_node, nodeclaims_state
-from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Taken, Verb, Write, named
+from tuning_controller.nodes import choose_node, nodeclaims_state, release_nodeclaims
+from tuning_controller.plan import Event, Plan, Read, Result, StatusUpdate, Taken, Verb, Write
 from tuning_controller.render import node_count, sku_gpus
 from tuning_controller.render.configmap import (
     TrainingConfig,
@@ -61,7 +61,6 @@ from tuning_controller.render.job import (
 from tuning_controller.render.meta import NAME_MAX
 from tuning_controller.render.model import render_model_cache_claim, workspace_model_source
 from tuning_controller.render.nodeclaim import (
-    NODECLAIM_API_VERSION,
     nodeclaim_names,
     provisions_node,
     render_nodeclaim,
@@ -328,14 +327,7 @@ def release_writes(ws: Workspace, settings: Settings) -> list[Write]:
     """Delete the Workspace's NodeClaims: a GPU node costs money once the Job is done."""
     if not settings.auto_provisioning:
         return []
-    return [
-        Write(
-            Verb.DELETE,
-            named(NODECLAIM_API_VERSION, "NodeClaim", name),
-            Event("Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: the GPU node is released"),
-        )
-        for name in nodeclaim_names(ws)
-    ]
+    return list(release_nodeclaims(nodeclaim_names(ws), "the GPU node is released"))
 
 
 # ---- 1. data and model first, on CPU -----------------------------------------------------------

@@ -57,7 +57,8 @@ from tuning_controller.inference_reconcile import (
     serving_update,
     serving_writes,
 )
-from tuning_controller.plan import Plan, Read, Result, Verb, Write, named
+from tuning_controller.nodes import release_nodeclaims
+from tuning_controller.plan import Plan, Read, Result
 from tuning_controller.render.inference import selector_labels
 from tuning_controller.render.nodeclaim import NODECLAIM_API_VERSION, nodeclaim_names
 from tuning_controller.settings import Settings
@@ -223,9 +224,7 @@ def inference_workspace_delete(body: kopf.Body, **_: Any) -> None:
     after any reconcile in flight, and no reconcile queued behind it writes anything (``deleting``)."""
     ws = parse_workspace(body)[0]
     ctl = controller()
-    claims = tuple(
-        Write(Verb.DELETE, named(NODECLAIM_API_VERSION, "NodeClaim", name)) for name in nodeclaim_names(ws)
-    )
+    claims = release_nodeclaims(nodeclaim_names(ws), None)
     with deleting(body):
         claims += surplus_claim_deletes(ctl, body, ws)
         carry_out(ctl, body, claims, {}, set())

@@ -27,7 +27,8 @@ import kopf
 from contract.workspace import Workspace
 from tuning_controller import status as st
 from tuning_controller.kube import Kube, KubeError, retry_on_conflict
-from tuning_controller.plan import Event, StatusUpdate, Taken, Verb, Write, named
+from tuning_controller.nodes import release_nodeclaims
+from tuning_controller.plan import StatusUpdate, Taken, Verb, Write
 from tuning_controller.render.meta import WORKSPACE_LABEL
 from tuning_controller.render.nodeclaim import (
     NAMESPACE_LABEL,
@@ -397,14 +398,8 @@ def surplus_claim_deletes(ctl: Controller, ws_obj: Mapping[str, Any], ws: Worksp
             return ()
         raise
     count = ws.resource.count if ws.resource else 1
-    return tuple(
-        Write(
-            Verb.DELETE,
-            named(NODECLAIM_API_VERSION, "NodeClaim", name),
-            Event("Normal", "NodeClaimReleased", f"deleted NodeClaim {name}: resource.count is {count} now"),
-        )
-        for name in surplus_nodeclaims(ws, ws_obj["metadata"].get("uid", ""), found)
-    )
+    surplus = surplus_nodeclaims(ws, ws_obj["metadata"].get("uid", ""), found)
+    return release_nodeclaims(surplus, f"resource.count is {count} now")
 
 
 def carry_out(
