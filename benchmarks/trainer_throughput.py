@@ -8,8 +8,11 @@ data, LoRA settings, seed and learning rate, as time to the same held-out qualit
 baseline: KAITO's default: TRL SFTTrainer on the conversations with its default collator, KAITO's qlora
           template (per_device_train_batch_size 1, no packing), SFTConfig's gradient checkpointing, k-bit
           preparation, loss on every token, KAITO's cache-flush callback after every step.
-ours:     ``trainer.train.build_trainer`` on this project's template (``packing: true``, bfd): the
-          pre-flight's tokens and assistant-only labels, TRL's packing, checkpointing chosen per hardware.
+ours:     ``trainer.train.build_trainer`` on this project's template (KAITO's: one example per step): the
+          pre-flight's tokens and assistant-only labels, checkpointing chosen per hardware.
+ours+packing: ours with ``packing: true`` (TRL's bfd): a step is one packed row of up to max_length tokens,
+          what the template's batch of 1 means with packing. Measured beside ours, because the built-in
+          template once turned packing on, and this is the figure that turned it off again.
 Both: the same random-weight model and tokenizer, LoRA r 8 on the attention projections, seed 42, the same
 learning rate (``--learning-rate``, default 5e-4) with a constant schedule: KAITO's template leaves TRL's
 2e-5, which barely moves in one epoch, and a decaying schedule would tie the rate to the epochs given.
@@ -23,15 +26,15 @@ time_to_quality: a slice of generated dolly-like conversations (log-normal lengt
     interpolated linearly between the two evaluations around the crossing. Clock: training only, from the
     Trainer's start (model loading and data preparation are off it, reported as ``setup_s``).
     ``speedup_to_quality`` = baseline time / ours; ``memory_ratio`` = ours' peak / the baseline's (RSS of
-    the side's own process on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+    the side's own process on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU). ``packing`` holds the
+    same figures for ours+packing, and ``ratio_to_ours`` (ours' time / its time).
 ablation: tokens per second (non-padding input tokens of the optimizer steps after warm-up) on a larger
-    generated set, from the baseline one change at a time to ours: + packing (TRL's bfd: an optimizer step is
-    one packed row of up to max_length tokens, what the template's batch of 1 means with packing), + loss on
-    trained positions (assistant-only labels; on CUDA TRL then projects only those positions through the LM
-    head, a CPU scores every position, so there only the objective changes), + our checkpointing choice
+    generated set, from the baseline one change at a time to ours: + loss on trained positions
+    (assistant-only labels; on CUDA TRL then projects only those positions through the LM head, a CPU
+    scores every position, so there only the objective changes), + our checkpointing choice
     (``trainer.strategy``: off on a CPU, the memory estimator's choice on a GPU), = ours (the rest: no cache
-    flush, the pre-flight's tokens and labels, our model loading and attention kernel). Each step's ratio is
-    to the step before it.
+    flush, the pre-flight's tokens and labels, our model loading and attention kernel), then ours+packing.
+    Each step's ratio is to the step before it.
 
 Shapes (CPU): ``llama-22m``, a 22M-parameter Llama with a 32,000-token vocabulary whose LM head is 59% of the
 forward FLOPs, and ``llama-9m-v1k``, 12 layers of the same width with the tokenizer's own 1,024-token
@@ -115,14 +118,16 @@ LM_HEAD_STD = 0.1
 SEED = 42
 # tokens/s leaves out the optimizer steps of the first 90% of max_length tokens (a packed row: one step)
 WARMUP_SHARE = 0.9
-ABLATION = ("baseline", "+packing", "+loss_on_trained_positions", "+our_checkpointing", "ours")
+PACKED = "ours+packing"
+ABLATION = ("baseline", "+loss_on_trained_positions", "+our_checkpointing", "ours", PACKED)
 ABLATION_CHANGES = {
     "baseline": "KAITO's default: 1 example per step, no packing, checkpointing, all tokens, cache flush",
-    "+packing": "TRL bfd packing: one packed row of up to max_length tokens per optimizer step",
     "+loss_on_trained_positions": "assistant-only labels (on CUDA only those positions reach the LM head)",
     "+our_checkpointing": "gradient checkpointing as trainer.strategy chooses it (off on a CPU)",
     "ours": "build_trainer: no cache flush, pre-flight tokens and labels, our model loading and attention",
+    PACKED: "TRL bfd packing: one packed row of up to max_length tokens per optimizer step",
 }
+OURS = ("ours", PACKED)  # the sides build_trainer runs
 
 _VOCABULARY = (
     "the model data river city answer question summer garden window music story market history science "
@@ -154,7 +159,7 @@ DEFAULTS = Settings(
     rounds=3,
     train_rows=24,
     heldout_rows=12,
-    eval_every_tokens=3072,
+    eval_every_tokens=1024,
     max_epochs=8,
     rate_rows=300,
     rate_tokens=2048,
@@ -178,8 +183,8 @@ QUICK = replace(
 
 
 def kaito_template(method: str, target_modules: list[str], learning_rate: float, max_length: int) -> dict:
-    """KAITO's qlora/lora template as this project ships it (``packing: true``), plus what both sides share:
-    target modules, learning rate, constant schedule, seed, max_length."""
+    """KAITO's qlora/lora template as this project ships it, plus what both sides share: target modules,
+    learning rate, constant schedule, seed, max_length."""
     from contract.training_config import default_training_config
 
     doc = default_training_config(method)
@@ -451,7 +456,7 @@ def trl_trainer(job: dict, model_dir: Path, data_dir: Path, config: dict, callba
     sections = config["training_config"]
     template_args = sections["TrainingArguments"]
     checkpointing = True  # SFTConfig's default, and prepare_model_for_kbit_training's
-    if level >= 3:
+    if level >= 2:
         checkpointing = our_checkpointing(job["arch"], job["method"], template_args, job["max_length"])
     quant = dict(sections["QuantizationConfig"])
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -466,17 +471,14 @@ def trl_trainer(job: dict, model_dir: Path, data_dir: Path, config: dict, callba
         if not cuda:
             _keep_cpu_4bit_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    # KAITO's template has no packing key (this project's adds ``packing: true``)
-    args = {k: v for k, v in template_args.items() if k not in ("output_dir", "packing")}
-    if level >= 1:
-        args.update(packing=True, packing_strategy="bfd")
+    args = {k: v for k, v in template_args.items() if k != "output_dir"}
     if not checkpointing:
         args["gradient_checkpointing"] = False
     sft_config = SFTConfig(
         output_dir=str(job["workdir"] / f"out-{os.getpid()}"),
         **args,
         **job["length"],
-        assistant_only_loss=level >= 2,
+        assistant_only_loss=level >= 1,
         report_to="none",
         disable_tqdm=True,
         logging_steps=10,
@@ -495,7 +497,8 @@ def trl_trainer(job: dict, model_dir: Path, data_dir: Path, config: dict, callba
 
 
 def our_trainer(job: dict, model_dir: Path, data_dir: Path, config: dict, callbacks: list) -> Any:
-    """``trainer.train.build_trainer``, as ``python -m trainer.qlora`` runs it."""
+    """``trainer.train.build_trainer``, as ``python -m trainer.qlora`` runs it (ours+packing: ``packing``
+    on)."""
     import dataclasses
     import threading
 
@@ -506,6 +509,8 @@ def our_trainer(job: dict, model_dir: Path, data_dir: Path, config: dict, callba
     from trainer.train import build_trainer
 
     config["training_config"]["TrainingArguments"].update(job["length"])
+    if job["step"] == PACKED:
+        config["training_config"]["TrainingArguments"]["packing"] = True
     out = job["workdir"] / f"ours-{os.getpid()}"
     out.mkdir()
     path = out / "config.yaml"
@@ -556,7 +561,7 @@ def run(job: dict) -> dict:
         data_dir = workdir / "quality"
     warmup = int(WARMUP_SHARE * job["max_length"])
     timer = clock(examples, job.get("eval_every", 1), job.get("target"), warmup)
-    build = our_trainer if job["step"] == "ours" else trl_trainer
+    build = our_trainer if job["step"] in OURS else trl_trainer
     trainer = build(job, model_dir, data_dir, config, [timer])
     setup_s = time.perf_counter() - start
     trainer.train()
@@ -667,50 +672,38 @@ class Runner:
 
 def quality(runner: Runner, arch: str, steps_per_epoch: dict[str, int], tokens_per_epoch: int) -> dict:
     """time_to_quality for one shape: the baseline trains one epoch (its final held-out loss is the target),
-    ours until it reaches that loss; rounds alternate which side runs first (the first sets the target)."""
+    ours and ours+packing until they reach that loss; rounds alternate the order of the sides (the first
+    baseline run sets the target: with one seed every round's is the same)."""
     s = runner.settings
+    sides = ("baseline", *OURS)
     eval_every = {
-        side: max(1, round(steps_per_epoch[side] * s.eval_every_tokens / tokens_per_epoch))
-        for side in ("baseline", "ours")
+        side: max(1, round(steps_per_epoch[side] * s.eval_every_tokens / tokens_per_epoch)) for side in sides
     }
-    lengths = {"baseline": {"num_train_epochs": 1}, "ours": {"num_train_epochs": s.max_epochs}}
     rounds: list[dict[str, dict]] = []
     target: float | None = None
     for r in range(s.rounds):
         got: dict[str, dict] = {}
-        for side in ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline"):
+        for side in sides if r % 2 == 0 else tuple(reversed(sides)):
+            epochs = 1 if side == "baseline" else s.max_epochs
             got[side] = runner(
                 arch=arch,
                 mode="quality",
                 step=side,
-                length=lengths[side],
+                length={"num_train_epochs": epochs},
                 eval_every=eval_every[side],
-                target=target if side == "ours" else None,
+                target=target if side != "baseline" else None,
             )
-            if target is None:
+            if target is None and side == "baseline":
                 target = got[side]["curve"][-1]["loss"]
         rounds.append(got)
     assert target is not None
-    pairs = []
-    for got in rounds:
-        times = {side: time_to(got[side]["curve"], target) for side in got}
-        key = _memory_key(got["ours"])
-        b, o = times["baseline"], times["ours"]
-        pairs.append(
-            {
-                "baseline_s": _round(b),
-                "ours_s": _round(o),
-                "ratio": _round(b / o) if b and o else None,
-                "memory_ratio": round(got["ours"][key] / got["baseline"][key], 3),
-                "baseline_epoch_loss": round(got["baseline"]["curve"][-1]["loss"], 4),
-            }
-        )
+    times = [{side: time_to(got[side]["curve"], target) for side in sides} for got in rounds]
 
     def summary(name: str) -> dict:
         runs = [got[name] for got in rounds]
         key = _memory_key(runs[0])
         return {
-            "time_to_target_s": [p[f"{name}_s"] for p in pairs],
+            "time_to_target_s": [_round(t[name]) for t in times],
             "train_s": [r["train_s"] for r in runs],
             "tokens_per_s": [r.get("tokens_per_s") for r in runs],
             "optimizer_steps": [r["optimizer_steps"] for r in runs],
@@ -723,24 +716,46 @@ def quality(runner: Runner, arch: str, steps_per_epoch: dict[str, int], tokens_p
             "curve_round_1": [[c["step"], c["train_s"], round(c["loss"], 4)] for c in runs[0]["curve"]],
         }
 
-    ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
-    out: dict[str, Any] = {
+    def against_baseline(name: str) -> dict:
+        """The paired ratios of ``name`` to the baseline (time to the target, peak memory)."""
+        pairs = []
+        for got, t in zip(rounds, times, strict=True):
+            b, o = t["baseline"], t[name]
+            key = _memory_key(got[name])
+            pairs.append(
+                {
+                    "baseline_s": _round(b),
+                    f"{name}_s": _round(o),
+                    "ratio": _round(b / o) if b and o else None,
+                    "memory_ratio": round(got[name][key] / got["baseline"][key], 3),
+                    "baseline_epoch_loss": round(got["baseline"]["curve"][-1]["loss"], 4),
+                }
+            )
+        ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
+        out: dict[str, Any] = {
+            "speedup_to_quality": _median(ratios, 2),
+            "memory_ratio": _median([p["memory_ratio"] for p in pairs], 2),
+            f"{name}_reached_target": f"{len(ratios)} of {len(pairs)} rounds",
+            "paired": pairs,
+        }
+        if len(ratios) < len(pairs):  # stopped at max_epochs short of the target: its time is a lower bound
+            bounds = [
+                p["ratio"] if p["ratio"] is not None else (p["baseline_s"] or 0.0) / got[name]["train_s"]
+                for p, got in zip(pairs, rounds, strict=True)
+            ]
+            out["speedup_to_quality_at_most"] = _median(bounds, 2)
+        return out
+
+    packed = against_baseline(PACKED)
+    to_ours = [t["ours"] / t[PACKED] for t in times if t["ours"] and t[PACKED]]
+    return {
         "target_loss": round(target, 4),
         "initial_loss": round(rounds[0]["baseline"]["curve"][0]["loss"], 4),
-        "speedup_to_quality": _median(ratios, 2),
-        "memory_ratio": _median([p["memory_ratio"] for p in pairs], 2),
-        "ours_reached_target": f"{len(ratios)} of {len(pairs)} rounds",
-        "paired": pairs,
+        **against_baseline("ours"),
         "baseline": summary("baseline"),
         "ours": summary("ours"),
+        "packing": {**packed, "ratio_to_ours": _median(to_ours, 2), "runs": summary(PACKED)},
     }
-    if len(ratios) < len(pairs):  # ours stopped at max_epochs short of the target: its time is a lower bound
-        bounds = [
-            p["ratio"] if p["ratio"] is not None else (p["baseline_s"] or 0.0) / got["ours"]["train_s"]
-            for p, got in zip(pairs, rounds, strict=True)
-        ]
-        out["speedup_to_quality_at_most"] = _median(bounds, 2)
-    return out
 
 
 def ablation(runner: Runner, arch: str, steps: dict[str, int]) -> list[dict]:
@@ -831,11 +846,12 @@ def measure(settings: Settings, archs: list[str], parts: tuple[str, ...]) -> dic
                 _log(f"{arch}: LM head {shapes[arch]['lm_head_share_of_forward_flops']:.1%} of forward FLOPs")
                 if "quality" in parts:
                     train = lengths["quality"]
-                    per_epoch = {"baseline": len(train), "ours": packed_rows(train, settings.max_length)}
+                    per_epoch = {"baseline": len(train), "ours": len(train)}
+                    per_epoch[PACKED] = packed_rows(train, settings.max_length)
                     ttq[arch] = quality(runner, arch, per_epoch, sum(train))
                 if "ablation" in parts:
                     packed = settings.max_length * 0.95  # bfd fills rows almost completely
-                    per_step = {step: mean if step == "baseline" else packed for step in ABLATION}
+                    per_step = {step: packed if step == PACKED else mean for step in ABLATION}
                     steps = {
                         step: math.ceil((settings.rate_tokens + WARMUP_SHARE * settings.max_length) / tokens)
                         + 1

@@ -142,8 +142,10 @@ EVALUATION_CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     "check_max_new_tokens": _opt(["int"], 32, "tokens each answer to a check may have"),
 }
 
-# KAITO's lora-params-template / qlora-params-template, plus TRL's packing (KAITO trains one unpacked
-# example per step: with packing, a step is one row of up to max_length tokens of whole examples).
+# KAITO's lora-params-template / qlora-params-template: one unpacked example per optimizer step. No
+# packing: at this batch of 1 it makes a step one row of up to max_length tokens (about 6 dolly-like
+# conversations), 6x fewer updates per epoch, and at the same learning rate reaching the same held-out loss
+# then took about 5x as long on a CPU (benchmarks/RESULTS.md, trainer_throughput).
 _QLORA_TEMPLATE: dict[str, Any] = {
     ROOT: {
         "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
@@ -159,7 +161,6 @@ _QLORA_TEMPLATE: dict[str, Any] = {
             "ddp_find_unused_parameters": False,
             "save_strategy": "no",
             "per_device_train_batch_size": 1,
-            "packing": True,
         },
         "DataCollator": {"mlm": True},
         "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
@@ -188,7 +189,10 @@ TRAINER_NOTES = {
         "smaller micro-batches with more accumulation, never changing the step"
     ),
     "gradient_accumulation_steps": "unset: 1; see per_device_train_batch_size",
-    "packing": "the built-in templates turn it on (bfd); the status's data summary shows it",
+    "packing": (
+        "off in the built-in templates (KAITO's step: one example); on, a step is packed rows of up to "
+        "max_length tokens, so fewer updates per epoch; the status's data summary shows the strategy"
+    ),
     "gradient_checkpointing": "unset: on only where the memory estimator says the micro-batch needs it",
 }
 

@@ -42,6 +42,7 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
         num_train_epochs=EPOCHS,
         max_length=128,
         logging_steps=1,
+        packing=True,  # a step is a packed row per process: the step count below checks the halves
         ModelConfig={"chat_template": TEMPLATE},
         DatasetConfig={"train_test_split": 0.75},
         # rank 0 alone answers them, before the first step and after the last, while rank 1 waits
@@ -60,7 +61,7 @@ def test_two_processes_train_on_halves_and_save_once(tmp_path, tiny_preset):
     tokenizer.chat_template = TEMPLATE
     prepared = prepare(rows, files, tokenizer, DatasetOptions(train_test_split=0.75), CollatorOptions(), 128)
     examples = Dataset.from_dict({"input_ids": [e.input_ids for e in prepared.train]})
-    packed_rows = len(pack_dataset(examples, 128))  # TRL's bfd packing, as the built-in template asks
+    packed_rows = len(pack_dataset(examples, 128))  # TRL's bfd packing, as the config asks
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events].count("start") == 1  # progress from rank 0 only
     assert [e["event"] for e in events][-3:] == ["done", "eval", "evaluated"]  # the final eval, then both

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ("llama-22m", "llama-9m-v1k")
-STEPS = ["baseline", "+packing", "+loss_on_trained_positions", "+our_checkpointing", "ours"]
+STEPS = ["baseline", "+loss_on_trained_positions", "+our_checkpointing", "ours", "ours+packing"]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One QLoRA run on the code-word task with a held-out quarter (KAITO's template plus a few knobs), the
-    held-out prompts as task checks and a gate it passes."""
+    """One QLoRA run on the code-word task with a held-out quarter (KAITO's template plus a few knobs,
+    packing among them), the held-out prompts as task checks and a gate it passes."""
     tmp = tmp_path_factory.mktemp("quality")
     write_jsonl(tmp / "data" / "train.jsonl", code_word_rows())
     config = kaito_config(
@@ -28,6 +28,7 @@ def trained(tmp_path_factory):
         learning_rate=0.003,
         num_train_epochs=60,
         max_length=128,
+        packing=True,  # rows of 128 tokens, ~5 of these short conversations per step, at this rate
         logging_steps=5,
         eval_strategy="no",
         eval_on_start=True,
