@@ -13,9 +13,9 @@ ours:     ``trainer.train.build_trainer`` on this project's template (KAITO's: o
 ours+packing: ours with ``packing: true`` (TRL's bfd): a step is one packed row of up to max_length tokens,
           what the template's batch of 1 means with packing. Measured beside ours, because the built-in
           template once turned packing on, and this is the figure that turned it off again.
-Both: the same random-weight model and tokenizer, LoRA r 8 on the attention projections, seed 42, the same
-learning rate (``--learning-rate``, default 5e-4) with a constant schedule: KAITO's template leaves TRL's
-2e-5, which barely moves in one epoch, and a decaying schedule would tie the rate to the epochs given.
+Every side: the same random-weight model and tokenizer, LoRA r 8 on the attention projections, seed 42,
+the same learning rate (``--learning-rate``, default 5e-4) with a constant schedule: KAITO's template leaves
+TRL's 2e-5, which barely moves in one epoch, and a decaying schedule would tie the rate to the epochs given.
 
 time_to_quality: a slice of generated dolly-like conversations (log-normal lengths like dolly-15k), held-out
     conversations from another seed. Target: the held-out loss the baseline reaches after one epoch. Each side
